@@ -1,0 +1,36 @@
+"""unetseg: semantic segmentation with the U-Net family.
+
+Heavy modules (torch) load on first use of a name, so ``import unetseg`` and ``unetseg --help``
+stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "UNet": "unetseg.model",
+    "ModelConfig": "unetseg.config",
+    "DataConfig": "unetseg.config",
+    "AugmentConfig": "unetseg.config",
+    "TrainConfig": "unetseg.config",
+    "RunConfig": "unetseg.config",
+    "UserError": "unetseg.errors",
+    "ClassTable": "unetseg.data.classes",
+    "fit": "unetseg.train.fit",
+    "load_model": "unetseg.train.checkpoint",
+    "predict": "unetseg.api",
+    "evaluate": "unetseg.api",
+    "demo": "unetseg.api",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'unetseg' has no attribute {name!r}")

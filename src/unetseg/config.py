@@ -1,0 +1,164 @@
+"""Typed configuration: frozen dataclasses that serialise to and from JSON.
+
+Every run writes its :class:`RunConfig` beside the model so a checkpoint describes itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+Padding = Literal["same", "valid"]
+UpMode = Literal["transpose", "bilinear", "nearest"]
+Norm = Literal["batch", "instance", "group", "none"]
+LossName = Literal["dice_ce", "ce", "dice", "focal", "weighted-ce"]
+OptimizerName = Literal["adamw", "sgd"]
+SchedulerName = Literal["cosine", "constant"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a :class:`~unetseg.model.UNet`.
+
+    ``width`` is the channel count of the first level; level ``i`` has ``width * 2**i``.
+    ``padding="valid"`` is the paper's network (unpadded 3x3 convs, output smaller than input).
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2
+    depth: int = 4
+    width: int = 64
+    padding: Padding = "same"
+    up: UpMode = "transpose"
+    norm: Norm = "batch"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training pairs are found, split and sampled.
+
+    ``patch_size`` is the side of the square training crop in pixels (for valid-padding models it
+    is the network's input size and is rounded up to a legal one). ``foreground_fraction`` is the
+    share of crops centred on a pixel of a class chosen uniformly among those present, so rare
+    classes are seen often.
+    """
+
+    val_fraction: float = 0.2
+    patch_size: int = 256
+    foreground_fraction: float = 0.5
+    ignore_value: int | None = None
+    class_values: tuple[int, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Joint image/mask augmentation, applied batched on the training device.
+
+    Geometry (flips, 90-degree turns, affine, elastic) is one resampling: image bilinear, mask
+    nearest. ``elastic_sigma`` is the standard deviation in pixels of the displacements drawn on
+    an ``elastic_grid`` x ``elastic_grid`` grid and upsampled bicubically (the U-Net paper: 3, 10).
+    """
+
+    flip: bool = True
+    rot90: bool = True
+    rotate_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    shift: float = 0.05
+    affine_p: float = 0.5
+    elastic_p: float = 0.3
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0
+    brightness: float = 0.1
+    contrast: float = 0.15
+    gamma: tuple[float, float] = (0.8, 1.25)
+    intensity_p: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``steps_per_epoch=None`` means one pass over the training images' area in
+    patches (at least 8 steps). ``time_limit_s`` stops after the epoch that crosses the budget."""
+
+    epochs: int = 50
+    steps_per_epoch: int | None = None
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: OptimizerName = "adamw"
+    momentum: float = 0.99
+    scheduler: SchedulerName = "cosine"
+    warmup_epochs: int = 1
+    loss: LossName = "dice_ce"
+    class_weights: tuple[float, ...] | None = None
+    amp: bool = True
+    early_stopping: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    time_limit_s: float | None = None
+    val_tile: int = 512
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs, composed from the parts above."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict made by :func:`to_dict`; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """A copy of ``cfg`` with fields changed; nested dataclasses are changed by dotted names
+    (``replace(run, **{"train.epochs": 5})``)."""
+    direct = {k: v for k, v in changes.items() if "." not in k}
+    nested: dict[str, dict[str, Any]] = {}
+    for k, v in changes.items():
+        if "." in k:
+            head, rest = k.split(".", 1)
+            nested.setdefault(head, {})[rest] = v
+    for head, sub in nested.items():
+        direct[head] = replace(getattr(cfg, head), **sub)
+    return dataclasses.replace(cfg, **direct)  # type: ignore[type-var]
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)  # type: ignore[arg-type]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v) for v in value)
+        return tuple(_coerce(a, v) for a, v in zip(args, value))
+    return value

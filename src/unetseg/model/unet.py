@@ -1,0 +1,87 @@
+"""The U-Net (Ronneberger, Fischer, Brox. MICCAI 2015, arXiv:1505.04597)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unetseg.config import ModelConfig, Norm, Padding, UpMode
+from unetseg.model.blocks import DoubleConv, Down, OutConv, Up, pad_to_multiple
+from unetseg.model.geometry import valid_output_size
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip connections, read as the paper's Fig. 1.
+
+    Args:
+        in_channels: image channels (1 gray, 3 RGB, ...).
+        num_classes: logits per pixel.
+        depth: number of 2x2 poolings (4 in the paper).
+        width: channels at the first level; doubled at each level down (64 in the paper).
+        padding: ``"same"`` takes any H x W and returns the same size (the input is padded to a
+            multiple of ``2**depth`` and the logits cropped back); ``"valid"`` is the paper's
+            unpadded network whose output is smaller (see :mod:`unetseg.model.geometry`).
+        up: ``"transpose"`` (2x2 up-convolution, the paper), ``"bilinear"`` or ``"nearest"``.
+        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (the paper).
+        dropout: drop-out probability at the end of the contracting path (the paper uses it).
+
+    Shape:
+        (N, in_channels, H, W) -> (N, num_classes, H', W'), H' = H (same) or the valid output size.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, *, depth: int = 4,
+                 width: int = 64, padding: Padding = "same", up: UpMode = "transpose",
+                 norm: Norm = "batch", dropout: float = 0.0):
+        super().__init__()
+        if padding not in ("same", "valid"):
+            raise ValueError(f"unknown padding {padding!r}; use same or valid")
+        self.config = ModelConfig(in_channels, num_classes, depth, width, padding, up, norm,
+                                  dropout)
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.inc = DoubleConv(in_channels, widths[0], padding=padding, norm=norm)
+        self.downs = nn.ModuleList(
+            Down(widths[i], widths[i + 1], padding=padding, norm=norm) for i in range(depth)
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.ups = nn.ModuleList(
+            Up(widths[i + 1], widths[i], padding=padding, norm=norm, up=up)
+            for i in reversed(range(depth))
+        )
+        self.head = OutConv(widths[0], num_classes)
+        he_init(self)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> UNet:
+        return cls(cfg.in_channels, cfg.num_classes, depth=cfg.depth, width=cfg.width,
+                   padding=cfg.padding, up=cfg.up, norm=cfg.norm, dropout=cfg.dropout)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Logit map size for an input of ``height`` x ``width``."""
+        if self.config.padding == "same":
+            return height, width
+        return valid_output_size(height, self.config.depth), valid_output_size(width,
+                                                                              self.config.depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        same = self.config.padding == "same"
+        if same:
+            x, (h, w) = pad_to_multiple(x, 2**self.config.depth)
+        else:
+            self.output_size(x.shape[-2], x.shape[-1])  # raises on an illegal size
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = self.dropout(skips.pop())
+        for up in self.ups:
+            x = up(x, skips.pop())
+        logits = self.head(x)
+        return logits[..., :h, :w] if same else logits
+
+
+def he_init(module: nn.Module) -> None:
+    """He-normal weights (std = sqrt(2 / fan_in), the paper's choice) and zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
