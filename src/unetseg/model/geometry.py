@@ -28,13 +28,13 @@ def valid_output_size(input_size: int, depth: int) -> int:
             )
         s //= 2
     s -= 4
+    for _ in range(depth):
+        s = 2 * s - 4
     if s <= 0:
         raise UserError(
             f"input size {input_size} is too small for a valid-padding U-Net of depth {depth};"
             f" the smallest legal size is {min_legal_input_size(depth)}"
         )
-    for _ in range(depth):
-        s = 2 * s - 4
     return s
 
 
@@ -59,7 +59,7 @@ def input_size_for_output(output_size: int, depth: int) -> int:
 
 
 def min_legal_input_size(depth: int) -> int:
-    """The smallest legal input side (output side 4 * 2**depth - ... >= 1)."""
+    """The smallest legal input side (188 at depth 4)."""
     return input_size_for_output(1, depth)
 
 

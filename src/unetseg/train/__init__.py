@@ -1,0 +1,1 @@
+"""Training: plain functions for an epoch, validation, checkpoints, and the ``fit`` orchestrator."""

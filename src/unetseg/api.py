@@ -1,0 +1,227 @@
+"""The Python API behind the command line: ``predict``, ``evaluate`` and ``demo``.
+
+Each function mirrors one ``unetseg`` command and takes the same options as keywords.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from unetseg.data.classes import ClassTable
+from unetseg.data.dataset import find_pairs, list_images
+from unetseg.data.io import image_size, read_image, read_mask, write_label, write_rgb, write_tiff
+from unetseg.errors import UserError
+from unetseg.files import write_text_atomic
+from unetseg.infer.engine import ImagePredictor, resolve_device
+from unetseg.metrics import confusion_matrix, iou, mean_iou, pixel_accuracy, summarize
+from unetseg.train.checkpoint import ModelCard, load_model
+from unetseg.viz import class_palette, overlay
+
+
+def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float = 0.25,
+                   batch_size: int = 4, device: str = "auto") -> tuple[ImagePredictor, ModelCard]:
+    """A ready :class:`ImagePredictor` for a model file, with its card."""
+    net, card = load_model(model, resolve_device(device))
+    predictor = ImagePredictor(net, card.stats, tile=tile or 512, overlap=overlap,
+                               batch_size=batch_size)
+    return predictor, card
+
+
+def _output_folder(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    return out
+
+
+def _check_readable(paths: Sequence[Path]) -> None:
+    """Read every header before any output is written, so a bad file stops the run early."""
+    for path in paths:
+        image_size(path)
+
+
+def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: str | Path, *,
+            tile: int | None = None, overlap: float = 0.25, batch_size: int = 4,
+            probabilities: bool = False, overlays: bool = True, device: str = "auto",
+            show_progress: bool = True) -> list[Path]:
+    """Predict label images for images of any size and write them into ``out``.
+
+    For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own values
+    (e.g. 0/255), ``<stem>_overlay.png`` the classes drawn over the image, and with
+    ``probabilities`` ``<stem>_probs.tif`` the class probabilities (K, H, W) float32.
+    Returns the label image paths.
+    """
+    paths = list_images([images] if isinstance(images, str | Path) else images)
+    predictor, card = load_predictor(model, tile=tile, overlap=overlap, batch_size=batch_size,
+                                     device=device)
+    _check_readable(paths)
+    out = _output_folder(out)
+    clashes = [p for p in paths if (out / f"{p.stem}.png").resolve() == p.resolve()]
+    if clashes:
+        raise UserError(f"{clashes[0]}: predicting into the input folder would overwrite it;"
+                        " choose another --out")
+    palette = class_palette(card.classes.num_classes)
+    written = []
+    for path in tqdm(paths, desc="predict", unit="image", disable=not show_progress):
+        image = read_image(path)
+        predictor.check_channels(image, path)
+        logits = predictor.logits(image)
+        ids = logits.argmax(0).numpy()
+        write_label(out / f"{path.stem}.png", card.classes.decode(ids))
+        if overlays:
+            write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
+        if probabilities:
+            write_tiff(out / f"{path.stem}_probs.tif", torch.softmax(logits, 0).numpy())
+        written.append(out / f"{path.stem}.png")
+    return written
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Totals over all images (``summary``) and one row per image (``per_image``)."""
+
+    summary: dict[str, Any]
+    per_image: list[dict[str, Any]]
+    predictions: dict[str, np.ndarray]
+
+
+def _per_image_row(stem: str, cm: torch.Tensor, classes: ClassTable) -> dict[str, Any]:
+    row: dict[str, Any] = {"image": stem, "pixel_accuracy": float(pixel_accuracy(cm)),
+                           "mean_iou": float(mean_iou(cm))}
+    for name, value in zip(classes.names, iou(cm).tolist()):
+        row[f"iou/{name}"] = value
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None, *,
+             tile: int | None = None, overlap: float = 0.25, batch_size: int = 4,
+             device: str = "auto", show_progress: bool = True) -> Evaluation:
+    """Predict every image of ``data`` (``images/`` + ``masks/``) and score it against its mask.
+
+    One confusion matrix per image and their sum give per-class IoU, Dice, precision, recall,
+    pixel accuracy and mean IoU (a class absent from both prediction and truth is undefined and
+    left out of the means; see :mod:`unetseg.metrics`). With ``out``, writes ``metrics.json``
+    and ``per_image.csv`` there.
+    """
+    predictor, card = load_predictor(model, tile=tile, overlap=overlap, batch_size=batch_size,
+                                     device=device)
+    pairs = find_pairs(data)
+    folder = _output_folder(out) if out is not None else None
+    k = card.classes.num_classes
+    total = torch.zeros(k, k, dtype=torch.int64)
+    rows, predictions = [], {}
+    for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not show_progress):
+        image = read_image(pair.image)
+        predictor.check_channels(image, pair.image)
+        ids = torch.from_numpy(card.classes.encode(read_mask(pair.mask), str(pair.mask))).long()
+        if ids.shape != image.shape[1:]:
+            raise UserError(f"{pair.mask}: mask is {ids.shape[0]}x{ids.shape[1]} but its image is"
+                            f" {image.shape[1]}x{image.shape[2]}; masks must match their images")
+        pred = predictor.logits(image).argmax(0)
+        cm = confusion_matrix(pred, ids, k)
+        total += cm
+        rows.append(_per_image_row(pair.stem, cm, card.classes))
+        predictions[pair.stem] = pred.numpy()
+    summary = {"model": str(model), "data": str(data), "images": len(pairs),
+               **summarize(total, card.classes.names),
+               "confusion_matrix": total.tolist(), "class_values": list(card.classes.values),
+               "absent_class_rule": "a class absent from both prediction and truth scores null"
+                                    " (undefined) and is left out of the means"}
+    if folder is not None:
+        write_text_atomic(folder / "metrics.json", json.dumps(summary, indent=2))
+        write_text_atomic(folder / "per_image.csv", _csv(rows))
+    return Evaluation(summary, rows, predictions)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["image"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------- demo
+
+DEMO_HELD_OUT = 6
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    folder: Path
+    seconds: float
+    summary: dict[str, Any]
+
+
+def demo_data_root() -> Path:
+    """The bundled ISBI 2012 training pairs (30 EM slices, 0 = membrane, 255 = cell)."""
+    return Path(str(resources.files("unetseg") / "demo_data" / "isbi2012"))
+
+
+def _copy_demo_split(folder: Path) -> tuple[Path, Path]:
+    """Copy the bundled pairs into ``folder/data``: the first 24 to train, the last 6 to test."""
+    src = demo_data_root()
+    stems = sorted(p.stem for p in (src / "images").glob("*.png"))
+    parts = {"train": stems[:-DEMO_HELD_OUT], "test": stems[-DEMO_HELD_OUT:]}
+    for part, names in parts.items():
+        for sub in ("images", "masks"):
+            target = folder / "data" / part / sub
+            target.mkdir(parents=True, exist_ok=True)
+            for stem in names:
+                shutil.copyfile(src / sub / f"{stem}.png", target / f"{stem}.png")
+    return folder / "data" / "train", folder / "data" / "test"
+
+
+def demo(out: str | Path = "unetseg-demo", *, time_budget_s: float = 420.0, epochs: int = 40,
+         width: int = 16, device: str = "auto", show_progress: bool = True) -> DemoResult:
+    """Train a small U-Net on 24 bundled ISBI 2012 slices, then predict and score the other 6.
+
+    Everything lands in ``out``: ``data/`` (the split), ``run/`` (models, metrics.csv,
+    curves.png), ``predictions/`` (labels and overlays), ``evaluation/`` (metrics.json,
+    per_image.csv) and ``examples.png`` (image, truth and prediction side by side).
+    """
+    from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from unetseg.train.fit import fit
+    from unetseg.viz import plot_examples
+
+    started = time.perf_counter()
+    folder = Path(out)
+    if (folder / "run" / "resume.safetensors").exists():
+        raise UserError(f"{folder}: holds a finished demo; remove it or pass another --out")
+    train_dir, test_dir = _copy_demo_split(_output_folder(folder))
+    cfg = RunConfig(
+        model=ModelConfig(width=width, depth=4, up="transpose", norm="batch"),
+        data=DataConfig(val_fraction=0.0, patch_size=256, class_names=("membrane", "cell")),
+        train=TrainConfig(epochs=epochs, batch_size=4, lr=2e-3, time_limit_s=time_budget_s,
+                          device=device),
+    )
+    result = fit(train_dir, folder / "run", cfg, show_progress=show_progress)
+    model = result.last_model
+    predict(model, test_dir / "images", folder / "predictions", device=device,
+            show_progress=show_progress)
+    evaluation = evaluate(model, test_dir, folder / "evaluation", device=device,
+                          show_progress=show_progress)
+    rows = []
+    for pair in find_pairs(test_dir):
+        truth = ClassTable.from_values((0, 255)).encode(read_mask(pair.mask))
+        rows.append((pair.stem, read_image(pair.image), truth, evaluation.predictions[pair.stem]))
+    plot_examples(rows[:3], ("membrane", "cell"), folder / "examples.png")
+    return DemoResult(folder, time.perf_counter() - started, evaluation.summary)

@@ -1,0 +1,167 @@
+"""Self-describing model files and resumable training state, both safetensors + JSON.
+
+A model file (``best.safetensors``, ``last.safetensors``) holds the weights and, in the
+safetensors header, a JSON :class:`ModelCard`: the model config, the class table and the
+intensity normalisation. Nothing is ever unpickled, so a model file from anywhere is safe to load.
+
+``resume.safetensors`` additionally holds the optimiser tensors and RNG states (prefixes
+``optim/`` and ``rng/``) with the non-tensor state as JSON, written atomically in one file so
+an interrupted write never leaves a model and an optimiser from different steps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, safe_open, save_file
+
+from unetseg.config import ModelConfig, RunConfig, from_dict, to_dict
+from unetseg.data.classes import ClassTable
+from unetseg.data.normalize import ChannelStats
+from unetseg.errors import UserError
+from unetseg.files import atomic_path
+from unetseg.model import UNet
+
+FORMAT = "unetseg"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model file says about itself: enough to rebuild, normalise and decode."""
+
+    model: ModelConfig
+    classes: ClassTable
+    stats: ChannelStats
+    run: RunConfig | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model": to_dict(self.model),
+            "classes": self.classes.to_dict(),
+            "stats": self.stats.to_dict(),
+            "run": to_dict(self.run) if self.run is not None else None,
+            "info": self.info,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        d = json.loads(text)
+        return cls(
+            model=from_dict(ModelConfig, d["model"]),
+            classes=ClassTable.from_dict(d["classes"]),
+            stats=ChannelStats.from_dict(d["stats"]),
+            run=from_dict(RunConfig, d["run"]) if d.get("run") else None,
+            info=d.get("info") or {},
+        )
+
+
+def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_model(path: str | Path, model: torch.nn.Module, card: ModelCard) -> None:
+    """Write ``model``'s weights and ``card`` atomically to a safetensors file."""
+    with atomic_path(path) as tmp:
+        save_file(_state_tensors(model), str(tmp), metadata={FORMAT: card.to_json()})
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The :class:`ModelCard` of a model file; :class:`UserError` if it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found; pass the best.safetensors of a run")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UserError(
+            f"{path}: pickled model files are refused (loading them can run arbitrary code);"
+            " if you trust it, convert it with torch.load and save a unetseg model with"
+            " unetseg.train.checkpoint.save_model"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorsError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a safetensors model file ({exc}); pass a unetseg model"
+                        " such as RUN/best.safetensors") from None
+    if FORMAT not in meta:
+        raise UserError(f"{path}: a safetensors file without unetseg metadata; pass a model"
+                        " written by unetseg train")
+    try:
+        return ModelCard.from_json(meta[FORMAT])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: damaged unetseg metadata ({exc}); retrain or re-export") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
+    """Rebuild the model of a model file from its own config; returns (model in eval mode, card)."""
+    card = read_card(path)
+    model = UNet.from_config(card.model)
+    tensors = load_file(str(path), device="cpu")
+    weights = {k: v for k, v in tensors.items() if not k.startswith(("optim/", "rng/"))}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"{path}: weights do not match the stored config ({first})") from None
+    return model.to(device).eval(), card
+
+
+# ----------------------------------------------------------------------------- resume state
+
+
+def save_training_state(path: str | Path, model: torch.nn.Module, card: ModelCard,
+                        optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Write everything needed to continue training, atomically, in one safetensors file.
+
+    Args:
+        state: JSON-ready loop state (epoch, step, history, scheduler and scaler state, ...).
+    """
+    tensors = _state_tensors(model)
+    opt = optimizer.state_dict()
+    opt_json: dict[str, Any] = {"param_groups": opt["param_groups"], "scalars": {}}
+    for idx, slots in opt["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{idx}/{name}"] = value.detach().cpu().contiguous()
+            else:
+                opt_json["scalars"].setdefault(str(idx), {})[name] = value
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda{i}"] = s
+    meta = {FORMAT: card.to_json(), "optimizer": json.dumps(opt_json), "state": json.dumps(state)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_training_state(path: str | Path, model: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimiser and RNG from :func:`save_training_state`; return the loop state."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    tensors = load_file(str(path), device="cpu")
+    model.load_state_dict({k: v for k, v in tensors.items()
+                           if not k.startswith(("optim/", "rng/"))})
+    opt_json = json.loads(meta["optimizer"])
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, idx, name = key.split("/", 2)
+            opt_state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in opt_json["scalars"].items():
+        opt_state.setdefault(int(idx), {}).update(scalars)
+    optimizer.load_state_dict({"state": opt_state, "param_groups": opt_json["param_groups"]})
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    return json.loads(meta["state"])

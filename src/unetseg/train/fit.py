@@ -1,0 +1,273 @@
+"""``fit``: data folder in, trained model files out. A short orchestrator over plain functions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from unetseg.config import RunConfig, to_dict
+from unetseg.data.augment import augment_batch
+from unetseg.data.classes import IGNORE_INDEX, ClassTable
+from unetseg.data.dataset import (
+    LoadedPair,
+    PatchDataset,
+    find_pairs,
+    load_pairs,
+    read_raw_masks,
+    split_pairs,
+)
+from unetseg.data.normalize import ChannelStats, channel_stats, normalize
+from unetseg.errors import UserError
+from unetseg.files import write_text_atomic
+from unetseg.infer.engine import ImagePredictor, resolve_device
+from unetseg.losses import build_loss
+from unetseg.metrics import iou, mean_iou
+from unetseg.model import UNet, nearest_legal_input_size
+from unetseg.train.checkpoint import (
+    ModelCard,
+    load_training_state,
+    read_card,
+    save_model,
+    save_training_state,
+)
+from unetseg.train.loop import Precision, confusion_over_images, train_one_epoch
+from unetseg.train.optim import build_optimizer, build_scheduler
+from unetseg.viz import plot_curves
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Decoded training and validation pairs with the class table and normalisation."""
+
+    classes: ClassTable
+    train: list[LoadedPair]
+    val: list[LoadedPair]
+    stats: ChannelStats
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_dir: Path
+    best_model: Path
+    last_model: Path
+    history: list[dict[str, Any]]
+    stopped: str
+
+
+def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True) -> PreparedData:
+    """Pair, check and decode the data; split it by seed; compute the training normalisation."""
+    pairs = find_pairs(root)
+    d = cfg.data
+    if d.class_values is not None:
+        classes = ClassTable.from_values(d.class_values, d.class_names, d.ignore_value)
+    else:
+        classes = ClassTable.infer(read_raw_masks(pairs), ignore_value=d.ignore_value,
+                                   names=d.class_names)
+    loaded = load_pairs(pairs, classes, progress=show_progress)
+    train, val = split_pairs(loaded, d.val_fraction, cfg.train.seed)
+    return PreparedData(classes, train, val, channel_stats(p.image for p in train))
+
+
+def patch_size_for(cfg: RunConfig) -> int:
+    """The training crop side: as configured, or the nearest legal size for valid padding."""
+    if cfg.model.padding == "valid":
+        return nearest_legal_input_size(cfg.data.patch_size, cfg.model.depth)
+    return cfg.data.patch_size
+
+
+def steps_per_epoch(cfg: RunConfig, train: list[LoadedPair], patch: int) -> int:
+    """Configured, or enough patches to cover the training images' area once (>= 8 steps)."""
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch
+    area = sum(p.ids.shape[0] * p.ids.shape[1] for p in train)
+    return max(8, math.ceil(area / (patch * patch) / cfg.train.batch_size))
+
+
+def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, epoch: int
+                    ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+
+    def prepare(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+        images, masks = augment_batch(images, masks, cfg.augment, generator=generator)
+        return normalize(images, stats), masks
+
+    return prepare
+
+
+def _validate(model: UNet, data: PreparedData, cfg: RunConfig) -> dict[str, Any]:
+    if not data.val:
+        return {"val_mean_iou": None}
+    model.eval()
+    predictor = ImagePredictor(model, data.stats, tile=cfg.train.val_tile, batch_size=2)
+    pairs = ((torch.from_numpy(p.image), torch.from_numpy(p.ids)) for p in data.val)
+    matrices = confusion_over_images(predictor.logits, pairs, data.classes.num_classes)
+    total = torch.stack(matrices).sum(0)
+    row: dict[str, Any] = {"val_mean_iou": float(mean_iou(total))}
+    for name, value in zip(data.classes.names, iou(total).tolist()):
+        row[f"val_iou/{name}"] = None if math.isnan(value) else value
+    return row
+
+
+def _score(row: dict[str, Any]) -> float:
+    """Higher is better: validation mean IoU, or minus the training loss without validation."""
+    return row["val_mean_iou"] if row["val_mean_iou"] is not None else -row["train_loss"]
+
+
+def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
+    """All epochs so far, one row each, rewritten atomically."""
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(path, buf.getvalue())
+
+
+def _start_run(out: Path, resume: bool) -> Path | None:
+    """Create the run folder; return the resume file to continue from, if any."""
+    state = out / "resume.safetensors"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+    if resume:
+        if not state.is_file():
+            raise UserError(f"{out}: nothing to resume (no resume.safetensors); drop --resume")
+        return state
+    if state.exists():
+        raise UserError(f"{out}: holds a run already; pass --resume to continue it or choose"
+                        " another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create the run folder ({exc.strerror})") from None
+    return None
+
+
+def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
+        resume: bool = False, show_progress: bool = True) -> FitResult:
+    """Train a U-Net on ``data`` (``images/`` + ``masks/``) and write the run into ``out``.
+
+    Writes ``best.safetensors`` and ``last.safetensors`` (model + JSON card),
+    ``resume.safetensors`` (everything to continue), ``config.json``, ``metrics.csv`` and
+    ``curves.png``. With ``resume=True`` the run continues from ``resume.safetensors`` with the
+    configuration stored there, exactly as if it had not stopped.
+    """
+    out = Path(out)
+    resume_file = _start_run(out, resume)
+    if resume_file is not None:
+        stored = read_card(resume_file).run
+        assert stored is not None
+        cfg = stored
+    cfg = cfg or RunConfig()
+    data_ = prepare_data(data, cfg, show_progress=show_progress)
+    model_cfg = replace(cfg.model, in_channels=data_.train[0].image.shape[0],
+                        num_classes=data_.classes.num_classes)
+    cfg = replace(cfg, model=model_cfg)
+    card = ModelCard(model_cfg, data_.classes, data_.stats, cfg)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model = UNet.from_config(model_cfg).to(device)
+    patch = patch_size_for(cfg)
+    steps = steps_per_epoch(cfg, data_.train, patch)
+    optimizer = build_optimizer(cfg.train, model.parameters())
+    scheduler = build_scheduler(cfg.train, optimizer, steps_per_epoch=steps)
+    precision = Precision.for_device(device, cfg.train.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_gradients)
+    weights = (torch.tensor(cfg.train.class_weights, device=device)
+               if cfg.train.class_weights else None)
+    loss_fn = build_loss(cfg.train.loss, class_weights=weights, ignore_index=IGNORE_INDEX)
+    state: dict[str, Any] = {"epoch": 0, "epochs": cfg.train.epochs, "history": [],
+                             "best_score": -math.inf, "bad_epochs": 0, "elapsed_s": 0.0}
+    if resume_file is not None:
+        state = load_training_state(resume_file, model, optimizer)
+        scheduler.load_state_dict(state.pop("scheduler"))
+        scaler.load_state_dict(state.pop("scaler"))
+    write_text_atomic(out / "config.json", json.dumps({
+        "run": to_dict(cfg), "classes": data_.classes.to_dict(), "stats": data_.stats.to_dict(),
+        "data": str(Path(data).resolve()), "patch_size": patch, "steps_per_epoch": steps,
+        "train_stems": [p.stem for p in data_.train], "val_stems": [p.stem for p in data_.val],
+    }, indent=2))
+    dataset = PatchDataset(data_.train, patch, length=steps * cfg.train.batch_size,
+                           foreground_fraction=cfg.data.foreground_fraction, seed=cfg.train.seed)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
+                        pin_memory=device.type == "cuda")
+    stopped = "epochs"
+    epoch = state["epoch"] + 1
+    while epoch <= state["epochs"]:
+        started = time.perf_counter()
+        dataset.set_epoch(epoch)
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+        stats = train_one_epoch(
+            model, loader, prepare=_batch_preparer(cfg, data_.stats, device, epoch),
+            loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            precision=precision, steps=steps, description=f"epoch {epoch}/{state['epochs']}",
+            show_progress=show_progress)
+        row = {"epoch": epoch, "step": epoch * steps, "lr": scheduler.get_last_lr()[0],
+               "train_loss": stats.loss, **_validate(model, data_, cfg)}
+        state["elapsed_s"] += time.perf_counter() - started
+        if epoch == 1 and cfg.train.time_limit_s is not None:
+            _fit_schedule_to_budget(state, scheduler, cfg.train.time_limit_s, steps)
+        row["elapsed_s"] = round(state["elapsed_s"], 2)
+        row["images_seen"] = epoch * steps * cfg.train.batch_size
+        state["history"].append(row)
+        improved = _score(row) > state["best_score"]
+        if improved:
+            state["best_score"], state["bad_epochs"] = _score(row), 0
+            save_model(out / "best.safetensors", model, replace(card, info={"epoch": epoch,
+                                                                           **row}))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        save_model(out / "last.safetensors", model, replace(card, info={"epoch": epoch}))
+        save_training_state(out / "resume.safetensors", model, card, optimizer, {
+            **state, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
+        write_metrics_csv(state["history"], out / "metrics.csv")
+        plot_curves(state["history"], out / "curves.png")
+        _report(row, improved, state["epochs"], show_progress)
+        if cfg.train.early_stopping and state["bad_epochs"] >= cfg.train.early_stopping:
+            stopped = "early_stopping"
+            break
+        limit = cfg.train.time_limit_s
+        if limit is not None and state["elapsed_s"] + stats.seconds > limit:
+            stopped = "time_limit"
+            break
+        epoch += 1
+    return FitResult(out, out / "best.safetensors", out / "last.safetensors",
+                     state["history"], stopped)
+
+
+def _fit_schedule_to_budget(state: dict[str, Any], scheduler: torch.optim.lr_scheduler.LambdaLR,
+                            limit_s: float, steps: int) -> None:
+    """After the first epoch, shorten the run (and its cosine schedule) to fit ``limit_s``."""
+    planned = max(1, int(limit_s // max(state["elapsed_s"], 1e-6)))
+    if planned < state["epochs"]:
+        state["epochs"] = planned
+        scheduler.lr_lambdas[0].total_steps = planned * steps  # type: ignore[attr-defined]
+        log.info("time budget %.0f s: planning %d epochs", limit_s, planned)
+
+
+def _report(row: dict[str, Any], improved: bool, epochs: int, show: bool) -> None:
+    val = row["val_mean_iou"]
+    text = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}"
+            + (f"  val mIoU {val:.4f}" if val is not None else "")
+            + ("  (best)" if improved else "") + f"  [{row['elapsed_s']:.0f} s]")
+    if show:
+        tqdm.write(text)
+    log.info(text)

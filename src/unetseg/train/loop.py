@@ -1,0 +1,117 @@
+"""One epoch of training and one pass of validation, as plain functions."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from unetseg.errors import UserError
+from unetseg.metrics import confusion_matrix
+from unetseg.model.blocks import center_crop
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Mean training loss over the epoch's steps, steps taken, images seen, wall seconds."""
+
+    loss: float
+    steps: int
+    images: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision for one device: autocast dtype (None = fp32) and whether to scale grads."""
+
+    dtype: torch.dtype | None
+    scale_gradients: bool
+
+    @classmethod
+    def for_device(cls, device: torch.device, enabled: bool) -> Precision:
+        """bf16 on GPUs that support it, fp16 + gradient scaling on older ones, fp32 on CPU
+        (CPUs without native bf16 run autocast far slower than fp32)."""
+        if not enabled or device.type != "cuda":
+            return cls(None, False)
+        if torch.cuda.is_bf16_supported():
+            return cls(torch.bfloat16, False)
+        return cls(torch.float16, True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    prepare: Callable[[torch.Tensor, torch.Tensor], Batch],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    precision: Precision,
+    steps: int,
+    description: str = "train",
+    show_progress: bool = True,
+) -> EpochStats:
+    """Run ``steps`` optimiser steps over ``batches``.
+
+    ``prepare`` moves a CPU batch to the device and augments and normalises it; targets of
+    valid-padding models are centre-cropped to the logits. A non-finite loss stops training
+    with a :class:`UserError` before the weights are touched.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    total, seen, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(total=steps, desc=description, leave=False, disable=not show_progress,
+               dynamic_ncols=True)
+    done = 0
+    for images, masks in batches:
+        if done == steps:
+            break
+        x, y = prepare(images, masks)
+        with torch.autocast(device.type, dtype=precision.dtype or torch.float32,
+                            enabled=precision.dtype is not None):
+            logits = model(x)
+        if logits.shape[-2:] != y.shape[-2:]:
+            y = center_crop(y, logits.shape[-2], logits.shape[-1])
+        loss = loss_fn(logits.float(), y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            bar.close()
+            raise UserError(
+                f"training diverged: the loss became {value} at step {done + 1} of this epoch;"
+                " lower --lr (the last good checkpoint is kept)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += value
+        seen += x.shape[0]
+        done += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / done:.4f}")
+    bar.close()
+    return EpochStats(total / max(done, 1), done, seen, time.perf_counter() - start)
+
+
+def confusion_over_images(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+) -> list[torch.Tensor]:
+    """One (K, K) confusion matrix per (image (C,H,W), ids (H,W)) pair, rows = truth."""
+    matrices = []
+    for image, ids in pairs:
+        pred = logits_of(image).argmax(0)
+        matrices.append(confusion_matrix(pred, ids.to(pred.device).long(), num_classes))
+    return matrices

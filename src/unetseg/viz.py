@@ -1,0 +1,121 @@
+"""Pictures: prediction overlays, training curves, example grids.
+
+matplotlib is imported inside the functions (Agg backend), so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetseg.files import atomic_path
+
+_BASE_COLOURS = np.array([
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+    [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
+], dtype=np.uint8)
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 colours, distinct for the first 15 classes, golden-angle hues beyond."""
+    if num_classes <= len(_BASE_COLOURS):
+        return _BASE_COLOURS[:num_classes].copy()
+    extra = [colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.95)
+             for i in range(num_classes - len(_BASE_COLOURS))]
+    return np.concatenate([_BASE_COLOURS, (np.array(extra) * 255).astype(np.uint8)])
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """An image (C, H, W) in any range as (H, W, 3) uint8, stretched between its 1st and 99th
+    percentiles; gray is repeated, more than 3 channels keep the first 3."""
+    x = image.astype(np.float32)
+    lo, hi = np.percentile(x, [1, 99])
+    x = np.clip((x - lo) / max(float(hi - lo), 1e-8), 0, 1)
+    x = np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x[:3]
+    if x.shape[0] == 2:
+        x = np.concatenate([x, x[:1]], axis=0)
+    return (x.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+
+
+def overlay(image: np.ndarray, ids: np.ndarray, palette: np.ndarray, *, alpha: float = 0.4,
+            skip: Sequence[int] = ()) -> np.ndarray:
+    """Blend class colours over an image. ``ids`` (H, W); ids < 0 and ids in ``skip`` stay
+    uncoloured. Returns (H, W, 3) uint8."""
+    rgb = display_rgb(image).astype(np.float32)
+    ids = np.asarray(ids)
+    paint = ids >= 0
+    for k in skip:
+        paint &= ids != k
+    colours = palette[np.clip(ids, 0, len(palette) - 1)].astype(np.float32)
+    rgb[paint] = (1 - alpha) * rgb[paint] + alpha * colours[paint]
+    return rgb.round().astype(np.uint8)
+
+
+def _save_figure(fig: Any, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Training loss and validation mean IoU per epoch, side by side, as a PNG."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3)
+    left.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    scores = [(h["epoch"], h["val_mean_iou"]) for h in history
+              if h.get("val_mean_iou") is not None]
+    if scores:
+        right.plot(*zip(*scores), marker="o", ms=3, color="tab:green")
+        best = max(scores, key=lambda s: s[1])
+        right.annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(0, -14),
+                       ha="center")
+    right.set(xlabel="epoch", ylabel="mean IoU", title="Validation mean IoU", ylim=(0, 1))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def plot_examples(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]],
+                  class_names: Sequence[str], path: str | Path) -> None:
+    """A grid with one row per image: the image, the truth overlay (if any), the prediction
+    overlay, and a class legend. Each row is (title, image (C,H,W), truth ids or None, pred ids).
+    """
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    palette = class_palette(len(class_names))
+    cols = 3 if any(r[2] is not None for r in rows) else 2
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 3.2 * len(rows)),
+                             squeeze=False)
+    for row, (title, image, truth, pred) in zip(axes, rows):
+        panels = [(display_rgb(image), title)]
+        if cols == 3:
+            panels.append((overlay(image, truth, palette) if truth is not None
+                           else display_rgb(image), "truth"))
+        panels.append((overlay(image, pred, palette), "prediction"))
+        for ax, (picture, label) in zip(row, panels):
+            ax.imshow(picture)
+            ax.set_title(label, fontsize=9)
+            ax.axis("off")
+    handles = [Patch(color=palette[i] / 255, label=n) for i, n in enumerate(class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _save_figure(fig, path)

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny synthetic datasets written to disk (CPU only, seconds to build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def disc_pair(size: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A gray image with bright discs on a noisy background and its 0/255 mask."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    mask = np.zeros((h, w), bool)
+    for _ in range(4):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(5, max(6, min(h, w) // 4))
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+    image = 60 + 120 * mask + rng.normal(0, 12, (h, w))
+    return np.clip(image, 0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
+
+
+def write_dataset(root: Path, n: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for i in range(n):
+        image, mask = disc_pair(size, seed + i)
+        Image.fromarray(image).save(root / "images" / f"img{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"img{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def disc_data(tmp_path: Path) -> Path:
+    """Six 64x64 gray images with 0/255 disc masks in tmp/data/{images,masks}."""
+    return write_dataset(tmp_path / "data", 6)
+
+
+@pytest.fixture
+def isbi_root() -> Path:
+    root = SHARED_DATA / "isbi2012" / "train"
+    if not (root / "images").is_dir():
+        pytest.skip("../shared/data/isbi2012 is not present")
+    return root
