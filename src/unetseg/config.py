@@ -157,8 +157,8 @@ def _coerce(tp: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value)  # type: ignore[arg-type]
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v) for v in value)
-        return tuple(_coerce(a, v) for a, v in zip(args, value))
+        items = typing.get_args(tp)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return tuple(_coerce(items[0], v) for v in value)
+        return tuple(_coerce(a, v) for a, v in zip(items, value))
     return value

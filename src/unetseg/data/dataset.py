@@ -212,7 +212,7 @@ def load_pairs(
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(pairs, desc="reading images", unit="image")
+        items = tqdm(pairs, desc="reading images", unit="image", leave=False)
     loaded: list[LoadedPair] = []
     for pair in items:
         item = _load_one(pair, classes)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from unetseg.config import ModelConfig, RunConfig, from_dict, to_dict
@@ -89,7 +89,7 @@ def read_card(path: str | Path) -> ModelCard:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a safetensors model file ({exc}); pass a unetseg model"
                         " such as RUN/best.safetensors") from None
     if FORMAT not in meta:
@@ -159,7 +159,9 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
             opt_state.setdefault(int(idx), {})[name] = value
     for idx, scalars in opt_json["scalars"].items():
         opt_state.setdefault(int(idx), {}).update(scalars)
-    optimizer.load_state_dict({"state": opt_state, "param_groups": opt_json["param_groups"]})
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v
+               for k, v in group.items()} for group in opt_json["param_groups"]]
+    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
     torch.set_rng_state(tensors["rng/torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
     if cuda_states and torch.cuda.is_available():

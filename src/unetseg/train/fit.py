@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,8 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
     def prepare(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        images, masks = augment_batch(images, masks, cfg.augment, generator=generator)
-        return normalize(images, stats), masks
+        augmented = augment_batch(images, masks, cfg.augment, generator=generator)
+        return normalize(augmented[0], stats), augmented[1]
 
     return prepare
 
@@ -141,8 +141,8 @@ def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def _start_run(out: Path, resume: bool) -> Path | None:
-    """Create the run folder; return the resume file to continue from, if any."""
+def _check_run_folder(out: Path, resume: bool) -> Path | None:
+    """Refuse an unusable run folder before any work; return the resume file, if resuming."""
     state = out / "resume.safetensors"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
@@ -153,24 +153,30 @@ def _start_run(out: Path, resume: bool) -> Path | None:
     if state.exists():
         raise UserError(f"{out}: holds a run already; pass --resume to continue it or choose"
                         " another --out")
+    return None
+
+
+def _make_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{out}: cannot create the run folder ({exc.strerror})") from None
-    return None
 
 
 def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
-        resume: bool = False, show_progress: bool = True) -> FitResult:
+        resume: bool = False, show_progress: bool = True,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> FitResult:
     """Train a U-Net on ``data`` (``images/`` + ``masks/``) and write the run into ``out``.
 
     Writes ``best.safetensors`` and ``last.safetensors`` (model + JSON card),
     ``resume.safetensors`` (everything to continue), ``config.json``, ``metrics.csv`` and
     ``curves.png``. With ``resume=True`` the run continues from ``resume.safetensors`` with the
-    configuration stored there, exactly as if it had not stopped.
+    configuration stored there, exactly as if it had not stopped. Each callback is called with
+    the epoch's metrics row after the epoch's files are written; an exception from it stops
+    the run with everything up to that epoch saved.
     """
     out = Path(out)
-    resume_file = _start_run(out, resume)
+    resume_file = _check_run_folder(out, resume)
     if resume_file is not None:
         stored = read_card(resume_file).run
         assert stored is not None
@@ -181,6 +187,7 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
                         num_classes=data_.classes.num_classes)
     cfg = replace(cfg, model=model_cfg)
     card = ModelCard(model_cfg, data_.classes, data_.stats, cfg)
+    _make_folder(out)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     model = UNet.from_config(model_cfg).to(device)
@@ -241,6 +248,8 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         write_metrics_csv(state["history"], out / "metrics.csv")
         plot_curves(state["history"], out / "curves.png")
         _report(row, improved, state["epochs"], show_progress)
+        for callback in callbacks:
+            callback(row)
         if cfg.train.early_stopping and state["bad_epochs"] >= cfg.train.early_stopping:
             stopped = "early_stopping"
             break

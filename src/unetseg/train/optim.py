@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
 from unetseg.config import TrainConfig
 
 
-def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
+def build_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter]
+                    ) -> torch.optim.Optimizer:
     """AdamW (default) or SGD with Nesterov-free momentum (the U-Net paper: 0.99)."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -1,0 +1,100 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unetseg.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from unetseg.errors import UserError
+from unetseg.train.fit import fit
+from unetseg.train.optim import LrSchedule
+
+NO_AUGMENT = AugmentConfig(flip=False, rot90=False, affine_p=0.0, elastic_p=0.0, intensity_p=0.0)
+
+
+def small_cfg(**train) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(depth=2, width=4),
+        data=DataConfig(patch_size=32, val_fraction=0.34),
+        train=TrainConfig(**{"epochs": 2, "batch_size": 2, "steps_per_epoch": 3, **train}),
+    )
+
+
+def test_fit_writes_a_complete_run_folder(disc_data: Path, tmp_path: Path):
+    result = fit(disc_data, tmp_path / "run", small_cfg(), show_progress=False)
+    run = result.run_dir
+    for name in ("best.safetensors", "last.safetensors", "resume.safetensors", "config.json",
+                 "metrics.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"]["values"] == [0, 255]
+    assert len(config["val_stems"]) == 2 and not set(config["val_stems"]) & set(
+        config["train_stems"])
+    assert not list(run.glob(".*tmp*")), "temporary files left behind"
+
+
+class StopAfter:
+    """A callback that interrupts training like Ctrl-C after a given epoch."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def __call__(self, row: dict) -> None:
+        if row["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(disc_data: Path,
+                                                                   tmp_path: Path):
+    full = fit(disc_data, tmp_path / "full", small_cfg(epochs=3), show_progress=False)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(disc_data, run, small_cfg(epochs=3), show_progress=False, callbacks=[StopAfter(1)])
+    resumed = fit(disc_data, run, resume=True, show_progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a = load_file(str(full.last_model))
+    b = load_file(str(resumed.last_model))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history[-1]["train_loss"] == full.history[-1]["train_loss"]
+    assert resumed.history[-1]["val_mean_iou"] == full.history[-1]["val_mean_iou"]
+
+
+def test_existing_run_needs_resume(disc_data: Path, tmp_path: Path):
+    fit(disc_data, tmp_path / "run", small_cfg(epochs=1), show_progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        fit(disc_data, tmp_path / "run", small_cfg(epochs=1), show_progress=False)
+    with pytest.raises(UserError, match="nothing to resume"):
+        fit(disc_data, tmp_path / "new", resume=True, show_progress=False)
+
+
+def test_time_budget_shortens_the_schedule():
+    schedule = LrSchedule(total_steps=100, warmup_steps=10, schedule="cosine")
+    assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
+    assert schedule(55) == pytest.approx(0.5)
+    assert schedule(100) == pytest.approx(0.0)
+    schedule.total_steps = 50
+    assert schedule(50) == pytest.approx(0.0)
+
+
+@pytest.mark.slow
+def test_overfits_two_images(tmp_path: Path):
+    from conftest import write_dataset
+
+    data = write_dataset(tmp_path / "two", 2, size=(64, 64), seed=3)
+    cfg = RunConfig(
+        model=ModelConfig(depth=3, width=8),
+        data=DataConfig(patch_size=64, val_fraction=0.0),
+        augment=NO_AUGMENT,
+        train=TrainConfig(epochs=30, batch_size=2, steps_per_epoch=10, lr=5e-3, warmup_epochs=0),
+    )
+    result = fit(data, tmp_path / "run", cfg, show_progress=False)
+    from unetseg.api import evaluate
+
+    scores = evaluate(result.last_model, data, show_progress=False)
+    assert scores.summary["per_class"]["foreground"]["iou"] > 0.9
+    assert scores.summary["mean_iou"] > 0.9
