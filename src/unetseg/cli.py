@@ -188,7 +188,7 @@ def _demo(args: argparse.Namespace) -> int:
                        ("examples", f / "examples.png"),
                        ("overlays", f / "predictions"),
                        ("metrics", f / "evaluation" / "metrics.json"),
-                       ("model", f / "run" / "last.safetensors")]:
+                       ("model", f / "run" / "best.safetensors")]:
         print(f"  {what:<16}{path}")
     return 0
 

@@ -76,6 +76,8 @@ def _pyplot() -> Any:
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Training loss and validation mean IoU per epoch, side by side, as a PNG."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3)
@@ -87,9 +89,13 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
         best = max(scores, key=lambda s: s[1])
         right.annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(0, -14),
                        ha="center")
+    else:
+        right.text(0.5, 0.5, "no validation split", ha="center", va="center",
+                   transform=right.transAxes, color="gray")
     right.set(xlabel="epoch", ylabel="mean IoU", title="Validation mean IoU", ylim=(0, 1))
     for ax in (left, right):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save_figure(fig, path)
 
 

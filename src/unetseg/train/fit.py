@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from unetseg.config import RunConfig, to_dict
+from unetseg.config import RunConfig, TrainConfig, to_dict
 from unetseg.data.augment import augment_batch
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import (
@@ -163,6 +163,51 @@ def _make_folder(out: Path) -> None:
         raise UserError(f"{out}: cannot create the run folder ({exc.strerror})") from None
 
 
+@dataclass
+class Training:
+    """The objects one training run updates step by step."""
+
+    model: UNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    loss_fn: Callable[..., torch.Tensor]
+    patch: int
+    steps: int
+
+
+def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device) -> Training:
+    """Model, optimiser, schedule, precision and loss for ``cfg``, seeded."""
+    torch.manual_seed(cfg.train.seed)
+    model = UNet.from_config(cfg.model).to(device)
+    patch = patch_size_for(cfg)
+    steps = steps_per_epoch(cfg, train, patch)
+    optimizer = build_optimizer(cfg.train, model.parameters())
+    precision = Precision.for_device(device, cfg.train.amp)
+    weights = (torch.tensor(cfg.train.class_weights, device=device)
+               if cfg.train.class_weights else None)
+    return Training(
+        model=model, optimizer=optimizer,
+        scheduler=build_scheduler(cfg.train, optimizer, steps_per_epoch=steps),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision.scale_gradients),
+        precision=precision,
+        loss_fn=build_loss(cfg.train.loss, class_weights=weights, ignore_index=IGNORE_INDEX),
+        patch=patch, steps=steps)
+
+
+def _save_epoch(out: Path, t: Training, card: ModelCard, state: dict[str, Any],
+                row: dict[str, Any], improved: bool) -> None:
+    """Write the epoch's model files, resume state, metrics table and curves (each atomic)."""
+    if improved:
+        save_model(out / "best.safetensors", t.model, replace(card, info=row))
+    save_model(out / "last.safetensors", t.model, replace(card, info={"epoch": row["epoch"]}))
+    save_training_state(out / "resume.safetensors", t.model, card, t.optimizer, {
+        **state, "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()})
+    write_metrics_csv(state["history"], out / "metrics.csv")
+    plot_curves(state["history"], out / "curves.png")
+
+
 def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         resume: bool = False, show_progress: bool = True,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> FitResult:
@@ -178,98 +223,78 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     out = Path(out)
     resume_file = _check_run_folder(out, resume)
     if resume_file is not None:
-        stored = read_card(resume_file).run
-        assert stored is not None
-        cfg = stored
+        cfg = read_card(resume_file).run
     cfg = cfg or RunConfig()
     data_ = prepare_data(data, cfg, show_progress=show_progress)
-    model_cfg = replace(cfg.model, in_channels=data_.train[0].image.shape[0],
-                        num_classes=data_.classes.num_classes)
-    cfg = replace(cfg, model=model_cfg)
-    card = ModelCard(model_cfg, data_.classes, data_.stats, cfg)
+    cfg = replace(cfg, model=replace(cfg.model, in_channels=data_.train[0].image.shape[0],
+                                     num_classes=data_.classes.num_classes))
+    card = ModelCard(cfg.model, data_.classes, data_.stats, cfg)
     _make_folder(out)
     device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
-    model = UNet.from_config(model_cfg).to(device)
-    patch = patch_size_for(cfg)
-    steps = steps_per_epoch(cfg, data_.train, patch)
-    optimizer = build_optimizer(cfg.train, model.parameters())
-    scheduler = build_scheduler(cfg.train, optimizer, steps_per_epoch=steps)
-    precision = Precision.for_device(device, cfg.train.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_gradients)
-    weights = (torch.tensor(cfg.train.class_weights, device=device)
-               if cfg.train.class_weights else None)
-    loss_fn = build_loss(cfg.train.loss, class_weights=weights, ignore_index=IGNORE_INDEX)
+    t = build_training(cfg, data_.train, device)
     state: dict[str, Any] = {"epoch": 0, "epochs": cfg.train.epochs, "history": [],
                              "best_score": -math.inf, "bad_epochs": 0, "elapsed_s": 0.0}
     if resume_file is not None:
-        state = load_training_state(resume_file, model, optimizer)
-        scheduler.load_state_dict(state.pop("scheduler"))
-        scaler.load_state_dict(state.pop("scaler"))
+        state = load_training_state(resume_file, t.model, t.optimizer)
+        t.scheduler.load_state_dict(state.pop("scheduler"))
+        t.scaler.load_state_dict(state.pop("scaler"))
     write_text_atomic(out / "config.json", json.dumps({
         "run": to_dict(cfg), "classes": data_.classes.to_dict(), "stats": data_.stats.to_dict(),
-        "data": str(Path(data).resolve()), "patch_size": patch, "steps_per_epoch": steps,
+        "data": str(Path(data).resolve()), "patch_size": t.patch, "steps_per_epoch": t.steps,
         "train_stems": [p.stem for p in data_.train], "val_stems": [p.stem for p in data_.val],
     }, indent=2))
-    dataset = PatchDataset(data_.train, patch, length=steps * cfg.train.batch_size,
+    dataset = PatchDataset(data_.train, t.patch, length=t.steps * cfg.train.batch_size,
                            foreground_fraction=cfg.data.foreground_fraction, seed=cfg.train.seed)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
                         pin_memory=device.type == "cuda")
-    stopped = "epochs"
-    epoch = state["epoch"] + 1
+    stopped, epoch = "epochs", state["epoch"] + 1
     while epoch <= state["epochs"]:
         started = time.perf_counter()
         dataset.set_epoch(epoch)
         torch.manual_seed(cfg.train.seed * 100_003 + epoch)
         stats = train_one_epoch(
-            model, loader, prepare=_batch_preparer(cfg, data_.stats, device, epoch),
-            loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            precision=precision, steps=steps, description=f"epoch {epoch}/{state['epochs']}",
-            show_progress=show_progress)
-        row = {"epoch": epoch, "step": epoch * steps, "lr": scheduler.get_last_lr()[0],
-               "train_loss": stats.loss, **_validate(model, data_, cfg)}
+            t.model, loader, prepare=_batch_preparer(cfg, data_.stats, device, epoch),
+            loss_fn=t.loss_fn, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
+            precision=t.precision, steps=t.steps,
+            description=f"epoch {epoch}/{state['epochs']}", show_progress=show_progress)
+        row = {"epoch": epoch, "step": epoch * t.steps, "lr": t.scheduler.get_last_lr()[0],
+               "train_loss": stats.loss, **_validate(t.model, data_, cfg)}
         state["elapsed_s"] += time.perf_counter() - started
-        if epoch == 1 and cfg.train.time_limit_s is not None:
-            _fit_schedule_to_budget(state, scheduler, cfg.train.time_limit_s, steps)
-        row["elapsed_s"] = round(state["elapsed_s"], 2)
-        row["images_seen"] = epoch * steps * cfg.train.batch_size
+        if cfg.train.time_limit_s is not None:
+            _fit_schedule_to_budget(state, t.scheduler, cfg.train, epoch, t.steps)
+        row.update(elapsed_s=round(state["elapsed_s"], 2),
+                   images_seen=epoch * t.steps * cfg.train.batch_size)
         state["history"].append(row)
         improved = _score(row) > state["best_score"]
-        if improved:
-            state["best_score"], state["bad_epochs"] = _score(row), 0
-            save_model(out / "best.safetensors", model, replace(card, info={"epoch": epoch,
-                                                                           **row}))
-        else:
-            state["bad_epochs"] += 1
+        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+        state["best_score"] = max(state["best_score"], _score(row))
         state["epoch"] = epoch
-        save_model(out / "last.safetensors", model, replace(card, info={"epoch": epoch}))
-        save_training_state(out / "resume.safetensors", model, card, optimizer, {
-            **state, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
-        write_metrics_csv(state["history"], out / "metrics.csv")
-        plot_curves(state["history"], out / "curves.png")
+        _save_epoch(out, t, card, state, row, improved)
         _report(row, improved, state["epochs"], show_progress)
         for callback in callbacks:
             callback(row)
         if cfg.train.early_stopping and state["bad_epochs"] >= cfg.train.early_stopping:
             stopped = "early_stopping"
             break
-        limit = cfg.train.time_limit_s
-        if limit is not None and state["elapsed_s"] + stats.seconds > limit:
+        if epoch == state["epochs"] and epoch < cfg.train.epochs:
             stopped = "time_limit"
-            break
         epoch += 1
     return FitResult(out, out / "best.safetensors", out / "last.safetensors",
                      state["history"], stopped)
 
 
 def _fit_schedule_to_budget(state: dict[str, Any], scheduler: torch.optim.lr_scheduler.LambdaLR,
-                            limit_s: float, steps: int) -> None:
-    """After the first epoch, shorten the run (and its cosine schedule) to fit ``limit_s``."""
-    planned = max(1, int(limit_s // max(state["elapsed_s"], 1e-6)))
-    if planned < state["epochs"]:
+                            cfg: TrainConfig, epoch: int, steps: int) -> None:
+    """Re-plan the number of epochs (and the cosine schedule's length) after each epoch so that
+    the run ends within ``cfg.time_limit_s``, from the mean epoch time so far."""
+    assert cfg.time_limit_s is not None
+    per_epoch = state["elapsed_s"] / epoch
+    remaining = max(0, int((cfg.time_limit_s - state["elapsed_s"]) // max(per_epoch, 1e-6)))
+    planned = max(epoch, min(cfg.epochs, epoch + remaining))
+    if planned != state["epochs"]:
         state["epochs"] = planned
         scheduler.lr_lambdas[0].total_steps = planned * steps  # type: ignore[attr-defined]
-        log.info("time budget %.0f s: planning %d epochs", limit_s, planned)
+        log.info("time budget %.0f s: planning %d epochs", cfg.time_limit_s, planned)
 
 
 def _report(row: dict[str, Any], improved: bool, epochs: int, show: bool) -> None:
