@@ -25,6 +25,8 @@ _LAZY = {
     "predict": "unetseg.api",
     "evaluate": "unetseg.api",
     "demo": "unetseg.api",
+    "check_data": "unetseg.data.doctor",
+    "convert_checkpoint": "unetseg.train.convert",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

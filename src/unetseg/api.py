@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,22 +22,46 @@ from tqdm.auto import tqdm
 
 from unetseg.data.classes import ClassTable
 from unetseg.data.dataset import find_pairs, list_images
-from unetseg.data.io import image_size, read_image, read_mask, write_label, write_rgb, write_tiff
+from unetseg.data.io import image_size, read_image, read_mask, write_rgb, write_tiff
+from unetseg.data.masks import class_colours, encode_mask, read_mask_file, write_mask
 from unetseg.errors import UserError
-from unetseg.files import write_text_atomic
+from unetseg.files import write_bytes_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.metrics import confusion_matrix, iou, mean_iou, pixel_accuracy, summarize
+from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.train.checkpoint import ModelCard, load_model
-from unetseg.viz import class_palette, overlay
+from unetseg.viz import overlay
 
 
 def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float = 0.25,
-                   batch_size: int = 4, device: str = "auto") -> tuple[ImagePredictor, ModelCard]:
-    """A ready :class:`ImagePredictor` for a model file, with its card."""
+                   batch_size: int = 4, device: str = "auto", tta: str | None = None
+                   ) -> tuple[ImagePredictor, ModelCard]:
+    """A ready :class:`ImagePredictor` for a model file, with its card.
+
+    ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``; see
+    :mod:`unetseg.infer.tta`) applied to every tile, or None.
+    """
+    from unetseg.infer.tta import parse_tta
+
+    try:
+        parse_tta(tta)
+    except ValueError as exc:
+        raise UserError(f"--tta {tta}: {exc}") from None
+    check_prediction_options(tile, overlap, batch_size)
     net, card = load_model(model, resolve_device(device))
     predictor = ImagePredictor(net, card.stats, tile=tile or 512, overlap=overlap,
-                               batch_size=batch_size)
+                               batch_size=batch_size, tta=tta)
     return predictor, card
+
+
+def check_prediction_options(tile: int | None, overlap: float, batch_size: int) -> None:
+    """One-line :class:`UserError` for tiling options no prediction can use."""
+    if tile is not None and tile < 16:
+        raise UserError(f"--tile {tile}: tiles must be at least 16 pixels; e.g. --tile 512")
+    if not 0.0 <= overlap < 1.0:
+        raise UserError(f"--overlap {overlap}: must be a fraction in [0, 1); e.g. 0.25")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: give at least 1 tile per batch")
 
 
 def _output_folder(out: str | Path) -> Path:
@@ -48,7 +71,8 @@ def _output_folder(out: str | Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+        raise UserError(f"{out}: cannot create the output folder ({exc.strerror}); choose a"
+                        " writable --out") from None
     return out
 
 
@@ -61,37 +85,88 @@ def _check_readable(paths: Sequence[Path]) -> None:
 def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: str | Path, *,
             tile: int | None = None, overlap: float = 0.25, batch_size: int = 4,
             probabilities: bool = False, overlays: bool = True, device: str = "auto",
+            stream: bool | None = None, tta: str | None = None, backend: str = "torch",
             show_progress: bool = True) -> list[Path]:
     """Predict label images for images of any size and write them into ``out``.
 
-    For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own values
-    (e.g. 0/255), ``<stem>_overlay.png`` the classes drawn over the image, and with
+    For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own
+    encoding (gray values such as 0/255, the masks' colours, or a palette PNG with their
+    palette), ``<stem>_overlay.png`` the classes drawn over the image, and with
     ``probabilities`` ``<stem>_probs.tif`` the class probabilities (K, H, W) float32.
-    Returns the label image paths.
+    TIFFs of more than :data:`STREAM_PIXELS` pixels (or any TIFF with ``stream=True``) are
+    streamed: read band by band and written as a tiled BigTIFF ``<stem>.tif`` with a
+    downsampled overlay, in memory that grows with the image width only.
+    ``tta`` augments every tile at test time (``flip``, ``d4``, ``rot:N``; not for streamed
+    TIFFs). ``backend="onnxruntime"`` runs a ``.onnx`` file written by ``unetseg export`` with
+    ONNX Runtime on the CPU, through the same tiling and blending. Returns the label image paths.
     """
     paths = list_images([images] if isinstance(images, str | Path) else images)
-    predictor, card = load_predictor(model, tile=tile, overlap=overlap, batch_size=batch_size,
-                                     device=device)
+    if backend == "torch":
+        predictor, card = load_predictor(model, tile=tile, overlap=overlap,
+                                         batch_size=batch_size, device=device, tta=tta)
+    else:  # an exported model (``backend="onnxruntime"``: a .onnx file) through the same tiling
+        from unetseg.infer.backends import load_backend_predictor
+
+        to_stream = [p for p in paths if _streams(p, stream)]
+        predictor, card = load_backend_predictor(model, backend, tile=tile, overlap=overlap,
+                                                 batch_size=batch_size, device=device, tta=tta,
+                                                 streamed=to_stream)
     _check_readable(paths)
+    streamed = [p for p in paths if _streams(p, stream)] if tta else []
+    if streamed:
+        raise UserError(f"{streamed[0]}: --tta does not apply to streamed TIFFs; drop --tta"
+                        " (or --stream)")
     out = _output_folder(out)
-    clashes = [p for p in paths if (out / f"{p.stem}.png").resolve() == p.resolve()]
+    clashes = [p for p in paths for suffix in (".png", ".tif")
+               if (out / f"{p.stem}{suffix}").resolve() == p.resolve()]
     if clashes:
         raise UserError(f"{clashes[0]}: predicting into the input folder would overwrite it;"
                         " choose another --out")
-    palette = class_palette(card.classes.num_classes)
+    palette = class_colours(card.classes)
     written = []
     for path in tqdm(paths, desc="predict", unit="image", disable=not show_progress):
+        if _streams(path, stream):
+            written.append(_predict_streamed(predictor, card, path, out, overlays=overlays,
+                                             show_progress=show_progress))
+            continue
         image = read_image(path)
         predictor.check_channels(image, path)
         logits = predictor.logits(image)
         ids = logits.argmax(0).numpy()
-        write_label(out / f"{path.stem}.png", card.classes.decode(ids))
+        write_mask(out / f"{path.stem}.png", ids, card.classes)  # in the masks' encoding
         if overlays:
             write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
         if probabilities:
             write_tiff(out / f"{path.stem}_probs.tif", torch.softmax(logits, 0).numpy())
         written.append(out / f"{path.stem}.png")
     return written
+
+
+STREAM_PIXELS = 64 * 2**20
+
+
+def _streams(path: Path, stream: bool | None) -> bool:
+    if path.suffix.lower() not in (".tif", ".tiff") or stream is False:
+        return False
+    height, width = image_size(path)
+    return bool(stream) or height * width > STREAM_PIXELS
+
+
+def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, out: Path, *,
+                      overlays: bool, show_progress: bool) -> Path:
+    from unetseg.infer.stream import predict_large_tiff
+
+    palette = class_colours(card.classes)
+
+    def save_preview(image: np.ndarray, ids: np.ndarray) -> None:
+        write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
+
+    target = out / f"{path.stem}.tif"
+    predict_large_tiff(predictor.model, card.stats, card.classes.decode, path, target,
+                       tile=predictor.tile, overlap=predictor.overlap,
+                       batch_size=predictor.batch_size,
+                       preview=save_preview if overlays else None, show_progress=show_progress)
+    return target
 
 
 @dataclass(frozen=True)
@@ -113,29 +188,43 @@ def _per_image_row(stem: str, cm: torch.Tensor, classes: ClassTable) -> dict[str
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None, *,
              tile: int | None = None, overlap: float = 0.25, batch_size: int = 4,
-             device: str = "auto", show_progress: bool = True) -> Evaluation:
+             device: str = "auto", tta: str | None = None, isbi: bool = False,
+             show_progress: bool = True) -> Evaluation:
     """Predict every image of ``data`` (``images/`` + ``masks/``) and score it against its mask.
 
     One confusion matrix per image and their sum give per-class IoU, Dice, precision, recall,
     pixel accuracy and mean IoU (a class absent from both prediction and truth is undefined and
     left out of the means; see :mod:`unetseg.metrics`). With ``out``, writes ``metrics.json``
-    and ``per_image.csv`` there.
+    and ``per_image.csv`` there. ``tta`` augments every tile at test time (see
+    :mod:`unetseg.infer.tta`).
+
+    ``isbi=True`` (2-class models: class 0 the boundaries, class 1 the objects, as ISBI 2012's
+    0 = membrane, 255 = cell) adds the ISBI 2012 challenge's pixel, Rand and warping errors of
+    the class-1 probability over thresholds 0.0..0.9 (:mod:`unetseg.metrics_isbi`), pooled over
+    the images, as ``summary["isbi"]``.
     """
     predictor, card = load_predictor(model, tile=tile, overlap=overlap, batch_size=batch_size,
-                                     device=device)
+                                     device=device, tta=tta)
+    if isbi and card.classes.num_classes != 2:
+        raise UserError(f"{model}: --isbi needs a 2-class model (boundary, object) but this one"
+                        f" has {card.classes.num_classes} classes; drop --isbi")
     pairs = find_pairs(data)
     folder = _output_folder(out) if out is not None else None
     k = card.classes.num_classes
     total = torch.zeros(k, k, dtype=torch.int64)
     rows, predictions = [], {}
+    counts: list[IsbiCounts] = []
     for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not show_progress):
         image = read_image(pair.image)
         predictor.check_channels(image, pair.image)
-        ids = torch.from_numpy(card.classes.encode(read_mask(pair.mask), str(pair.mask))).long()
+        ids = torch.from_numpy(encode_mask(read_mask_file(pair.mask), card.classes)).long()
         if ids.shape != image.shape[1:]:
             raise UserError(f"{pair.mask}: mask is {ids.shape[0]}x{ids.shape[1]} but its image is"
                             f" {image.shape[1]}x{image.shape[2]}; masks must match their images")
-        pred = predictor.logits(image).argmax(0)
+        logits = predictor.logits(image)
+        pred = logits.argmax(0)
+        if isbi:
+            counts.append(isbi_counts(torch.softmax(logits, 0)[1].numpy(), ids.numpy() == 1))
         cm = confusion_matrix(pred, ids, k)
         total += cm
         rows.append(_per_image_row(pair.stem, cm, card.classes))
@@ -145,6 +234,12 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
                "confusion_matrix": total.tolist(), "class_values": list(card.classes.values),
                "absent_class_rule": "a class absent from both prediction and truth scores null"
                                     " (undefined) and is left out of the means"}
+    if tta:
+        summary["tta"] = tta
+    if counts:
+        summary["isbi"] = {"boundary_class": card.classes.names[0],
+                           "object_class": card.classes.names[1],
+                           **isbi_summary(sum(counts[1:], counts[0]))}
     if folder is not None:
         write_text_atomic(folder / "metrics.json", json.dumps(summary, indent=2))
         write_text_atomic(folder / "per_image.csv", _csv(rows))
@@ -186,7 +281,7 @@ def _copy_demo_split(folder: Path) -> tuple[Path, Path]:
             target = folder / "data" / part / sub
             target.mkdir(parents=True, exist_ok=True)
             for stem in names:
-                shutil.copyfile(src / sub / f"{stem}.png", target / f"{stem}.png")
+                write_bytes_atomic(target / f"{stem}.png", (src / sub / f"{stem}.png").read_bytes())
     return folder / "data" / "train", folder / "data" / "test"
 
 

@@ -18,6 +18,7 @@ Norm = Literal["batch", "instance", "group", "none"]
 LossName = Literal["dice_ce", "ce", "dice", "focal", "weighted-ce"]
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]
+ImageInterpolation = Literal["bilinear", "bicubic"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,16 @@ class DataConfig:
     is the network's input size and is rounded up to a legal one). ``foreground_fraction`` is the
     share of crops centred on a pixel of a class chosen uniformly among those present, so rare
     classes are seen often.
+
+    ``weight_*`` configure the U-Net paper's border weight map used by the ``weighted-ce`` loss
+    (see :mod:`unetseg.data.weights`): ``weight_w0`` and ``weight_sigma`` (pixels) as in its
+    eq. 2, ``weight_objects`` the mask values whose connected components are the objects
+    (default: every class but the first, e.g. the cells, 255, of ISBI 2012).
+
+    ``palette`` is a JSON or CSV file naming the classes and their colours (for colour masks
+    it defines the classes; for label and palette masks it names them and gives display
+    colours; see :mod:`unetseg.data.masks`). For colour masks without it, ``ignore_value`` is
+    a packed colour ``R*65536 + G*256 + B``.
     """
 
     val_fraction: float = 0.2
@@ -54,6 +65,10 @@ class DataConfig:
     ignore_value: int | None = None
     class_values: tuple[int, ...] | None = None
     class_names: tuple[str, ...] | None = None
+    palette: str | None = None
+    weight_w0: float = 10.0
+    weight_sigma: float = 5.0
+    weight_objects: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,8 @@ class AugmentConfig:
     Geometry (flips, 90-degree turns, affine, elastic) is one resampling: image bilinear, mask
     nearest. ``elastic_sigma`` is the standard deviation in pixels of the displacements drawn on
     an ``elastic_grid`` x ``elastic_grid`` grid and upsampled bicubically (the U-Net paper: 3, 10).
+    ``image_interpolation="bicubic"`` resamples images bicubically instead (masks stay nearest,
+    weights bilinear).
     """
 
     flip: bool = True
@@ -78,12 +95,15 @@ class AugmentConfig:
     contrast: float = 0.15
     gamma: tuple[float, float] = (0.8, 1.25)
     intensity_p: float = 0.5
+    image_interpolation: ImageInterpolation = "bilinear"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. ``steps_per_epoch=None`` means one pass over the training images' area in
-    patches (at least 8 steps). ``time_limit_s`` stops after the epoch that crosses the budget."""
+    patches (at least 8 steps). ``time_limit_s`` stops after the epoch that crosses the budget.
+    ``batch_size`` is global: with several processes each takes ``batch_size / processes``;
+    ``sync_batchnorm`` then computes batch-norm statistics over the whole batch (GPUs only)."""
 
     epochs: int = 50
     steps_per_epoch: int | None = None
@@ -102,6 +122,7 @@ class TrainConfig:
     device: str = "auto"
     time_limit_s: float | None = None
     val_tile: int = 512
+    sync_batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,3 +183,71 @@ def _coerce(tp: Any, value: Any) -> Any:
             return tuple(_coerce(items[0], v) for v in value)
         return tuple(_coerce(a, v) for a, v in zip(items, value))
     return value
+
+
+# (section, field) -> (lowest allowed, highest allowed or None, whether the lowest is allowed)
+_RANGES: dict[tuple[str, str], tuple[float, float | None, bool]] = {
+    ("model", "width"): (1, None, True),
+    ("model", "depth"): (0, None, True),
+    ("model", "dropout"): (0.0, 1.0, True),
+    ("data", "patch_size"): (1, None, True),
+    ("data", "foreground_fraction"): (0.0, 1.0, True),
+    ("data", "val_fraction"): (0.0, 1.0, True),
+    ("train", "epochs"): (1, None, True),
+    ("train", "steps_per_epoch"): (1, None, True),
+    ("train", "batch_size"): (1, None, True),
+    ("train", "lr"): (0.0, None, False),
+    ("train", "weight_decay"): (0.0, None, True),
+    ("train", "early_stopping"): (1, None, True),
+    ("train", "time_limit_s"): (0.0, None, False),
+    ("train", "val_tile"): (16, None, True),
+}
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Refuse option values no run can use, with a one-line :class:`UserError` naming the
+    option (``train.batch_size`` is the flag ``--batch-size``) and the allowed values.
+
+    Checked: every ``Literal`` option against its choices, and the numeric ranges above
+    (``val_fraction`` and ``dropout`` below 1, positive sizes, epochs and learning rate).
+    """
+    from unetseg.errors import UserError
+
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(part):
+            continue
+        hints = typing.get_type_hints(type(part))
+        for f in dataclasses.fields(part):
+            value, name = getattr(part, f.name), f"{section.name}.{f.name}"
+            flag = "--" + f.name.replace("_", "-")
+            choices = _literal_choices(hints[f.name])
+            if choices and value not in choices:
+                raise UserError(f"{name} {value!r} is not an option; choose one of"
+                                f" {', '.join(map(str, choices))} ({flag})")
+            bounds = _RANGES.get((section.name, f.name))
+            if bounds is None or value is None:
+                continue
+            low, high, low_ok = bounds
+            if (not isinstance(value, int | float) or value != value
+                    or (value < low if low_ok else value <= low)
+                    or (high is not None and value >= high)):
+                allowed = (f"{'>=' if low_ok else '>'} {low}"
+                           + (f" and < {high}" if high is not None else ""))
+                raise UserError(f"{name} {value!r} is out of range; give a value {allowed}"
+                                f" ({flag})")
+    weights = cfg.train.class_weights
+    if weights is not None and not all(w >= 0 and w != float("inf") for w in weights):
+        raise UserError(f"train.class_weights {list(weights)}: weights must be finite and >= 0;"
+                        " fix --class-weights")
+
+
+def _literal_choices(tp: Any) -> tuple[Any, ...]:
+    """The choices of a ``Literal`` type (also inside ``X | None``), else ()."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is Literal:
+                return typing.get_args(arg)
+    return ()

@@ -30,11 +30,12 @@ def class_palette(num_classes: int) -> np.ndarray:
     return np.concatenate([_BASE_COLOURS, (np.array(extra) * 255).astype(np.uint8)])
 
 
-def display_rgb(image: np.ndarray) -> np.ndarray:
+def display_rgb(image: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
     """An image (C, H, W) in any range as (H, W, 3) uint8, stretched between its 1st and 99th
-    percentiles; gray is repeated, more than 3 channels keep the first 3."""
+    percentiles (or the given ``limits``); gray is repeated, more than 3 channels keep the
+    first 3."""
     x = image.astype(np.float32)
-    lo, hi = np.percentile(x, [1, 99])
+    lo, hi = np.percentile(x, [1, 99]) if limits is None else limits
     x = np.clip((x - lo) / max(float(hi - lo), 1e-8), 0, 1)
     x = np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x[:3]
     if x.shape[0] == 2:
@@ -124,4 +125,62 @@ def plot_examples(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, np.nd
     handles = [Patch(color=palette[i] / 255, label=n) for i, n in enumerate(class_names)]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _save_figure(fig, path)
+
+
+def mask_outline(ids: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels with a 4-neighbour of another id (the borders between classes)."""
+    ids = np.asarray(ids)
+    edge = np.zeros(ids.shape, bool)
+    vertical = ids[1:, :] != ids[:-1, :]
+    horizontal = ids[:, 1:] != ids[:, :-1]
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return edge
+
+
+def draw_outline(image: np.ndarray, ids: np.ndarray,
+                 colour: tuple[int, int, int] = (255, 215, 0),
+                 limits: tuple[float, float] | None = None) -> np.ndarray:
+    """The image (C, H, W) as (H, W, 3) uint8 (see :func:`display_rgb`) with the class borders
+    of ``ids`` drawn on it."""
+    rgb = display_rgb(image, limits)
+    rgb[mask_outline(ids)] = colour
+    return rgb
+
+
+def plot_picture_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[str]],
+                      path: str | Path, *, cell: float = 2.8) -> None:
+    """A grid of (H, W, 3) uint8 pictures, one list per row, with a title over each."""
+    plt = _pyplot()
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cell * cols, cell * len(rows)),
+                             squeeze=False)
+    for ax_row, pictures, names in zip(axes, rows, titles):
+        for ax in ax_row:
+            ax.axis("off")
+        for ax, picture, name in zip(ax_row, pictures, names):
+            ax.imshow(picture)
+            ax.set_title(name, fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_weight_maps(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+                     path: str | Path) -> None:
+    """One row per mask: the image with its class borders, and the loss weight map as a heat
+    map with a colour bar. Each row is (title, image (C, H, W), ids (H, W), weights (H, W))."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 2, figsize=(7.4, 3.3 * len(rows)), squeeze=False)
+    for (left, right), (title, image, ids, weights) in zip(axes, rows):
+        left.imshow(draw_outline(image, ids))
+        left.set_title(f"{title}: image and mask borders", fontsize=8)
+        shown = right.imshow(weights, cmap="inferno", interpolation="nearest")
+        right.set_title(f"weights (max {float(np.max(weights)):.2f})", fontsize=8)
+        fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
+        for ax in (left, right):
+            ax.axis("off")
+    fig.tight_layout()
     _save_figure(fig, path)

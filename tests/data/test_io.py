@@ -70,7 +70,7 @@ def test_tiff_samples_axis_wins_over_smallest_axis(tmp_path: Path) -> None:
 
 
 def test_tiff_stack_refused(tmp_path: Path) -> None:
-    tifffile.imwrite(tmp_path / "stack.tif", _noise((6, 8, 9)))
+    tifffile.imwrite(tmp_path / "stack.tif", _noise((io.MAX_PAGES + 1, 8, 9)))
     with pytest.raises(UserError, match=r"stack\.tif.*multi-page"):
         io.read_image(tmp_path / "stack.tif")
 

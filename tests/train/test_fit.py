@@ -92,7 +92,12 @@ def test_overfits_two_images(tmp_path: Path):
         augment=NO_AUGMENT,
         train=TrainConfig(epochs=30, batch_size=2, steps_per_epoch=10, lr=5e-3, warmup_epochs=0),
     )
-    result = fit(data, tmp_path / "run", cfg, show_progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: idle threads only spin, badly under load
+    try:
+        result = fit(data, tmp_path / "run", cfg, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
     from unetseg.api import evaluate
 
     scores = evaluate(result.last_model, data, show_progress=False)

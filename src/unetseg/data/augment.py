@@ -10,7 +10,8 @@ Geometry is applied in two exact-by-construction steps that together are a singl
 1. flips and quarter turns are permutations of pixels, applied with ``torch.flip`` /
    ``torch.rot90`` (bit-exact for every image size, no interpolation);
 2. the affine map and the elastic field are composed into one sampling grid and applied with one
-   ``grid_sample`` call per tensor kind (image bilinear, mask nearest, weights bilinear, all with
+   ``grid_sample`` call per tensor kind (image bilinear, or bicubic with
+   ``AugmentConfig.image_interpolation``, mask nearest, weights bilinear, all with
    ``padding_mode="reflection"`` and ``align_corners=False``), only on the samples that drew one.
 
 Composing the permutations into the grid as well would be mathematically the same, but
@@ -28,7 +29,7 @@ it reads; pixel-unit maps are centred on the image centre ``((W - 1) / 2, (H - 1
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,10 @@ class AugmentParams:
     contrast: Tensor
     gamma: Tensor
 
+    def rows(self, index: slice) -> AugmentParams:
+        """The draws of the samples ``index``, e.g. one process's share of a global batch."""
+        return AugmentParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
 
 def augment_batch(
     images: Tensor,
@@ -99,7 +104,8 @@ def augment_batch(
     _check_inputs(images, masks, weights)
     n, _, height, width = images.shape
     params = sample_params(n, cfg, generator, height=height, width=width)
-    return apply_params(images, masks, params, weights=weights)
+    return apply_params(images, masks, params, weights=weights,
+                        image_mode=cfg.image_interpolation)
 
 
 def sample_params(
@@ -144,15 +150,20 @@ def sample_params(
 
 
 def apply_params(
-    images: Tensor, masks: Tensor, params: AugmentParams, *, weights: Tensor | None = None
+    images: Tensor, masks: Tensor, params: AugmentParams, *, weights: Tensor | None = None,
+    image_mode: str = "bilinear",
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Apply drawn parameters: flips, quarter turns, then affine + elastic, then intensity.
 
+    ``image_mode`` is how images are resampled (``"bilinear"`` or ``"bicubic"``); masks are
+    always resampled nearest and weights bilinearly, with the same sampling grid.
     Shapes and return value as in :func:`augment_batch`.
     """
     _check_inputs(images, masks, weights)
+    if image_mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"image_mode must be bilinear or bicubic, got {image_mode!r}")
     images, masks, weights = _apply_dihedral(images, masks, weights, params)
-    images, masks, weights = _apply_warp(images, masks, weights, params)
+    images, masks, weights = _apply_warp(images, masks, weights, params, image_mode)
     images = _apply_intensity(images, params)
     return (images, masks) if weights is None else (images, masks, weights)
 
@@ -283,7 +294,8 @@ def _dihedral(x: Tensor, codes: Tensor) -> Tensor:
 
 
 def _apply_warp(
-    images: Tensor, masks: Tensor, weights: Tensor | None, params: AugmentParams
+    images: Tensor, masks: Tensor, weights: Tensor | None, params: AugmentParams,
+    image_mode: str = "bilinear",
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Affine + elastic by one ``grid_sample`` per tensor kind, on the samples that drew one."""
     selected = params.affine_on | params.elastic_on
@@ -303,7 +315,7 @@ def _apply_warp(
         return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="reflection",
                              align_corners=False)
 
-    images = _put(images, idx, warp(images[idx], "bilinear"))
+    images = _put(images, idx, warp(images[idx], image_mode))
     mask_float = masks[idx].unsqueeze(1).to(torch.float32)
     masks = _put(masks, idx, warp(mask_float, "nearest").squeeze(1).round().to(masks.dtype))
     if weights is not None:

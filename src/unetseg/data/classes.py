@@ -3,13 +3,22 @@
 Masks store arbitrary integer values (0/255, palette indices 0..11, ...). The network works on
 class ids ``0..K-1``; class id ``i`` is the raw value ``values[i]``. Pixels with the
 ``ignore_value`` get the id :data:`IGNORE_INDEX` and count towards no loss or metric.
+
+The table also records the masks' *encoding*, so predictions are written back the way the
+masks came in:
+
+* ``"label"``: single-channel integer values (8- or 16-bit, consecutive or not, 0/1, 0/255).
+* ``"rgb"``: colour masks. Each class is a colour (``colors[i]`` for ``values[i]``); the values
+  are codes: the ids of a palette file, or ``R*65536 + G*256 + B`` for discovered colours.
+* ``"palette"``: palette-mode ("P") PNGs. The values are palette indices and ``palette`` is the
+  file's flat RGB palette, written back unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,11 +30,18 @@ IGNORE_INDEX = -1
 MAX_VALUE = 65535
 """Largest raw mask value a class table can hold (decoded masks are at most 16-bit)."""
 
+MAX_CODE = (1 << 24) - 1
+"""Largest value of a colour table (a packed ``R*65536 + G*256 + B`` colour)."""
+
+MaskEncoding = Literal["label", "rgb", "palette"]
+ENCODINGS: tuple[str, ...] = ("label", "rgb", "palette")
+RGB = tuple[int, int, int]
+
 _UNKNOWN = np.int16(-2)  # lookup-table entry for raw values outside the table
 _SHOWN = 10  # how many values an error message lists
 
 
-def _show(values: Sequence[int]) -> str:
+def _show(values: Sequence[Any]) -> str:
     """``"0, 1, 2"`` or ``"0, 1, ... (40 values)"`` for messages."""
     head = ", ".join(str(v) for v in values[:_SHOWN])
     return head if len(values) <= _SHOWN else f"{head}, ... ({len(values)} values)"
@@ -45,11 +61,20 @@ class ClassTable:
         values: raw mask values, sorted ascending; class id ``i`` is ``values[i]``.
         names: one name per value.
         ignore_value: raw value whose pixels are ignored (id :data:`IGNORE_INDEX`), or None.
+        encoding: how the masks store classes: ``"label"``, ``"rgb"`` or ``"palette"``.
+        colors: one RGB colour per value (required for ``"rgb"``; optional display colours
+            otherwise), or empty.
+        ignore_color: colour of the ignore value (required for ``"rgb"`` with an ignore value).
+        palette: flat ``[r, g, b, r, g, b, ...]`` palette of ``"palette"`` masks, or empty.
     """
 
     values: tuple[int, ...]
     names: tuple[str, ...]
     ignore_value: int | None = None
+    encoding: MaskEncoding = "label"
+    colors: tuple[RGB, ...] = ()
+    ignore_color: RGB | None = None
+    palette: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         values = tuple(int(v) for v in self.values)
@@ -58,6 +83,7 @@ class ClassTable:
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "ignore_value", ignore)
+        self._check_colours()
         if len(values) < 2:
             raise UserError(
                 f"class table has {len(values)} value(s) ({_show(values)}); "
@@ -65,18 +91,52 @@ class ClassTable:
             )
         if list(values) != sorted(set(values)):
             raise UserError(f"class values ({_show(values)}) must be distinct and sorted")
-        if values[0] < 0 or values[-1] > MAX_VALUE:
-            raise UserError(f"class values ({_show(values)}) must lie in 0..{MAX_VALUE}")
+        top = self.max_value
+        if values[0] < 0 or values[-1] > top:
+            raise UserError(f"class values ({_show(values)}) must lie in 0..{top}")
         if len(names) != len(values):
             raise UserError(
                 f"{len(names)} class names given for {len(values)} class values "
                 f"({_show(values)}); give one name per value"
             )
-        if ignore is not None and (ignore in values or not 0 <= ignore <= MAX_VALUE):
+        if ignore is not None and (ignore in values or not 0 <= ignore <= top):
             raise UserError(
-                f"ignore value {ignore} must be in 0..{MAX_VALUE} and not one of the class "
+                f"ignore value {ignore} must be in 0..{top} and not one of the class "
                 f"values ({_show(values)}); choose another ignore value"
             )
+
+    def _check_colours(self) -> None:
+        """Normalise and check ``encoding``, ``colors``, ``ignore_color`` and ``palette``."""
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        colors = tuple(_rgb(c) for c in self.colors)
+        ignore_color = None if self.ignore_color is None else _rgb(self.ignore_color)
+        palette = tuple(int(v) for v in self.palette)
+        object.__setattr__(self, "colors", colors)
+        object.__setattr__(self, "ignore_color", ignore_color)
+        object.__setattr__(self, "palette", palette)
+        if colors and len(colors) != len(self.values):
+            raise UserError(f"{len(colors)} colours given for {len(self.values)} class values;"
+                            " give one colour per class")
+        if len(palette) % 3 or len(palette) > 768 or any(not 0 <= v <= 255 for v in palette):
+            raise ValueError("palette must be a flat list of at most 256 RGB triples in 0..255")
+        if self.encoding != "rgb":
+            return
+        if not colors:
+            raise UserError("a colour class table needs one colour per class; give a palette")
+        if self.ignore_value is not None and ignore_color is None:
+            raise UserError(f"ignore value {self.ignore_value} of a colour table has no colour;"
+                            " give it a colour in the palette")
+        every = colors + (() if ignore_color is None else (ignore_color,))
+        if len(set(every)) != len(every):
+            seen = [c for i, c in enumerate(every) if c in every[:i]]
+            raise UserError(f"colour {seen[0]} is given to two classes; give each class its"
+                            " own colour")
+
+    @property
+    def max_value(self) -> int:
+        """Largest value the encoding allows: 65535 (label), 255 (palette), 2**24-1 (rgb)."""
+        return {"label": MAX_VALUE, "palette": 255, "rgb": MAX_CODE}[self.encoding]
 
     @property
     def num_classes(self) -> int:
@@ -97,16 +157,25 @@ class ClassTable:
         """Raw mask values to class ids.
 
         Args:
-            raw: ``(H, W)`` (any shape works) non-negative integer mask values.
+            raw: ``(H, W)`` (any shape works) non-negative integer mask values; for an
+                ``"rgb"`` table ``(H, W, 3)`` uint8 colours (or ``(H, W)`` gray levels, read as
+                the colours ``(v, v, v)``).
             source: what to name in the error message, usually the mask's path.
 
         Returns:
-            int16 ids of the same shape; ignored pixels are :data:`IGNORE_INDEX`.
+            int16 ids of shape ``(H, W)``; ignored pixels are :data:`IGNORE_INDEX`.
 
         Raises:
             UserError: some values are neither a class value nor the ignore value.
         """
         raw = np.asarray(raw)
+        if self.encoding == "rgb":
+            return self._encode_colours(raw, source)
+        if raw.ndim == 3 and raw.shape[-1] == 3:
+            raise UserError(
+                f"{source}: colour mask, but the class table holds {self.encoding} values "
+                f"({_show(self.values)}); give masks in the model's own encoding"
+            )
         if raw.dtype == np.bool_:
             raw = raw.view(np.uint8)
         if not np.issubdtype(raw.dtype, np.integer):
@@ -129,6 +198,33 @@ class ClassTable:
             )
         return ids
 
+    def _encode_colours(self, raw: np.ndarray, source: str) -> np.ndarray:
+        """``(H, W, 3)`` colours (or ``(H, W)`` gray levels) to int16 ids via the colours."""
+        if raw.ndim == 2 and (raw.dtype == np.uint8 or raw.dtype == np.bool_
+                              or (raw.size and raw.min() >= 0 and raw.max() <= 255)):
+            raw = np.repeat(raw.astype(np.uint8)[..., None], 3, axis=-1)
+        if raw.ndim != 3 or raw.shape[-1] != 3:
+            raise UserError(f"{source}: expected an RGB colour mask (the class table holds"
+                            " colours); save the mask as an 8-bit RGB PNG")
+        packed = pack_rgb(raw)  # (H, W)
+        colours = list(self.colors)
+        ids_of = list(range(self.num_classes))
+        if self.ignore_color is not None:
+            colours.append(self.ignore_color)
+            ids_of.append(IGNORE_INDEX)
+        known = pack_rgb(np.array(colours))  # (K,) or (K + 1,)
+        order = np.argsort(known)
+        pos = np.clip(np.searchsorted(known[order], packed), 0, len(known) - 1)
+        found = known[order][pos] == packed
+        if not found.all():
+            bad = [unpack_rgb(int(v)) for v in np.unique(packed[~found])]
+            raise UserError(
+                f"{source}: mask colours [{_show(bad)}] are not in the class table (colours "
+                f"{_show(list(self.colors))}); list every colour in the --palette file or fix "
+                "the mask"
+            )
+        return np.array(ids_of, dtype=np.int16)[order][pos]
+
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """Class ids to raw mask values (the inverse of :meth:`encode`).
 
@@ -137,7 +233,9 @@ class ClassTable:
 
         Returns:
             raw values of the same shape, uint8 when every value fits, else uint16.
-            :data:`IGNORE_INDEX` becomes ``ignore_value`` (0 when there is none).
+            :data:`IGNORE_INDEX` becomes ``ignore_value`` (0 when there is none). For an
+            ``"rgb"`` table: ``(*ids.shape, 3)`` uint8 colours (ignored pixels get
+            ``ignore_color``, black when there is none).
         """
         ids = np.asarray(ids)
         if ids.size and (ids.min() < IGNORE_INDEX or ids.max() >= self.num_classes):
@@ -145,6 +243,9 @@ class ClassTable:
                 f"class ids must lie in {IGNORE_INDEX}..{self.num_classes - 1}, "
                 f"got {ids.min()}..{ids.max()}"
             )
+        if self.encoding == "rgb":
+            colours = np.array((self.ignore_color or (0, 0, 0), *self.colors), dtype=np.uint8)
+            return colours[ids.astype(np.intp) + 1]
         fill = self.ignore_value if self.ignore_value is not None else 0
         dtype = np.uint8 if max(self.values[-1], fill) <= 255 else np.uint16
         lut = np.array((fill, *self.values), dtype=dtype)  # shifted by one: id -1 -> 0
@@ -153,20 +254,33 @@ class ClassTable:
     # ------------------------------------------------------------------ serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: ``{"values": [...], "names": [...], "ignore_value": int | None}``."""
+        """JSON-ready dict: ``{"values": [...], "names": [...], "ignore_value": int | None,
+        "encoding": str, "colors": [[r, g, b], ...], "ignore_color": [r, g, b] | None,
+        "palette": [...]}``."""
         return {
             "values": list(self.values),
             "names": list(self.names),
             "ignore_value": self.ignore_value,
+            "encoding": self.encoding,
+            "colors": [list(c) for c in self.colors],
+            "ignore_color": None if self.ignore_color is None else list(self.ignore_color),
+            "palette": list(self.palette),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassTable:
-        """Rebuild a table written by :meth:`to_dict`."""
-        unknown = set(d) - {"values", "names", "ignore_value"}
+        """Rebuild a table written by :meth:`to_dict`; dicts without the encoding keys (written
+        before colour masks were supported) load as ``"label"`` tables."""
+        unknown = set(d) - {"values", "names", "ignore_value", "encoding", "colors",
+                            "ignore_color", "palette"}
         if unknown or "values" not in d or "names" not in d:
             raise ValueError(f"not a class table dict: keys {sorted(d)}")
-        return cls(tuple(d["values"]), tuple(d["names"]), d.get("ignore_value"))
+        ignore_color = d.get("ignore_color")
+        return cls(tuple(d["values"]), tuple(d["names"]), d.get("ignore_value"),
+                   encoding=d.get("encoding") or "label",
+                   colors=tuple(_rgb(c) for c in d.get("colors") or ()),
+                   ignore_color=None if ignore_color is None else _rgb(ignore_color),
+                   palette=tuple(d.get("palette") or ()))
 
     # ------------------------------------------------------------------ construction
 
@@ -243,6 +357,25 @@ class ClassTable:
                 "(check the masks or pass --classes)"
             )
         return cls.from_values(values, names, ignore_value)
+
+
+def _rgb(colour: Any) -> RGB:
+    """A colour as a tuple of three ints in 0..255; ValueError otherwise."""
+    c = tuple(int(v) for v in colour)
+    if len(c) != 3 or not all(0 <= v <= 255 for v in c):
+        raise UserError(f"colour {colour!r} is not three values R,G,B in 0..255; fix it")
+    return c[0], c[1], c[2]
+
+
+def pack_rgb(colours: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` colours to ints ``R*65536 + G*256 + B`` of shape ``(...)`` (int64)."""
+    c = np.asarray(colours).astype(np.int64)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+def unpack_rgb(code: int) -> RGB:
+    """The colour ``(R, G, B)`` of a packed code ``R*65536 + G*256 + B``."""
+    return (code >> 16) & 255, (code >> 8) & 255, code & 255
 
 
 def _unique_values(raw: np.ndarray) -> list[int]:

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.io import IMAGE_SUFFIXES, read_image, read_mask
+from unetseg.data.masks import encode_mask, read_mask_file
 from unetseg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,8 @@ class LoadedPair:
         ids: int16 class ids ``(H, W)``; ignored pixels are ``IGNORE_INDEX``.
         image_path: the image file.
         mask_path: the mask file.
+        weights: optional float32 per-pixel loss weights ``(H, W)``, computed once per mask
+            (see :func:`unetseg.data.weights.attach_weight_maps`) and cropped with the ids.
     """
 
     stem: str
@@ -179,20 +182,19 @@ class LoadedPair:
     ids: np.ndarray
     image_path: Path
     mask_path: Path
+    weights: np.ndarray | None = None
 
 
 def _load_one(pair: Pair, classes: ClassTable) -> LoadedPair:
     image = read_image(pair.image)  # (C, H, W)
-    raw = read_mask(pair.mask)  # (H, W)
-    (ih, iw), (mh, mw) = image.shape[1:], raw.shape
+    mask = read_mask_file(pair.mask)  # label values, palette indices or colours
+    (ih, iw), (mh, mw) = image.shape[1:], mask.shape
     if (ih, iw) != (mh, mw):
         raise UserError(
             f"{pair.mask}: mask is {mw}x{mh} but its image {pair.image.name} is {iw}x{ih} "
             "(width x height); masks must have the image's size"
         )
-    return LoadedPair(
-        pair.stem, image, classes.encode(raw, source=str(pair.mask)), pair.image, pair.mask
-    )
+    return LoadedPair(pair.stem, image, encode_mask(mask, classes), pair.image, pair.mask)
 
 
 def load_pairs(
@@ -299,7 +301,7 @@ def _class_indices(ids: np.ndarray, rng: np.random.Generator) -> list[np.ndarray
     return out
 
 
-class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class PatchDataset(Dataset[tuple[torch.Tensor, ...]]):
     """Random square crops from decoded pairs, reproducible from ``(seed, epoch, index)``.
 
     Each item picks an image uniformly. With probability ``foreground_fraction`` the crop is
@@ -319,7 +321,8 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         seed: non-negative base seed.
 
     Shape:
-        item: ``(image (C, P, P) float32, ids (P, P) int64)``.
+        item: ``(image (C, P, P) float32, ids (P, P) int64)``, plus ``weights (P, P) float32``
+        (the same crop of each pair's loss weights) when the pairs carry weights.
     """
 
     def __init__(
@@ -345,6 +348,11 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         rng = np.random.default_rng([seed, 2**32 - 1])  # only for subsampling the indices
         self._images = [_pad_to(p.image, patch_size) for p in pairs]  # (C, H', W')
         self._ids = [_pad_to(p.ids, patch_size) for p in pairs]  # (H', W')
+        carried = [p.weights is not None for p in pairs]
+        if any(carried) and not all(carried):
+            raise ValueError("either every pair or none carries loss weights")
+        self._weights = ([_pad_to(p.weights, patch_size) for p in pairs if p.weights is not None]
+                         if all(carried) else None)  # (H', W') each
         self._indices = [_class_indices(ids, rng) for ids in self._ids]
 
     def set_epoch(self, epoch: int) -> None:
@@ -367,7 +375,7 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             return top, left
         return int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for {self.length} items")
         rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -376,4 +384,7 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         window = np.s_[top : top + self.patch_size, left : left + self.patch_size]
         image = np.array(self._images[k][(slice(None), *window)], dtype=np.float32)
         ids = np.array(self._ids[k][window], dtype=np.int64)
+        if self._weights is not None:
+            weights = np.array(self._weights[k][window], dtype=np.float32)
+            return torch.from_numpy(image), torch.from_numpy(ids), torch.from_numpy(weights)
         return torch.from_numpy(image), torch.from_numpy(ids)

@@ -34,6 +34,9 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_PIXELS = 1 << 30
 """Largest image (height x width) that is read; bigger files are refused as likely bombs."""
+MAX_PAGES = 16
+"""Most pages of a multi-page TIFF that are read as the channels of one image."""
+_PAGE_AXES = "IQZCTS"  # tifffile axis codes a page/plane axis can have
 
 _PIL_LIMIT_LOCK = threading.Lock()
 _ALPHA_EXTRASAMPLES = (1, 2)  # TIFF ExtraSamples: associated / unassociated alpha
@@ -137,18 +140,46 @@ def _tiff_channel_axis(shape: tuple[int, ...], axes: str) -> int | None:
     if len(axes) == 3 and "S" in (axes[0], axes[2]):
         return 2 if axes[2] == "S" else 0
     smallest = min(shape)
-    if smallest > 4:
-        return -1
-    if shape[2] == smallest:
+    if smallest <= 4 and shape[2] == smallest:
         return 2
-    if shape[0] == smallest:
+    if smallest <= 4 and shape[0] == smallest:
         return 0
+    if len(axes) == 3 and axes[0] in _PAGE_AXES and shape[0] <= MAX_PAGES:
+        return 0  # a few pages of one shape: one channel each
     return -1
 
 
+def _pages_as_channels(path: Path, tif: tifffile.TiffFile) -> np.ndarray | None:
+    """Pages stored as separate series (one 2-D page each) of one shape and type, stacked as
+    ``(pages, H, W)``; None when the file is not such a stack."""
+    series = tif.series
+    if len(series) < 2:
+        return None
+    shapes = {tuple(int(n) for n in s.shape) for s in series}
+    if len(shapes) > 1 or len(next(iter(shapes))) != 2 or len({s.dtype for s in series}) > 1:
+        log.warning("%s: TIFF holds %d images of different shapes; reading the first only",
+                    path, len(series))
+        return None
+    height, width = next(iter(shapes))
+    if len(series) > MAX_PAGES:
+        raise UserError(
+            f"{path}: multi-page TIFF with {len(series)} pages, more than the {MAX_PAGES} read "
+            "as channels; save one 2-D image per file"
+        )
+    _check_pixels(path, height, width)
+    return np.stack([s.asarray() for s in series])
+
+
 def _read_tiff(path: Path, what: str) -> tuple[np.ndarray, bool]:
-    """Read a TIFF as ``(C, H, W)``; also says whether its last channel is alpha."""
+    """Read a TIFF as ``(C, H, W)``; also says whether its last channel is alpha.
+
+    Pages of one shape (up to :data:`MAX_PAGES`) become channels, whether tifffile groups them
+    in one series or lists them as separate images.
+    """
     with tifffile.TiffFile(path) as tif:
+        pages = _pages_as_channels(path, tif)
+        if pages is not None:
+            return _native(pages), False
         series = tif.series[0]
         shape, axes = tuple(int(s) for s in series.shape), str(series.axes)
         if len(shape) > 3:  # drop length-1 axes (e.g. a single time point or page)
@@ -157,8 +188,8 @@ def _read_tiff(path: Path, what: str) -> tuple[np.ndarray, bool]:
         axis = _tiff_channel_axis(shape, axes)
         if axis == -1:
             raise UserError(
-                f"{path}: TIFF has shape {series.shape}; multi-page stacks are not supported, "
-                f"save one 2-D {what} per file"
+                f"{path}: TIFF has shape {series.shape}, not a 2-D {what} or a multi-page stack "
+                f"of at most {MAX_PAGES} pages (read as channels); save one 2-D {what} per file"
             )
         spatial = [n for i, n in enumerate(shape) if i != axis]
         _check_pixels(path, spatial[0], spatial[1])
@@ -227,11 +258,29 @@ def _pil_image_array(path: Path, im: Image.Image) -> np.ndarray:
     return data[np.newaxis] if data.ndim == 2 else np.moveaxis(data, -1, 0)
 
 
+def read_image_samples(path: PathLike) -> np.ndarray:
+    """Read an image file's samples as stored (uint8, uint16, float, ...), ``(C, H, W)``.
+
+    Same files and rules as :func:`read_image`, without the scaling to float.
+    """
+    path = Path(path)
+    _check_file(path)
+    with _decoding(path, "image"):
+        if _is_tiff(path):
+            data, has_alpha = _read_tiff(path, "image")
+            if has_alpha:
+                data = _drop_alpha(path, data)
+        else:
+            data = _load_pil(path, _pil_image_array)
+    return data
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as floats.
 
     PNG and JPEG are read with PIL (EXIF orientation applied, palettes expanded to RGB); TIFF
-    with tifffile (8/16-bit, float, any channel count up to 4 for interleaved layouts). An alpha
+    with tifffile (8/16-bit, float, any channel count up to 4 for interleaved layouts; the
+    pages of a multi-page TIFF, up to :data:`MAX_PAGES` of one shape, as channels). An alpha
     channel is dropped with a logged warning.
 
     Args:
@@ -243,18 +292,10 @@ def read_image(path: PathLike) -> np.ndarray:
 
     Raises:
         UserError: the file is missing, empty, corrupt, not an image, larger than
-            ``MAX_PIXELS``, a multi-page stack, or holds NaN/inf.
+            ``MAX_PIXELS``, a stack of more than ``MAX_PAGES`` pages, or holds NaN/inf.
     """
     path = Path(path)
-    _check_file(path)
-    with _decoding(path, "image"):
-        if _is_tiff(path):
-            data, has_alpha = _read_tiff(path, "image")
-            if has_alpha:
-                data = _drop_alpha(path, data)
-        else:
-            data = _load_pil(path, _pil_image_array)
-    return np.ascontiguousarray(_scale_to_float(path, data))
+    return np.ascontiguousarray(_scale_to_float(path, read_image_samples(path)))
 
 
 # --------------------------------------------------------------------------- masks

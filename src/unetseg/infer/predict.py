@@ -28,6 +28,7 @@ from unetseg.infer.tiling import (
     mirror_pad,
     overlap_tile_input_size,
 )
+from unetseg.infer.tta import with_tta
 from unetseg.model.geometry import valid_margin
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -185,6 +186,7 @@ def predict_logits(
     overlap: float = 0.25,
     batch_size: int = 4,
     blend: BlendMode = "gaussian",
+    tta: str | None = None,
 ) -> torch.Tensor:
     """Logits of a U-Net for an image of any size, by the tiling that suits its padding.
 
@@ -205,6 +207,8 @@ def predict_logits(
         overlap: window overlap for same padding, a fraction in [0, 1).
         batch_size: windows per forward pass.
         blend: ``"gaussian"`` or ``"constant"`` weighting for same padding.
+        tta: test-time augmentation of every window, ``"flip"``, ``"d4"`` or ``"rot:N"``
+            (see :mod:`unetseg.infer.tta`); None for none.
 
     Returns:
         Logits ``(K, H, W)``.
@@ -220,16 +224,39 @@ def predict_logits(
     if model.training:
         raise ValueError("the model is in training mode; call model.eval() before predicting")
     _check_image(image)
-    predictor = _model_predictor(model)
+    predictor = with_tta(_model_predictor(model), tta)
     with torch.inference_mode():
-        if config.padding == "same":
-            return sliding_window_logits(predictor, image, tile=tile or DEFAULT_TILE,
-                                         overlap=overlap, batch_size=batch_size, blend=blend)
-        if config.padding == "valid":
-            out_tile = default_out_tile(config.depth, tile or DEFAULT_TILE, max(image.shape[-2:]))
-            return overlap_tile_logits(predictor, image, depth=config.depth, out_tile=out_tile,
-                                       batch_size=batch_size)
-    raise ValueError(f"unknown padding {config.padding!r} in the model config; use same or valid")
+        return tiled_logits(predictor, image, padding=config.padding,
+                            depth=config.depth, tile=tile, overlap=overlap,
+                            batch_size=batch_size, blend=blend)
+
+
+def tiled_logits(
+    predictor: Predictor,
+    image: torch.Tensor,
+    *,
+    padding: str,
+    depth: int,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blend: BlendMode = "gaussian",
+) -> torch.Tensor:
+    """The tiling of :func:`predict_logits` for any predictor of a U-Net with ``padding`` and
+    ``depth`` (e.g. an exported model run by ONNX Runtime); the same windows, batches and
+    blending, so equal predictors give equal logits. The caller sets up inference mode.
+
+    Returns:
+        Logits ``(K, H, W)``.
+    """
+    if padding == "same":
+        return sliding_window_logits(predictor, image, tile=tile or DEFAULT_TILE,
+                                     overlap=overlap, batch_size=batch_size, blend=blend)
+    if padding == "valid":
+        out_tile = default_out_tile(depth, tile or DEFAULT_TILE, max(image.shape[-2:]))
+        return overlap_tile_logits(predictor, image, depth=depth, out_tile=out_tile,
+                                   batch_size=batch_size)
+    raise ValueError(f"unknown padding {padding!r} in the model config; use same or valid")
 
 
 def predict_labels(

@@ -83,27 +83,73 @@ def read_card(path: str | Path) -> ModelCard:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise UserError(
             f"{path}: pickled model files are refused (loading them can run arbitrary code);"
-            " if you trust it, convert it with torch.load and save a unetseg model with"
-            " unetseg.train.checkpoint.save_model"
+            f" {_convert_hint(path)}"
         )
+    if _looks_pickled(path):
+        raise UserError(f"{path}: a pickled PyTorch file, refused (loading it can run arbitrary"
+                        f" code); {_convert_hint(path)}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a safetensors model file ({exc}); pass a unetseg model"
-                        " such as RUN/best.safetensors") from None
+        raise UserError(f"{path}: not a safetensors model file ({' '.join(str(exc).split())});"
+                        " pass a unetseg model such as RUN/best.safetensors") from None
     if FORMAT not in meta:
         raise UserError(f"{path}: a safetensors file without unetseg metadata; pass a model"
                         " written by unetseg train")
     try:
         return ModelCard.from_json(meta[FORMAT])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, UserError) as exc:
         raise UserError(f"{path}: damaged unetseg metadata ({exc}); retrain or re-export") from None
 
 
+def _convert_hint(path: Path) -> str:
+    out = path.with_name(path.stem + ("-converted" if path.suffix == ".safetensors" else "")
+                         + ".safetensors")
+    return (f"if you trust it, convert it once with: unetseg convert-checkpoint {path}"
+            f" --config RUN/config.json --out {out}")
+
+
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Whether a file starts like ``torch.save`` output (a zip archive or a raw pickle)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head.startswith(_PICKLE_MAGIC)
+
+
+def _check_shapes(path: Path, card: ModelCard) -> None:
+    """Compare the card's architecture with the stored tensor shapes before building it, so a
+    forged card (say, a width of 10**9) is refused without allocating anything."""
+    try:
+        with torch.device("meta"):
+            skeleton = UNet.from_config(card.model)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise UserError(f"{path}: the stored model config is invalid ({exc}); retrain or"
+                        " re-export") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    with safe_open(str(path), framework="pt") as fh:
+        names = list(fh.keys())
+        stored = {k: tuple(fh.get_slice(k).get_shape()) for k in names
+                  if not k.startswith(("optim/", "rng/"))}
+    if stored != expected:
+        diff = sorted(set(stored.items()) ^ set(expected.items()))
+        raise UserError(f"{path}: weights do not match the stored config (first difference:"
+                        f" {diff[0][0]}); retrain or re-export the model")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
-    """Rebuild the model of a model file from its own config; returns (model in eval mode, card)."""
+    """Rebuild the model of a model file from its own config; returns (model in eval mode, card).
+
+    The stored tensor shapes are checked against the config before anything is allocated.
+    """
     card = read_card(path)
+    _check_shapes(Path(path), card)
     model = UNet.from_config(card.model)
     tensors = load_file(str(path), device="cpu")
     weights = {k: v for k, v in tensors.items() if not k.startswith(("optim/", "rng/"))}

@@ -17,24 +17,20 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from unetseg.config import RunConfig, TrainConfig, to_dict
-from unetseg.data.augment import augment_batch
+from unetseg.config import RunConfig, TrainConfig, check_run_config, to_dict
+from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
-from unetseg.data.dataset import (
-    LoadedPair,
-    PatchDataset,
-    find_pairs,
-    load_pairs,
-    read_raw_masks,
-    split_pairs,
-)
+from unetseg.data.dataset import LoadedPair, PatchDataset, split_pairs
+from unetseg.data.doctor import check_data, require_clean
 from unetseg.data.normalize import ChannelStats, channel_stats, normalize
+from unetseg.data.weights import attach_weight_maps
 from unetseg.errors import UserError
-from unetseg.files import write_text_atomic
+from unetseg.files import remove_stale_temps, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.losses import build_loss
 from unetseg.metrics import iou, mean_iou
 from unetseg.model import UNet, nearest_legal_input_size
+from unetseg.train import distributed
 from unetseg.train.checkpoint import (
     ModelCard,
     load_training_state,
@@ -42,6 +38,7 @@ from unetseg.train.checkpoint import (
     save_model,
     save_training_state,
 )
+from unetseg.train.distributed import DistEnv
 from unetseg.train.loop import Precision, confusion_over_images, train_one_epoch
 from unetseg.train.optim import build_optimizer, build_scheduler
 from unetseg.viz import plot_curves
@@ -69,16 +66,19 @@ class FitResult:
 
 
 def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True) -> PreparedData:
-    """Pair, check and decode the data; split it by seed; compute the training normalisation."""
-    pairs = find_pairs(root)
+    """Pair, check and decode the data; split it by seed; compute the training normalisation.
+
+    The checks are :func:`unetseg.data.doctor.check_data`'s (``unetseg check``): any error ends
+    the run with one line, warnings are logged.
+    """
     d = cfg.data
-    if d.class_values is not None:
-        classes = ClassTable.from_values(d.class_values, d.class_names, d.ignore_value)
-    else:
-        classes = ClassTable.infer(read_raw_masks(pairs), ignore_value=d.ignore_value,
-                                   names=d.class_names)
-    loaded = load_pairs(pairs, classes, progress=show_progress)
+    report = check_data(root, d, keep=True, progress=show_progress)
+    require_clean(report)
+    assert report.classes is not None
+    classes, loaded = report.classes, report.loaded
     train, val = split_pairs(loaded, d.val_fraction, cfg.train.seed)
+    if cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
+        attach_weight_maps(train, classes, d, progress=show_progress)
     return PreparedData(classes, train, val, channel_stats(p.image for p in train))
 
 
@@ -97,27 +97,44 @@ def steps_per_epoch(cfg: RunConfig, train: list[LoadedPair], patch: int) -> int:
     return max(8, math.ceil(area / (patch * patch) / cfg.train.batch_size))
 
 
-def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, epoch: int
-                    ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, epoch: int,
+                    rows: slice = slice(None)
+                    ) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Move, augment and normalise a batch. The augmentation of the whole global batch is drawn
+    every step and this process applies its ``rows``, so each sample is augmented the same
+    whatever the number of processes. Loss weights, when the batch has them, are warped with
+    the masks and returned third."""
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
 
-    def prepare(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(images: torch.Tensor, masks: torch.Tensor,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        augmented = augment_batch(images, masks, cfg.augment, generator=generator)
-        return normalize(augmented[0], stats), augmented[1]
+        if weights is not None:
+            weights = weights.to(device, non_blocking=True)
+        params = sample_params(cfg.train.batch_size, cfg.augment, generator,
+                               height=images.shape[-2], width=images.shape[-1])
+        augmented = apply_params(images, masks, params.rows(rows), weights=weights,
+                                 image_mode=cfg.augment.image_interpolation)
+        return (normalize(augmented[0], stats), *augmented[1:])
 
     return prepare
 
 
-def _validate(model: UNet, data: PreparedData, cfg: RunConfig) -> dict[str, Any]:
+def _validate(model: UNet, data: PreparedData, cfg: RunConfig, env: DistEnv
+              ) -> dict[str, Any]:
+    """Validation scores; with several processes each counts every ``world_size``-th image and
+    the confusion matrices are summed over the processes (the same counts as one process)."""
     if not data.val:
         return {"val_mean_iou": None}
+    distributed.broadcast_buffers(model, env)
     model.eval()
     predictor = ImagePredictor(model, data.stats, tile=cfg.train.val_tile, batch_size=2)
-    pairs = ((torch.from_numpy(p.image), torch.from_numpy(p.ids)) for p in data.val)
-    matrices = confusion_over_images(predictor.logits, pairs, data.classes.num_classes)
-    total = torch.stack(matrices).sum(0)
+    pairs = ((torch.from_numpy(p.image), torch.from_numpy(p.ids))
+             for p in data.val[env.rank::env.world_size])
+    k = data.classes.num_classes
+    matrices = confusion_over_images(predictor.logits, pairs, k)
+    total = distributed.all_reduce_sum(sum(matrices, torch.zeros(k, k, dtype=torch.int64)), env)
     row: dict[str, Any] = {"val_mean_iou": float(mean_iou(total))}
     for name, value in zip(data.classes.names, iou(total).tolist()):
         row[f"val_iou/{name}"] = None if math.isnan(value) else value
@@ -160,7 +177,8 @@ def _make_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{out}: cannot create the run folder ({exc.strerror})") from None
+        raise UserError(f"{out}: cannot create the run folder ({exc.strerror}); choose a"
+                        " writable --out") from None
 
 
 @dataclass
@@ -198,14 +216,19 @@ def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device
 
 def _save_epoch(out: Path, t: Training, card: ModelCard, state: dict[str, Any],
                 row: dict[str, Any], improved: bool) -> None:
-    """Write the epoch's model files, resume state, metrics table and curves (each atomic)."""
+    """Write the epoch's model files, metrics table, curves and resume state (each atomic).
+
+    ``resume.safetensors`` is written last: it is the commit point. A run killed before it is
+    replaced redoes the epoch from the previous state and rewrites the other files with the
+    same contents; killed after it, every file of the epoch is already complete.
+    """
     if improved:
         save_model(out / "best.safetensors", t.model, replace(card, info=row))
     save_model(out / "last.safetensors", t.model, replace(card, info={"epoch": row["epoch"]}))
-    save_training_state(out / "resume.safetensors", t.model, card, t.optimizer, {
-        **state, "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()})
     write_metrics_csv(state["history"], out / "metrics.csv")
     plot_curves(state["history"], out / "curves.png")
+    save_training_state(out / "resume.safetensors", t.model, card, t.optimizer, {
+        **state, "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()})
 
 
 def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
@@ -219,18 +242,34 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     configuration stored there, exactly as if it had not stopped. Each callback is called with
     the epoch's metrics row after the epoch's files are written; an exception from it stops
     the run with everything up to that epoch saved.
+
+    Launched as several processes (``torchrun``, ``unetseg train --nproc N``; see
+    :mod:`unetseg.train.distributed`) it trains data-parallel: each process takes its share of
+    every global batch of ``batch_size``, only rank 0 writes files and shows progress, the
+    logged loss is the mean over processes, and callbacks run on every process with the same row.
     """
     out = Path(out)
     resume_file = _check_run_folder(out, resume)
     if resume_file is not None:
         cfg = read_card(resume_file).run
     cfg = cfg or RunConfig()
+    check_run_config(cfg)
+    env, device = distributed.init_distributed(resolve_device(cfg.train.device))
+    if env.is_main:
+        remove_stale_temps(out)  # left by a run killed mid-write
+    rows = distributed.batch_shard(cfg.train.batch_size, env)  # this process's share
+    show_progress = show_progress and env.is_main
     data_ = prepare_data(data, cfg, show_progress=show_progress)
     cfg = replace(cfg, model=replace(cfg.model, in_channels=data_.train[0].image.shape[0],
                                      num_classes=data_.classes.num_classes))
     card = ModelCard(cfg.model, data_.classes, data_.stats, cfg)
-    _make_folder(out)
-    device = resolve_device(cfg.train.device)
+    weights = cfg.train.class_weights
+    if weights is not None and len(weights) != data_.classes.num_classes:
+        raise UserError(f"--class-weights gives {len(weights)} weights for"
+                        f" {data_.classes.num_classes} classes ({', '.join(data_.classes.names)});"
+                        " give one weight per class")
+    if env.is_main:
+        _make_folder(out)
     t = build_training(cfg, data_.train, device)
     state: dict[str, Any] = {"epoch": 0, "epochs": cfg.train.epochs, "history": [],
                              "best_score": -math.inf, "bad_epochs": 0, "elapsed_s": 0.0}
@@ -238,28 +277,35 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         state = load_training_state(resume_file, t.model, t.optimizer)
         t.scheduler.load_state_dict(state.pop("scheduler"))
         t.scaler.load_state_dict(state.pop("scaler"))
-    write_text_atomic(out / "config.json", json.dumps({
-        "run": to_dict(cfg), "classes": data_.classes.to_dict(), "stats": data_.stats.to_dict(),
-        "data": str(Path(data).resolve()), "patch_size": t.patch, "steps_per_epoch": t.steps,
-        "train_stems": [p.stem for p in data_.train], "val_stems": [p.stem for p in data_.val],
-    }, indent=2))
+    net = distributed.distribute(t.model, env, device, sync_batchnorm=cfg.train.sync_batchnorm)
+    if env.is_main:
+        write_text_atomic(out / "config.json", json.dumps({
+            "run": to_dict(cfg), "classes": data_.classes.to_dict(),
+            "stats": data_.stats.to_dict(), "data": str(Path(data).resolve()),
+            "patch_size": t.patch, "steps_per_epoch": t.steps, "processes": env.world_size,
+            "train_stems": [p.stem for p in data_.train], "val_stems": [p.stem for p in data_.val],
+        }, indent=2))
     dataset = PatchDataset(data_.train, t.patch, length=t.steps * cfg.train.batch_size,
                            foreground_fraction=cfg.data.foreground_fraction, seed=cfg.train.seed)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=rows.stop - rows.start, shuffle=False,
+                        sampler=distributed.shard_indices(len(dataset), cfg.train.batch_size, env),
+                        drop_last=True, pin_memory=device.type == "cuda")
     stopped, epoch = "epochs", state["epoch"] + 1
     while epoch <= state["epochs"]:
         started = time.perf_counter()
         dataset.set_epoch(epoch)
-        torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch + 7_919 * env.rank)  # dropout
         stats = train_one_epoch(
-            t.model, loader, prepare=_batch_preparer(cfg, data_.stats, device, epoch),
+            net, loader, prepare=_batch_preparer(cfg, data_.stats, device, epoch, rows),
             loss_fn=t.loss_fn, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
             precision=t.precision, steps=t.steps,
             description=f"epoch {epoch}/{state['epochs']}", show_progress=show_progress)
-        row = {"epoch": epoch, "step": epoch * t.steps, "lr": t.scheduler.get_last_lr()[0],
-               "train_loss": stats.loss, **_validate(t.model, data_, cfg)}
-        state["elapsed_s"] += time.perf_counter() - started
+        state["optimizer_steps"] = state.get("optimizer_steps", 0) + stats.steps  # counted
+        row = {"epoch": epoch, "step": state["optimizer_steps"], "lr": t.scheduler.get_last_lr()[0],
+               "train_loss": distributed.all_reduce_mean(stats.loss, env),
+               **_validate(t.model, data_, cfg, env)}
+        # rank 0's clock, so that every process plans the same number of epochs
+        state["elapsed_s"] += distributed.broadcast_object(time.perf_counter() - started, env)
         if cfg.train.time_limit_s is not None:
             _fit_schedule_to_budget(state, t.scheduler, cfg.train, epoch, t.steps)
         row.update(elapsed_s=round(state["elapsed_s"], 2),
@@ -269,8 +315,10 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         state["best_score"] = max(state["best_score"], _score(row))
         state["epoch"] = epoch
-        _save_epoch(out, t, card, state, row, improved)
-        _report(row, improved, state["epochs"], show_progress)
+        if env.is_main:
+            _save_epoch(out, t, card, state, row, improved)
+            _report(row, improved, state["epochs"], show_progress)
+        distributed.barrier(env)  # the epoch's files are whole before any process goes on
         for callback in callbacks:
             callback(row)
         if cfg.train.early_stopping and state["bad_epochs"] >= cfg.train.early_stopping:

@@ -15,7 +15,7 @@ from unetseg.errors import UserError
 from unetseg.metrics import confusion_matrix
 from unetseg.model.blocks import center_crop
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]  # (images, masks) or (images, masks, pixel weights)
 LossFn = Callable[..., torch.Tensor]
 
 
@@ -51,7 +51,7 @@ def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
     *,
-    prepare: Callable[[torch.Tensor, torch.Tensor], Batch],
+    prepare: Callable[..., Batch],
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -64,8 +64,11 @@ def train_one_epoch(
     """Run ``steps`` optimiser steps over ``batches``.
 
     ``prepare`` moves a CPU batch to the device and augments and normalises it; targets of
-    valid-padding models are centre-cropped to the logits. A non-finite loss stops training
-    with a :class:`UserError` before the weights are touched.
+    valid-padding models are centre-cropped to the logits. A batch of three tensors carries
+    per-pixel loss weights (the U-Net paper's weight map), cropped like the targets and passed
+    to ``loss_fn`` as its third argument. A non-finite loss stops training with a
+    :class:`UserError` before the weights are touched; so do non-finite weights at the end of
+    the epoch (checked before the caller saves them).
     """
     model.train()
     device = next(model.parameters()).device
@@ -73,16 +76,20 @@ def train_one_epoch(
     bar = tqdm(total=steps, desc=description, leave=False, disable=not show_progress,
                dynamic_ncols=True)
     done = 0
-    for images, masks in batches:
+    for batch in batches:
         if done == steps:
             break
-        x, y = prepare(images, masks)
+        x, y, *extra = prepare(*batch)
+        pixel_weights = extra[0] if extra else None
         with torch.autocast(device.type, dtype=precision.dtype or torch.float32,
                             enabled=precision.dtype is not None):
             logits = model(x)
         if logits.shape[-2:] != y.shape[-2:]:
             y = center_crop(y, logits.shape[-2], logits.shape[-1])
-        loss = loss_fn(logits.float(), y)
+            if pixel_weights is not None:
+                pixel_weights = center_crop(pixel_weights, logits.shape[-2], logits.shape[-1])
+        loss = (loss_fn(logits.float(), y) if pixel_weights is None
+                else loss_fn(logits.float(), y, pixel_weights))
         value = float(loss.detach())
         if not math.isfinite(value):
             bar.close()
@@ -101,6 +108,9 @@ def train_one_epoch(
         bar.update(1)
         bar.set_postfix(loss=f"{total / done:.4f}")
     bar.close()
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise UserError("training diverged: the weights became NaN or infinite in this epoch;"
+                        " lower --lr (the last good checkpoint is kept)")
     return EpochStats(total / max(done, 1), done, seen, time.perf_counter() - start)
 
 

@@ -1,0 +1,20 @@
+"""Shipping a model: ONNX and TorchScript export with a parity check against PyTorch.
+
+``export_model(model, out, "onnx")`` writes a file that describes itself (class table,
+normalisation, tiling) and whose logits match the eager model; see :mod:`.pipeline`.
+"""
+
+from unetseg.export.meta import ExportInfo, Tiling
+from unetseg.export.pipeline import ExportError, ExportResult, export_model
+from unetseg.export.verify import FP32_TOLERANCE, ParityError, ParityReport
+
+__all__ = [
+    "FP32_TOLERANCE",
+    "ExportError",
+    "ExportInfo",
+    "ExportResult",
+    "ParityError",
+    "ParityReport",
+    "Tiling",
+    "export_model",
+]

@@ -1,0 +1,142 @@
+"""ONNX export of a U-Net with dynamic batch, height and width.
+
+Two exporters, both ``torch.onnx.export``:
+
+* ``"dynamo"`` (``dynamo=True``): ``torch.export`` captures the graph symbolically and onnxscript
+  translates it. The maintained path; the ONNX input shape names the legal sizes of a
+  valid-padding model (``"16*height_steps + 188"``), because the dynamic height and width are
+  declared as ``step * k + min`` with ``torch.export.Dim``.
+* ``"legacy"`` (``dynamo=False``): the TorchScript tracer with ``dynamic_axes``. Deprecated
+  upstream; kept as the fallback. Its dims are plain names (``"height"``).
+
+Either way ONNX Runtime does not enforce the valid-padding sizes: an illegal side can run and
+give wrong logits, so callers check the side first (see :class:`~unetseg.export.meta.ExportInfo`).
+The graph is :class:`~unetseg.export.graph.ExportableUNet`, the model's layers with a forward
+free of size-dependent Python branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from unetseg.config import ModelConfig
+from unetseg.export.graph import ExportableUNet
+from unetseg.export.meta import Tiling, export_info, to_props
+from unetseg.files import atomic_path
+from unetseg.model import UNet
+from unetseg.model.geometry import min_legal_input_size
+from unetseg.train.checkpoint import ModelCard
+
+OnnxExporter = Literal["dynamo", "legacy"]
+ONNX_EXPORTERS: tuple[OnnxExporter, ...] = ("dynamo", "legacy")
+OPSET = 18
+INPUT, OUTPUT = "image", "logits"
+
+
+def example_input(cfg: ModelConfig) -> torch.Tensor:
+    """A batch of 2 for tracing; sides of at least two size steps above the minimum, so no
+    dynamic dimension is 0 or 1 (``torch.export`` would specialise those)."""
+    if cfg.padding == "valid":
+        low, step = min_legal_input_size(cfg.depth), 2**cfg.depth
+        height, width = low + 2 * step, low + 3 * step
+    else:
+        height, width = 2 * 2**cfg.depth + 3, 3 * 2**cfg.depth + 5
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(2, cfg.in_channels, height, width, generator=generator)
+
+
+def _dynamic_shapes(cfg: ModelConfig) -> dict[str, Any]:
+    from torch.export import Dim
+
+    if cfg.padding == "valid":
+        low, step = min_legal_input_size(cfg.depth), 2**cfg.depth
+        height = step * Dim("height_steps", min=0) + low
+        width = step * Dim("width_steps", min=0) + low
+        return {"x": {0: Dim("batch"), 2: height, 3: width}}
+    # torch.export specialises sizes 0 and 1: declare sides whose every level has >= 2 pixels;
+    # the graph is the same for smaller ones (the parity check runs 1 x 1 and other tiny sizes)
+    low = 2**cfg.depth + 1
+    return {"x": {0: Dim("batch"), 2: Dim("height", min=low), 3: Dim("width", min=low)}}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints, deprecation warnings and info logs."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _dynamo(module: ExportableUNet, cfg: ModelConfig) -> Any:
+    with _quiet():
+        program = torch.onnx.export(module, (example_input(cfg),), None, dynamo=True,
+                                    input_names=[INPUT], output_names=[OUTPUT],
+                                    opset_version=OPSET, dynamic_shapes=_dynamic_shapes(cfg),
+                                    verbose=False)
+    assert program is not None
+    return program.model_proto
+
+
+def _legacy(module: ExportableUNet, cfg: ModelConfig) -> Any:
+    import onnx
+
+    axes = {INPUT: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"}}
+    with tempfile.TemporaryDirectory(prefix="unetseg-onnx-") as folder, _quiet():
+        target = Path(folder) / "model.onnx"
+        torch.onnx.export(module, (example_input(cfg),), target, dynamo=False,
+                          input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
+                          dynamic_axes=axes)
+        return onnx.load(str(target))
+
+
+def export_onnx(model: UNet, card: ModelCard, path: str | Path, *,
+                exporter: OnnxExporter = "dynamo", tiling: Tiling | None = None) -> Path:
+    """Write ``model`` as an ONNX file with the card and tiling in its ``metadata_props``.
+
+    The graph maps normalised images ``image`` (N, C, H, W) float32 to ``logits`` (N, K, H', W')
+    with dynamic N, H and W (legal sizes only for valid padding). The file is written
+    atomically; it is not verified here (see :mod:`unetseg.export.verify`).
+
+    Raises:
+        ImportError: onnx or onnxscript is not installed.
+        Exception: whatever the exporter raises for a graph it cannot handle.
+    """
+    import onnx
+
+    if exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"unknown ONNX exporter {exporter!r}; use dynamo or legacy")
+    module = ExportableUNet(model.cpu().eval()).eval()
+    make = _dynamo if exporter == "dynamo" else _legacy
+    proto = make(module, card.model)
+    info = export_info(card, exporter=f"torch.onnx.export(dynamo={exporter == 'dynamo'})",
+                       tiling=tiling)
+    onnx.helper.set_model_props(proto, to_props(card, info))
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return path
+
+
+def read_onnx_props(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (without loading its weights into a session)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}

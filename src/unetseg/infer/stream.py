@@ -1,0 +1,286 @@
+"""Prediction of images too large for memory: read bands of a TIFF, write a tiled BigTIFF.
+
+A 20000 x 20000 image as float32 logits of two classes would take 3.2 GB; here only one band
+of windows is held at a time. The image is read band by band (:class:`TiffBandReader` decodes
+only the TIFF strips or tiles a band touches), windows of the band are predicted and blended
+exactly as :func:`~unetseg.infer.predict.sliding_window_logits` and
+:func:`~unetseg.infer.predict.overlap_tile_logits` do, and finished label rows are handed on
+as soon as no later window can touch them. Memory is O(window side x image width).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from unetseg.data.normalize import ChannelStats, normalize
+from unetseg.errors import UserError
+from unetseg.infer.blending import BlendMode, blend_weight
+from unetseg.infer.predict import DEFAULT_TILE, default_out_tile, logits_to_labels
+from unetseg.infer.tiling import overlap_tile_input_size, reflect_indices, tile_starts
+from unetseg.model import UNet
+from unetseg.model.geometry import valid_margin
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TiffBandReader:
+    """Horizontal bands of the first page of a TIFF, decoded on demand, in the read scale of
+    :func:`~unetseg.data.io.read_image` (uint8 / 255, uint16 / 65535, float as is).
+
+    Only the strips or tiles that a band touches are decoded; the last decoded row of chunks is
+    kept because neighbouring bands overlap.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+            self._page = self._tif.pages.first
+        except Exception as exc:  # tifffile raises many types for damaged files
+            raise UserError(f"{self.path}: cannot read TIFF ({exc}); check the file") from None
+        page = self._page
+        shape = page.shape
+        if len(shape) == 2:
+            shape = (*shape, 1)
+        if len(shape) != 3 or page.planarconfig != 1 and shape[2] > 1:
+            raise UserError(f"{self.path}: only single-page gray or interleaved multi-channel"
+                            " TIFFs can be streamed; save it as an interleaved (chunky) TIFF")
+        self.height, self.width, self.channels = (int(s) for s in shape)
+        self.dtype = np.dtype(page.dtype)
+        self._chunk_rows = int(page.chunks[0])
+        self._chunks_per_row = int(page.chunked[1]) if len(page.chunked) > 1 else 1
+        self._cache: dict[int, np.ndarray] = {}
+
+    def close(self) -> None:
+        self._tif.close()
+
+    def __enter__(self) -> TiffBandReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _chunk_row(self, index: int) -> np.ndarray:
+        """Decoded chunk row ``index``: (rows, W, C) in the stored dtype."""
+        if index in self._cache:
+            return self._cache[index]
+        page, fh = self._page, self._tif.filehandle
+        rows = min(self._chunk_rows, self.height - index * self._chunk_rows)
+        out = np.empty((rows, self.width, self.channels), self.dtype)
+        for col in range(self._chunks_per_row):
+            seg_index = index * self._chunks_per_row + col
+            fh.seek(page.dataoffsets[seg_index])
+            data = fh.read(page.databytecounts[seg_index])
+            decoded, _, shape = page.decode(data, seg_index, jpegtables=page.jpegtables)
+            x = col * shape[-2]
+            w = min(shape[-2], self.width - x)
+            if decoded is None:  # an empty segment: the TIFF leaves it to the reader
+                out[:, x : x + w] = 0
+                continue
+            segment = np.asarray(decoded).reshape(tuple(shape[-3:]))
+            out[:, x : x + w] = segment[:rows, :w]
+        self._cache = {index: out}
+        return out
+
+    def rows(self, top: int, bottom: int) -> np.ndarray:
+        """Rows ``[top, bottom)`` as float32 ``(C, bottom - top, W)``; 0 <= top < bottom <= H."""
+        first, last = top // self._chunk_rows, (bottom - 1) // self._chunk_rows
+        parts = [self._chunk_row(i) for i in range(first, last + 1)]
+        block = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        offset = first * self._chunk_rows
+        band = block[top - offset : bottom - offset].transpose(2, 0, 1)
+        return _to_float(self.path, band)
+
+    def mirrored_rows(self, top: int, bottom: int) -> np.ndarray:
+        """Rows ``[top, bottom)`` where rows outside the image are mirrored (reflect)."""
+        before, after = max(0, -top), max(0, bottom - self.height)
+        idx = reflect_indices(self.height, before, after).numpy()[top + before : bottom + before]
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        return self.rows(lo, hi)[:, idx - lo]
+
+
+def _to_float(path: Path, band: np.ndarray) -> np.ndarray:
+    if band.dtype == np.uint8:
+        return band.astype(np.float32) / np.float32(255)
+    if band.dtype == np.uint16:
+        return band.astype(np.float32) / np.float32(65535)
+    if band.dtype == np.bool_ or np.issubdtype(band.dtype, np.floating):
+        out = band.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise UserError(f"{path}: image contains NaN or infinite values; replace them")
+        return out
+    raise UserError(f"{path}: samples of type {band.dtype} are not supported; save it as 8- or"
+                    " 16-bit unsigned or floating point")
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where windows go. Output windows of ``out_h`` x ``out_w`` start at ``ys`` x ``xs``;
+    each is predicted from the input window that extends it by ``margin`` before and
+    ``margin + extra`` after (valid padding), and the network's output is cropped to the
+    window. Same padding: margin 0, overlapping windows blended; valid: disjoint windows."""
+
+    out_h: int
+    out_w: int
+    margin: int
+    extra: int
+    ys: list[int]
+    xs: list[int]
+    blend: BlendMode
+
+    @property
+    def in_h(self) -> int:
+        return self.out_h + 2 * self.margin + self.extra
+
+    @property
+    def in_w(self) -> int:
+        return self.out_w + 2 * self.margin + self.extra
+
+
+def plan_windows(padding: str, depth: int, height: int, width: int, *, tile: int | None = None,
+                 overlap: float = 0.25, blend: BlendMode = "gaussian") -> WindowPlan:
+    """The windows :func:`~unetseg.infer.predict.predict_logits` would use for this image."""
+    tile = tile or DEFAULT_TILE
+    if padding == "same":
+        th, tw = min(tile, height), min(tile, width)
+        return WindowPlan(th, tw, 0, 0, tile_starts(height, th, overlap),
+                          tile_starts(width, tw, overlap), blend)
+    out = default_out_tile(depth, tile, max(height, width))
+    margin = valid_margin(depth)
+    extra = overlap_tile_input_size(out, depth) - out - 2 * margin
+    return WindowPlan(out, out, margin, extra, list(range(0, height, out)),
+                      list(range(0, width, out)), "constant")
+
+
+@torch.inference_mode()
+def stream_labels(reader: TiffBandReader, predictor: Predictor, plan: WindowPlan,
+                  stats: ChannelStats, *, batch_size: int = 4, device: torch.device | None = None,
+                  on_window: Callable[[], None] | None = None
+                  ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(top, labels (rows, W) int64, image rows (C, rows, W))`` for consecutive bands
+    of finished rows, top to bottom. ``predictor`` maps (B, C, in_h, in_w) to logits whose top-left
+    ``out_h`` x ``out_w`` belong to the window."""
+    device = device or torch.device("cpu")
+    h, w = reader.height, reader.width
+    weight = blend_weight(plan.blend, plan.out_h, plan.out_w, device=device)
+    acc: torch.Tensor | None = None
+    wsum = torch.zeros(plan.out_h, w, device=device)
+    cols = reflect_indices(w, plan.margin, max(0, plan.xs[-1] + plan.in_w - plan.margin - w))
+    base = 0
+    for i, y in enumerate(plan.ys):
+        if acc is not None and y != base:
+            acc, wsum = _shift_rows(acc, y - base), _shift_rows(wsum, y - base)
+        base = y
+        raw = reader.mirrored_rows(y - plan.margin, y - plan.margin + plan.in_h)
+        band = normalize(torch.from_numpy(raw).to(device), stats)[:, :, cols.to(device)]
+        for start in range(0, len(plan.xs), batch_size):
+            xs = plan.xs[start : start + batch_size]
+            windows = torch.stack([band[:, :, x : x + plan.in_w] for x in xs])
+            logits = predictor(windows)[:, :, : plan.out_h, : plan.out_w].float().to(device)
+            if acc is None:
+                acc = torch.zeros(logits.shape[1], plan.out_h, w, device=device)
+            for x, window_logits in zip(xs, logits):
+                ow = min(plan.out_w, w - x)
+                acc[:, :, x : x + ow] += weight[:, :ow] * window_logits[:, :, :ow]
+                wsum[:, x : x + ow] += weight[:, :ow]
+                if on_window is not None:
+                    on_window()
+        assert acc is not None
+        end = plan.ys[i + 1] if i + 1 < len(plan.ys) else min(h, y + plan.out_h)
+        labels = logits_to_labels(acc[:, : end - y] / wsum[: end - y])
+        yield y, labels.cpu().numpy(), raw[:, plan.margin : plan.margin + end - y]
+
+
+def _shift_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Move rows ``n:`` of the last-but-one axis to the top and zero the rest."""
+    out = torch.zeros_like(t)
+    out[..., : t.shape[-2] - n, :] = t[..., n:, :]
+    return out
+
+
+def label_tiles(bands: Iterator[tuple[int, np.ndarray]], height: int, width: int, tile: int,
+                dtype: np.dtype) -> Iterator[np.ndarray]:
+    """Regroup bands of label rows (rows, W) or colour rows (rows, W, 3) into ``tile`` x ``tile``
+    tiles in TIFF order (row-major), zero-padded at the right and bottom edges."""
+    pending: list[np.ndarray] = []
+    have = 0
+    row = 0
+    for _, rows in bands:
+        pending.append(rows)
+        have += rows.shape[0]
+        while have >= tile or (row + have == height and have > 0):
+            block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            take = min(tile, block.shape[0])
+            strip = np.zeros((tile, -(-width // tile) * tile, *block.shape[2:]), dtype)
+            strip[:take, :width] = block[:take]
+            for x in range(0, width, tile):
+                yield strip[:, x : x + tile]
+            rest = block[take:]
+            pending, have, row = ([rest] if len(rest) else []), len(rest), row + take
+
+
+def predict_large_tiff(model: UNet, stats: ChannelStats,
+                       decode: Callable[[np.ndarray], np.ndarray], path: str | Path,
+                       out_path: str | Path, *, tile: int | None = None, overlap: float = 0.25,
+                       batch_size: int = 2, out_tile: int = 512,
+                       preview: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                       show_progress: bool = True) -> None:
+    """Predict a large TIFF band by band into a tiled, zlib-compressed BigTIFF of labels.
+
+    Args:
+        model: a :class:`~unetseg.model.UNet` in eval mode.
+        stats: the model's normalisation.
+        decode: class ids (rows, W) -> label values in the dataset's encoding.
+        out_path: the label TIFF to write (atomically).
+        out_tile: side of the output file's TIFF tiles.
+        preview: called once at the end with a decimated (C, h, w) image and (h, w) class ids
+            whose longer side is at most 2048 pixels.
+    """
+    from tqdm.auto import tqdm
+
+    from unetseg.files import atomic_path
+
+    cfg = model.config
+    param = next(model.parameters())
+    with TiffBandReader(path) as reader:
+        if reader.channels != cfg.in_channels:
+            raise UserError(f"{path}: the model takes {cfg.in_channels}-channel images but this"
+                            f" one has {reader.channels}; convert it")
+        h, w = reader.height, reader.width
+        plan = plan_windows(cfg.padding, cfg.depth, h, w, tile=tile, overlap=overlap)
+        step = max(1, -(-max(h, w) // 2048))
+        small_ids: list[np.ndarray] = []
+        small_image: list[np.ndarray] = []
+
+        @torch.inference_mode()
+        def predictor(batch: torch.Tensor) -> torch.Tensor:
+            return model(batch.to(param.device, param.dtype))
+
+        bar = tqdm(total=len(plan.ys) * len(plan.xs), desc=f"predict {Path(path).name}",
+                   unit="tile", disable=not show_progress)
+
+        def decoded() -> Iterator[tuple[int, np.ndarray]]:
+            for top, ids, image_rows in stream_labels(reader, predictor, plan, stats,
+                                                      batch_size=batch_size,
+                                                      device=param.device,
+                                                      on_window=lambda: bar.update(1)):
+                keep = (np.arange(top, top + ids.shape[0]) % step) == 0
+                small_ids.append(ids[keep, ::step])
+                small_image.append(image_rows[:, keep, ::step])
+                yield top, decode(ids)
+
+        sample = decode(np.zeros((1, 1), np.int64))  # (1, 1) labels or (1, 1, 3) colours
+        with atomic_path(out_path) as tmp:
+            tifffile.imwrite(tmp, label_tiles(decoded(), h, w, out_tile, sample.dtype),
+                             shape=(h, w, *sample.shape[2:]), dtype=sample.dtype,
+                             tile=(out_tile, out_tile), bigtiff=True, compression="zlib",
+                             photometric="rgb" if sample.ndim == 3 else "minisblack")
+        bar.close()
+    if preview is not None:
+        preview(np.concatenate(small_image, axis=1), np.concatenate(small_ids))

@@ -1,0 +1,122 @@
+"""The served model and its bounded inference queue.
+
+Inference runs in worker threads, never on the event loop. At most ``workers + queue_size``
+requests are admitted at a time (running or waiting); one more is refused at once with
+:class:`QueueFull` (HTTP 503), so a burst never builds an unbounded backlog. A slot is freed
+when its job has finished, not when its client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from unetseg.train.checkpoint import ModelCard
+
+T = TypeVar("T")
+
+
+class QueueFull(Exception):
+    """Every inference slot is taken."""
+
+
+class InferenceQueue:
+    """A thread pool that admits at most ``workers + queue_size`` jobs at a time.
+
+    Args:
+        workers: threads running jobs (1 is right for one model on one device: the model
+            itself uses all cores).
+        queue_size: jobs that may wait for a thread; 0 admits only running jobs.
+    """
+
+    def __init__(self, workers: int = 1, queue_size: int = 8):
+        if workers < 1 or queue_size < 0:
+            raise ValueError(f"need workers >= 1 and queue_size >= 0, got {workers}, {queue_size}")
+        self.capacity = workers + queue_size
+        self._executor = ThreadPoolExecutor(max_workers=workers,
+                                            thread_name_prefix="unetseg-infer")
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self.completed = 0
+        self.rejected = 0
+
+    @property
+    def admitted(self) -> int:
+        """Jobs running or waiting now."""
+        return self._admitted
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker thread and await its result.
+
+        Raises:
+            QueueFull: ``capacity`` jobs are already admitted.
+        """
+        with self._lock:
+            if self._admitted >= self.capacity:
+                self.rejected += 1
+                raise QueueFull
+            self._admitted += 1
+
+        def job() -> T:
+            try:
+                return fn()
+            finally:
+                with self._lock:
+                    self._admitted -= 1
+                    self.completed += 1
+
+        return await asyncio.wrap_future(self._executor.submit(job))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class ServedModel:
+    """A model loaded once: images (C, H, W) as read -> class ids (H, W).
+
+    ``predictor`` is an :class:`~unetseg.infer.engine.ImagePredictor` (``torch`` backend) or an
+    :class:`~unetseg.infer.backends.OnnxImagePredictor` (``onnxruntime``).
+    """
+
+    path: Path
+    backend: str
+    predictor: Any
+    card: ModelCard
+    loaded_at: float = field(default_factory=time.time)
+
+    def check_channels(self, image: np.ndarray, name: str) -> None:
+        self.predictor.check_channels(image, name)
+
+    def predict_ids(self, image: np.ndarray) -> np.ndarray:
+        """Class ids ``(H, W)`` int64 (argmax of the tiled logits)."""
+        from unetseg.infer.predict import logits_to_labels
+
+        return logits_to_labels(self.predictor.logits(image)).numpy()
+
+
+def load_served_model(path: str | Path, *, backend: str = "auto", tile: int | None = None,
+                      batch_size: int = 4, device: str = "auto") -> ServedModel:
+    """Load a model file once for serving: ``.onnx`` runs on ONNX Runtime, anything else
+    (``.safetensors``) on PyTorch, unless ``backend`` says which."""
+    path = Path(path)
+    if backend == "auto":
+        backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch"
+    if backend == "onnxruntime":
+        from unetseg.infer.backends import load_backend_predictor
+
+        predictor, card = load_backend_predictor(path, backend, tile=tile,
+                                                 batch_size=batch_size, device=device)
+        return ServedModel(path, backend, predictor, card)
+    from unetseg.api import load_predictor
+
+    torch_predictor, card = load_predictor(path, tile=tile, batch_size=batch_size, device=device)
+    return ServedModel(path, "torch", torch_predictor, card)

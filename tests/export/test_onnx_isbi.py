@@ -1,0 +1,66 @@
+"""``unetseg predict --backend onnxruntime``: labels identical to the PyTorch backend's on the
+ISBI 2012 test images, through the same tiling and blending code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unetseg.cli import main
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+@pytest.fixture(scope="module")
+def isbi_images() -> Path:
+    from shipping import ISBI_TEST
+
+    if not ISBI_TEST.is_dir():
+        pytest.skip(f"{ISBI_TEST} is not present (shared ISBI 2012 test images)")
+    return ISBI_TEST
+
+
+def test_onnxruntime_labels_equal_pytorch_labels_on_isbi(isbi_images: Path,
+                                                         tmp_path: Path) -> None:
+    """Every 10th ISBI test image (3 of 30, to keep the test short; benchmarks/backends.py
+    compares all 30), tiled into 9 blended windows: both backends' label PNGs are identical."""
+    from shipping import tiny_model
+
+    model = tiny_model(tmp_path / "same.safetensors")
+    exported = tmp_path / "same.onnx"
+    assert main(["-q", "export", str(model), "--out", str(exported)]) == 0
+    images = sorted(isbi_images.glob("*.png"))[::10]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for image in images:
+        (inputs / image.name).symlink_to(image)
+    common = [str(inputs), "--no-overlay", "--tile", "256", "--batch-size", "4"]
+    assert main(["-q", "predict", str(model), *common, "--out", str(tmp_path / "pt")]) == 0
+    assert main(["-q", "predict", str(exported), *common, "--out", str(tmp_path / "ort"),
+                 "--backend", "onnxruntime"]) == 0
+    fractions = []
+    for image in images:
+        a = np.array(Image.open(tmp_path / "pt" / image.name))
+        b = np.array(Image.open(tmp_path / "ort" / image.name))
+        assert a.shape == (512, 512) and set(np.unique(a)) <= {0, 255}
+        assert np.array_equal(a, b), f"{image.name}: {(a != b).sum()} pixels differ"
+        fractions.append(np.mean(a == 255))
+    assert 0.05 < np.mean(fractions) < 0.95  # both classes occur: the comparison is not trivial
+
+
+def test_onnxruntime_backend_user_errors(tmp_path: Path, capsys) -> None:
+    from shipping import sample_images, tiny_model
+
+    model = tiny_model(tmp_path / "m.safetensors")
+    image = str(sample_images()[0])
+    assert main(["-q", "predict", str(model), image, "--out", str(tmp_path / "o"),
+                 "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert "unetseg export" in err and "m.safetensors" in err and len(err.splitlines()) == 1

@@ -1,0 +1,40 @@
+"""Helpers for the export and serving tests: tiny models whose labels are not trivial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unetseg.api import demo_data_root
+from unetseg.data.classes import ClassTable
+from unetseg.data.io import read_image
+from unetseg.data.normalize import ChannelStats, normalize
+from unetseg.model import UNet
+from unetseg.train.checkpoint import ModelCard, save_model
+
+ISBI_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "test" / "images"
+STATS = ChannelStats((0.5,), (0.17,))
+
+
+def sample_images() -> list[Path]:
+    """The ISBI 2012 test images, or the bundled demo images when shared data is absent."""
+    found = sorted(ISBI_TEST.glob("*.png"))
+    return found or sorted((demo_data_root() / "images").glob("*.png"))
+
+
+def tiny_model(path: Path, *, padding: str = "same", depth: int = 2, width: int = 4,
+               norm: str = "batch", seed: int = 0) -> Path:
+    """A randomly initialised U-Net saved as a model file, its last bias shifted so that about
+    half of the pixels of a sample image fall in each class (so label comparisons mean
+    something: many pixels lie close to the decision boundary)."""
+    torch.manual_seed(seed)
+    net = UNet(1, 2, depth=depth, width=width, padding=padding, norm=norm).eval()  # type: ignore[arg-type]
+    image = torch.from_numpy(read_image(sample_images()[0]))
+    x = normalize(image, STATS)[None, :, :188, :188]  # legal for valid padding of depth <= 4
+    with torch.no_grad():
+        logits = net(x)[0]
+        net.head.bias[1] -= (logits[1] - logits[0]).median()
+    classes = ClassTable.from_values((0, 255), ("membrane", "cell"))
+    save_model(path, net, ModelCard(net.config, classes, STATS))
+    return path
