@@ -84,7 +84,7 @@ def measure_peak(threads: int) -> tuple[float, str]:
         with tempfile.TemporaryDirectory() as tmp:
             src, exe = Path(tmp) / "fma.c", Path(tmp) / "fma"
             src.write_text(FMA_KERNEL)
-            built = subprocess.run([cc, "-O2", "-mavx2", "-mfma", "-fopenmp", str(src), "-o",
+            built = subprocess.run([cc, "-O3", "-mavx2", "-mfma", "-fopenmp", str(src), "-o",
                                     str(exe)], capture_output=True)
             if built.returncode == 0:
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
