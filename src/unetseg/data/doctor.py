@@ -220,7 +220,7 @@ class _Read:
 def _read_pair(pair: Pair, report: Report, keep: bool) -> _Read | None:
     try:
         samples = io.read_image_samples(pair.image)
-        image = io._scale_to_float(pair.image, samples)  # NaN/inf and type checks
+        image = io.scale_to_float(pair.image, samples)  # NaN/inf and type checks
     except UserError as exc:
         report.add("error", "unreadable", pair.image, str(exc))
         image = None

@@ -216,7 +216,7 @@ def _drop_alpha(path: Path, data: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- images
 
 
-def _scale_to_float(path: Path, data: np.ndarray) -> np.ndarray:
+def scale_to_float(path: Path, data: np.ndarray) -> np.ndarray:
     """Map stored samples to float32: uint8 / 255, uint16 / 65535, bool 0/1, float as is."""
     if data.dtype == np.bool_:
         return data.astype(np.float32)
@@ -295,7 +295,7 @@ def read_image(path: PathLike) -> np.ndarray:
             ``MAX_PIXELS``, a stack of more than ``MAX_PAGES`` pages, or holds NaN/inf.
     """
     path = Path(path)
-    return np.ascontiguousarray(_scale_to_float(path, read_image_samples(path)))
+    return np.ascontiguousarray(scale_to_float(path, read_image_samples(path)))
 
 
 # --------------------------------------------------------------------------- masks

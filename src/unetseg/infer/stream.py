@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 import torch
 
+from unetseg.data.io import scale_to_float
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.blending import BlendMode, blend_weight
@@ -95,7 +96,7 @@ class TiffBandReader:
         block = np.concatenate(parts) if len(parts) > 1 else parts[0]
         offset = first * self._chunk_rows
         band = block[top - offset : bottom - offset].transpose(2, 0, 1)
-        return _to_float(self.path, band)
+        return scale_to_float(self.path, band)
 
     def mirrored_rows(self, top: int, bottom: int) -> np.ndarray:
         """Rows ``[top, bottom)`` where rows outside the image are mirrored (reflect)."""
@@ -103,20 +104,6 @@ class TiffBandReader:
         idx = reflect_indices(self.height, before, after).numpy()[top + before : bottom + before]
         lo, hi = int(idx.min()), int(idx.max()) + 1
         return self.rows(lo, hi)[:, idx - lo]
-
-
-def _to_float(path: Path, band: np.ndarray) -> np.ndarray:
-    if band.dtype == np.uint8:
-        return band.astype(np.float32) / np.float32(255)
-    if band.dtype == np.uint16:
-        return band.astype(np.float32) / np.float32(65535)
-    if band.dtype == np.bool_ or np.issubdtype(band.dtype, np.floating):
-        out = band.astype(np.float32)
-        if not np.isfinite(out).all():
-            raise UserError(f"{path}: image contains NaN or infinite values; replace them")
-        return out
-    raise UserError(f"{path}: samples of type {band.dtype} are not supported; save it as 8- or"
-                    " 16-bit unsigned or floating point")
 
 
 @dataclass(frozen=True)
