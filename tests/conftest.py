@@ -41,6 +41,18 @@ def disc_data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared, busy CPU, idle-spinning worker threads make tiny
+    models many times slower. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def isbi_root() -> Path:
     root = SHARED_DATA / "isbi2012" / "train"
     if not (root / "images").is_dir():

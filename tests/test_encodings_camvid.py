@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import SHARED_DATA
 from PIL import Image
 
@@ -31,14 +30,7 @@ TRAIN = ["--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "2", "--widt
          "--depth", "2", "--patch-size", "64", "--val-fraction", "0", "--ignore-value", "11"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared, busy CPU, idle-spinning worker threads make these
-    tiny models many times slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -48,14 +48,7 @@ TRAIN = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--widt
          "--depth", "2", "--patch-size", "32"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared, busy CPU, idle-spinning worker threads make these
-    tiny models many times slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
