@@ -73,6 +73,23 @@ def _warn_unpaired(names: list[str], kind: str, folder: Path) -> None:
     log.warning("%d %s in %s have no partner and are skipped: %s", len(names), kind, folder, shown)
 
 
+def layout_hint(root: Path) -> str:
+    """The expected folder layout, for error messages."""
+    return f"expected {root}/images/<name>.png and {root}/masks/<name>.png"
+
+
+def check_layout(root: str | os.PathLike[str]) -> Path:
+    """:class:`UserError` unless ``root`` holds ``images/`` and ``masks/``; returns it as a Path."""
+    root = Path(root)
+    layout = layout_hint(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder; {layout}")
+    for sub in ("images", "masks"):
+        if not (root / sub).is_dir():
+            raise UserError(f"{root / sub}: folder is missing; {layout}")
+    return root
+
+
 def find_pairs(root: str | os.PathLike[str]) -> list[Pair]:
     """Pair the files of ``root/images/`` and ``root/masks/``.
 
@@ -92,13 +109,7 @@ def find_pairs(root: str | os.PathLike[str]) -> list[Pair]:
     Raises:
         UserError: a folder is missing, two images (or masks) share a stem, or nothing pairs.
     """
-    root = Path(root)
-    layout = f"expected {root}/images/<name>.png and {root}/masks/<name>.png"
-    if not root.is_dir():
-        raise UserError(f"{root}: no such folder; {layout}")
-    for sub in ("images", "masks"):
-        if not (root / sub).is_dir():
-            raise UserError(f"{root / sub}: folder is missing; {layout}")
+    root = check_layout(root)
     images = _by_stem(_image_files(root / "images"), "image")
     masks: dict[str, Path] = {}
     unpaired_masks: list[str] = []

@@ -39,7 +39,14 @@ import numpy as np
 from unetseg.config import DataConfig
 from unetseg.data import io
 from unetseg.data.classes import RGB, ClassTable, MaskEncoding, pack_rgb, unpack_rgb
-from unetseg.data.dataset import MASK_SUFFIX, LoadedPair, Pair, _image_files
+from unetseg.data.dataset import (
+    MASK_SUFFIX,
+    LoadedPair,
+    Pair,
+    _image_files,
+    check_layout,
+    layout_hint,
+)
 from unetseg.data.masks import (
     MaskFile,
     build_class_table,
@@ -163,12 +170,7 @@ def _group(files: Iterable[Path], stem_of: Any) -> dict[str, list[Path]]:
 def _pair_files(root: Path, report: Report) -> list[Pair]:
     """Pair ``images/`` and ``masks/`` like :func:`~unetseg.data.dataset.find_pairs`, noting
     duplicates and unpaired files instead of stopping."""
-    layout = f"expected {root}/images/<name>.png and {root}/masks/<name>.png"
-    if not root.is_dir():
-        raise UserError(f"{root}: no such folder; {layout}")
-    for sub in ("images", "masks"):
-        if not (root / sub).is_dir():
-            raise UserError(f"{root / sub}: folder is missing; {layout}")
+    check_layout(root)
     image_files, mask_files = _image_files(root / "images"), _image_files(root / "masks")
     report.images, report.masks = len(image_files), len(mask_files)
     images = _group(image_files, lambda f: f.stem)
@@ -199,7 +201,8 @@ def _pair_files(root: Path, report: Report) -> list[Pair]:
     pairs = [Pair(s, images[s][0], masks[s][0]) for s in sorted(images)
              if s in masks and len(images[s]) == 1 and len(masks[s]) == 1]
     if not image_files and not mask_files:
-        raise UserError(f"{root}: images/ and masks/ hold no image files; {layout}")
+        raise UserError(f"{root}: images/ and masks/ hold no image files;"
+                        f" {layout_hint(root)}")
     return pairs
 
 

@@ -258,21 +258,24 @@ def _pil_image_array(path: Path, im: Image.Image) -> np.ndarray:
     return data[np.newaxis] if data.ndim == 2 else np.moveaxis(data, -1, 0)
 
 
+def _read_samples(path: Path, what: str,
+                  pil_array: Callable[[Path, Image.Image], np.ndarray]) -> np.ndarray:
+    """Decode a TIFF (tifffile) or another format (PIL) as stored, alpha dropped."""
+    _check_file(path)
+    with _decoding(path, what):
+        if _is_tiff(path):
+            data, has_alpha = _read_tiff(path, what)
+            return _drop_alpha(path, data) if has_alpha else data
+        return _load_pil(path, pil_array)
+
+
 def read_image_samples(path: PathLike) -> np.ndarray:
     """Read an image file's samples as stored (uint8, uint16, float, ...), ``(C, H, W)``.
 
     Same files and rules as :func:`read_image`, without the scaling to float.
     """
     path = Path(path)
-    _check_file(path)
-    with _decoding(path, "image"):
-        if _is_tiff(path):
-            data, has_alpha = _read_tiff(path, "image")
-            if has_alpha:
-                data = _drop_alpha(path, data)
-        else:
-            data = _load_pil(path, _pil_image_array)
-    return data
+    return _read_samples(path, "image", _pil_image_array)
 
 
 def read_image(path: PathLike) -> np.ndarray:
@@ -372,14 +375,7 @@ def read_mask(path: PathLike) -> np.ndarray:
         UserError: unreadable file, colour mask, negative or non-integer values.
     """
     path = Path(path)
-    _check_file(path)
-    with _decoding(path, "mask"):
-        if _is_tiff(path):
-            data, has_alpha = _read_tiff(path, "mask")
-            if has_alpha:
-                data = _drop_alpha(path, data)
-        else:
-            data = _load_pil(path, _pil_mask_array)
+    data = _read_samples(path, "mask", _pil_mask_array)
     values = _mask_values(path, _single_channel(path, data))
     if not values.flags.writeable:  # arrays viewing PIL's buffer are read-only
         values = values.copy()
