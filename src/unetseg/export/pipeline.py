@@ -156,6 +156,9 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *,
                         f" {', '.join(EXPORTERS[fmt])}")
     write = _writer(fmt)
     net, card = load_model(model)
+    if card.model.arch != "unet":
+        raise UserError(f"{model}: a {card.model.arch!r} network; export writes unetseg's own"
+                        " UNet models only")
     notes: list[str] = []
     failed: ParityReport | None = None
     for name in names:

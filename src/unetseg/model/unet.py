@@ -52,7 +52,10 @@ class UNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> UNet:
-        return cls(cfg.in_channels, cfg.num_classes, depth=cfg.depth, width=cfg.width,
+        """The UNet of ``cfg``; an unplanned width (None) is the paper's 64."""
+        if cfg.arch != "unet":
+            raise ValueError(f"{cfg.arch!r} is not a UNet config; use unetseg.model.build_model")
+        return cls(cfg.in_channels, cfg.num_classes, depth=cfg.depth, width=cfg.width or 64,
                    padding=cfg.padding, up=cfg.up, norm=cfg.norm, dropout=cfg.dropout)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from unetseg.data.classes import ClassTable
 from unetseg.data.normalize import ChannelStats
 from unetseg.errors import UserError
 from unetseg.files import atomic_path
-from unetseg.model import UNet
+from unetseg.model import build_model
 
 FORMAT = "unetseg"
 FORMAT_VERSION = 1
@@ -128,7 +128,7 @@ def _check_shapes(path: Path, card: ModelCard) -> None:
     forged card (say, a width of 10**9) is refused without allocating anything."""
     try:
         with torch.device("meta"):
-            skeleton = UNet.from_config(card.model)
+            skeleton = build_model(card.model)
     except (ValueError, TypeError, RuntimeError) as exc:
         raise UserError(f"{path}: the stored model config is invalid ({exc}); retrain or"
                         " re-export") from None
@@ -143,14 +143,15 @@ def _check_shapes(path: Path, card: ModelCard) -> None:
                         f" {diff[0][0]}); retrain or re-export the model")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, ModelCard]:
+def load_model(path: str | Path, device: str | torch.device = "cpu"
+               ) -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild the model of a model file from its own config; returns (model in eval mode, card).
 
     The stored tensor shapes are checked against the config before anything is allocated.
     """
     card = read_card(path)
     _check_shapes(Path(path), card)
-    model = UNet.from_config(card.model)
+    model = build_model(card.model)
     tensors = load_file(str(path), device="cpu")
     weights = {k: v for k, v in tensors.items() if not k.startswith(("optim/", "rng/"))}
     try:
