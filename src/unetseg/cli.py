@@ -68,7 +68,10 @@ TRAIN_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--time-limit": ("train.time_limit_s", float, "seconds; the schedule is fitted to it"),
     "--seed": ("train.seed", int, "seed of split, sampling and augmentation (default 0)"),
     "--device": ("train.device", str, "auto (default), cpu, cuda, cuda:1, ..."),
-    "--width": ("model.width", int, "channels of the first level (default 64)"),
+    "--workers": ("train.workers", int, "crop-loading processes (default: 0 on CPU, up to 4"
+                  " with a GPU)"),
+    "--width": ("model.width", int, "channels of the first level (default: planned from"
+               " --time-limit and the device; 64 without one)"),
     "--depth": ("model.depth", int, "number of poolings (default 4)"),
     "--padding": ("model.padding", str, "same (default, any size) or valid (the paper)"),
     "--up": ("model.up", str, "transpose (default), bilinear or nearest"),
@@ -92,8 +95,10 @@ TRAIN_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
 
 
 def _add_prediction_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tile", type=int, default=None, help="tile side in pixels (default 512)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap (default 0.25)")
+    p.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: the whole"
+                   " image up to 1088 px, else the fewest tiles overlapping by 64 px)")
+    p.add_argument("--overlap", type=float, default=None, help="tile overlap, a fraction"
+                   " (default: planned with the tile; 0.25 with --tile)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     p.add_argument("--tta", default=None, metavar="MODE",

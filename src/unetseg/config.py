@@ -26,17 +26,22 @@ class ModelConfig:
     """Architecture of a :class:`~unetseg.model.UNet`.
 
     ``width`` is the channel count of the first level; level ``i`` has ``width * 2**i``.
+    ``None`` lets training plan it (:func:`unetseg.train.plan.plan_width`: the widest of 64, 32
+    and 16 that a time budget can train for enough steps on the device; 64 without a budget).
     ``padding="valid"`` is the paper's network (unpadded 3x3 convs, output smaller than input).
+    ``arch`` names the network: ``"unet"`` (this UNet) or one registered with
+    :func:`unetseg.model.register_architecture` (such a network reads only the channel counts).
     """
 
     in_channels: int = 1
     num_classes: int = 2
     depth: int = 4
-    width: int = 64
+    width: int | None = None
     padding: Padding = "same"
     up: UpMode = "transpose"
     norm: Norm = "batch"
     dropout: float = 0.0
+    arch: str = "unet"
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,10 @@ class TrainConfig:
     """Optimisation. ``steps_per_epoch=None`` means one pass over the training images' area in
     patches (at least 8 steps). ``time_limit_s`` stops after the epoch that crosses the budget.
     ``batch_size`` is global: with several processes each takes ``batch_size / processes``;
-    ``sync_batchnorm`` then computes batch-norm statistics over the whole batch (GPUs only)."""
+    ``sync_batchnorm`` then computes batch-norm statistics over the whole batch (GPUs only).
+    ``workers`` are DataLoader processes cutting crops ahead of the training step (None: none on
+    a CPU, where the crops come from decoded images in memory and a worker would take a core
+    from the convolutions; up to 4 beside a GPU)."""
 
     epochs: int = 50
     steps_per_epoch: int | None = None
@@ -123,6 +131,7 @@ class TrainConfig:
     time_limit_s: float | None = None
     val_tile: int = 512
     sync_batchnorm: bool = False
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float | None, bool]] = {
     ("train", "early_stopping"): (1, None, True),
     ("train", "time_limit_s"): (0.0, None, False),
     ("train", "val_tile"): (16, None, True),
+    ("train", "workers"): (0, None, True),
 }
 
 

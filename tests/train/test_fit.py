@@ -103,3 +103,23 @@ def test_overfits_two_images(tmp_path: Path):
     scores = evaluate(result.last_model, data, show_progress=False)
     assert scores.summary["per_class"]["foreground"]["iou"] > 0.9
     assert scores.summary["mean_iou"] > 0.9
+
+
+def test_loader_workers_train_the_same_weights(disc_data: Path, tmp_path: Path):
+    """Crops are drawn from (seed, epoch, index), so worker processes change nothing."""
+    runs = {}
+    for workers in (0, 2):
+        cfg = small_cfg(epochs=2, workers=workers)
+        result = fit(disc_data, tmp_path / f"w{workers}", cfg, show_progress=False)
+        runs[workers] = load_file(str(result.last_model))
+    assert runs[0].keys() == runs[2].keys()
+    for name, tensor in runs[0].items():
+        torch.testing.assert_close(runs[2][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_workers_default_to_none_on_cpu():
+    from unetseg.train.fit import loader_workers
+
+    assert loader_workers(TrainConfig(), torch.device("cpu")) == 0
+    assert loader_workers(TrainConfig(workers=3), torch.device("cpu")) == 3
+    assert 1 <= loader_workers(TrainConfig(), torch.device("cuda")) <= 4

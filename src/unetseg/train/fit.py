@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -27,9 +28,9 @@ from unetseg.data.weights import attach_weight_maps
 from unetseg.errors import UserError
 from unetseg.files import remove_stale_temps, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
-from unetseg.losses import build_loss
+from unetseg.losses import LossFn, build_loss
 from unetseg.metrics import iou, mean_iou
-from unetseg.model import UNet, nearest_legal_input_size
+from unetseg.model import build_model, nearest_legal_input_size
 from unetseg.train import distributed
 from unetseg.train.checkpoint import (
     ModelCard,
@@ -41,6 +42,7 @@ from unetseg.train.checkpoint import (
 from unetseg.train.distributed import DistEnv
 from unetseg.train.loop import Precision, confusion_over_images, train_one_epoch
 from unetseg.train.optim import build_optimizer, build_scheduler
+from unetseg.train.plan import WidthPlan, plan_width
 from unetseg.viz import plot_curves
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,15 @@ def steps_per_epoch(cfg: RunConfig, train: list[LoadedPair], patch: int) -> int:
     return max(8, math.ceil(area / (patch * patch) / cfg.train.batch_size))
 
 
+def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
+    """DataLoader processes: as configured, else none on a CPU and up to 4 beside a GPU (half
+    the cores, the rest feed the GPU). Workers are started afresh each epoch, so each copies the
+    dataset with that epoch's seed."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return min(4, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
+
+
 def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, epoch: int,
                     rows: slice = slice(None)
                     ) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -121,7 +132,7 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
     return prepare
 
 
-def _validate(model: UNet, data: PreparedData, cfg: RunConfig, env: DistEnv
+def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: DistEnv
               ) -> dict[str, Any]:
     """Validation scores; with several processes each counts every ``world_size``-th image and
     the confusion matrices are summed over the processes (the same counts as one process)."""
@@ -185,7 +196,7 @@ def _make_folder(out: Path) -> None:
 class Training:
     """The objects one training run updates step by step."""
 
-    model: UNet
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -195,10 +206,12 @@ class Training:
     steps: int
 
 
-def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device) -> Training:
-    """Model, optimiser, schedule, precision and loss for ``cfg``, seeded."""
+def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device, *,
+                   loss_fn: LossFn | None = None) -> Training:
+    """Model, optimiser, schedule, precision and loss (``loss_fn``, else the one
+    ``cfg.train.loss`` names) for ``cfg``, seeded."""
     torch.manual_seed(cfg.train.seed)
-    model = UNet.from_config(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     patch = patch_size_for(cfg)
     steps = steps_per_epoch(cfg, train, patch)
     optimizer = build_optimizer(cfg.train, model.parameters())
@@ -210,7 +223,8 @@ def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device
         scheduler=build_scheduler(cfg.train, optimizer, steps_per_epoch=steps),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.scale_gradients),
         precision=precision,
-        loss_fn=build_loss(cfg.train.loss, class_weights=weights, ignore_index=IGNORE_INDEX),
+        loss_fn=loss_fn or build_loss(cfg.train.loss, class_weights=weights,
+                                      ignore_index=IGNORE_INDEX),
         patch=patch, steps=steps)
 
 
@@ -233,7 +247,8 @@ def _save_epoch(out: Path, t: Training, card: ModelCard, state: dict[str, Any],
 
 def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         resume: bool = False, show_progress: bool = True,
-        callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> FitResult:
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        loss_fn: LossFn | None = None) -> FitResult:
     """Train a U-Net on ``data`` (``images/`` + ``masks/``) and write the run into ``out``.
 
     Writes ``best.safetensors`` and ``last.safetensors`` (model + JSON card),
@@ -241,7 +256,12 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     ``curves.png``. With ``resume=True`` the run continues from ``resume.safetensors`` with the
     configuration stored there, exactly as if it had not stopped. Each callback is called with
     the epoch's metrics row after the epoch's files are written; an exception from it stops
-    the run with everything up to that epoch saved.
+    the run with everything up to that epoch saved. ``loss_fn`` replaces the loss that
+    ``cfg.train.loss`` names (to compare with another library's loss; it is not stored, so
+    ``resume`` must be given it again).
+
+    ``cfg.model.width`` None (the default) is planned from the time budget and the device
+    (:func:`unetseg.train.plan.plan_width`) and stored, planned, in the model files.
 
     Launched as several processes (``torchrun``, ``unetseg train --nproc N``; see
     :mod:`unetseg.train.distributed`) it trains data-parallel: each process takes its share of
@@ -262,6 +282,13 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     data_ = prepare_data(data, cfg, show_progress=show_progress)
     cfg = replace(cfg, model=replace(cfg.model, in_channels=data_.train[0].image.shape[0],
                                      num_classes=data_.classes.num_classes))
+    plan: WidthPlan | None = None
+    if cfg.model.width is None and cfg.model.arch == "unet":
+        plan = distributed.broadcast_object(
+            plan_width(cfg, rows.stop - rows.start, patch_size_for(cfg), device), env)
+        cfg = replace(cfg, model=replace(cfg.model, width=plan.width))
+        if show_progress:
+            tqdm.write(f"planned {plan.reason}")
     card = ModelCard(cfg.model, data_.classes, data_.stats, cfg)
     weights = cfg.train.class_weights
     if weights is not None and len(weights) != data_.classes.num_classes:
@@ -270,7 +297,7 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
                         " give one weight per class")
     if env.is_main:
         _make_folder(out)
-    t = build_training(cfg, data_.train, device)
+    t = build_training(cfg, data_.train, device, loss_fn=loss_fn)
     state: dict[str, Any] = {"epoch": 0, "epochs": cfg.train.epochs, "history": [],
                              "best_score": -math.inf, "bad_epochs": 0, "elapsed_s": 0.0}
     if resume_file is not None:
@@ -284,12 +311,17 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
             "stats": data_.stats.to_dict(), "data": str(Path(data).resolve()),
             "patch_size": t.patch, "steps_per_epoch": t.steps, "processes": env.world_size,
             "train_stems": [p.stem for p in data_.train], "val_stems": [p.stem for p in data_.val],
+            "planned_width": None if plan is None else {
+                "width": plan.width, "reason": plan.reason, "probe_width": plan.probe_width,
+                "probe_step_s": plan.probe_step_s},
         }, indent=2))
     dataset = PatchDataset(data_.train, t.patch, length=t.steps * cfg.train.batch_size,
                            foreground_fraction=cfg.data.foreground_fraction, seed=cfg.train.seed)
+    workers = loader_workers(cfg.train, device)
     loader = DataLoader(dataset, batch_size=rows.stop - rows.start, shuffle=False,
                         sampler=distributed.shard_indices(len(dataset), cfg.train.batch_size, env),
-                        drop_last=True, pin_memory=device.type == "cuda")
+                        drop_last=True, pin_memory=device.type == "cuda", num_workers=workers,
+                        prefetch_factor=4 if workers else None)
     stopped, epoch = "epochs", state["epoch"] + 1
     while epoch <= state["epochs"]:
         started = time.perf_counter()
