@@ -3,8 +3,9 @@
 For each network it measures parameters, GFLOP per forward (1 x 1 x 256 x 256), a training step
 (forward + cross-entropy + backward + AdamW, batch 4 x 1 x 256 x 256) in images/s and GFLOP/s,
 inference GFLOP/s, tiled prediction of one 2048 x 2048 image in megapixels/s with unetseg's
-engine and with MONAI's ``sliding_window_inference`` (roi 256, overlap 0.25, Gaussian) on the
-same weights, and peak RSS. It first measures the machine's FMA peak (a C kernel of independent
+engine (``ImagePredictor`` with its planned tiling and channels-last weights, what ``unetseg
+predict`` runs) and with MONAI's ``sliding_window_inference`` (roi 256, overlap 0.25, Gaussian)
+on its own copy of the same weights, in the layout the network was built in, and peak RSS. It first measures the machine's FMA peak (a C kernel of independent
 FMA chains, one thread per core, when a C compiler is present; otherwise a large sgemm), and
 prints each figure as a fraction of it. Every network runs in its own process (so peak RSS is
 its own) with the allocator fix applied to all. CPU utilisation (CPU seconds / wall seconds) is
@@ -227,29 +228,41 @@ def make_train_step(net: Any, model: Any, device: Any, cuda: bool, batch: int
 
 def make_inference(name: str, model: Any, device: Any, cuda: bool, compile_model: bool
                    ) -> tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]:
-    """(batch-4 512^2 forward, unetseg tiled 2048^2, MONAI tiled 2048^2) on the same weights."""
+    """(batch-4 512^2 forward, unetseg tiled 2048^2, MONAI tiled 2048^2) on the same weights.
+
+    The tiled figure is what ``unetseg predict`` does: :class:`ImagePredictor` with its planned
+    tiling and channels-last weights. MONAI gets its own copy of the weights in the layout the
+    network was built in, as a MONAI user runs it.
+    """
+    import copy
+
     import torch
     from monai.inferers import sliding_window_inference
 
-    from unetseg.infer.fast import fast_predictor, plan_tile
-    from unetseg.infer.predict import sliding_window_logits
+    from unetseg.config import ModelConfig
+    from unetseg.data.normalize import ChannelStats
+    from unetseg.infer.engine import ImagePredictor
+    from unetseg.infer.fast import fast_predictor
+    from unetseg.model import ExternalNet
 
+    peer_model = copy.deepcopy(model).eval()
+    if not hasattr(model, "config"):
+        model = ExternalNet(model, ModelConfig(arch=name, depth=4, padding="same"))
+    engine = ImagePredictor(model, ChannelStats((0.0,), (1.0,)), channels_last=True)
     fast = fast_predictor(model, device=device, amp=cuda, compile_model=compile_model)
     batch = torch.randn(4, 1, 512, 512, device=device)
     image = torch.randn(1, 1, 2048, 2048, device=device)
-    tile, overlap = plan_tile(2048, 2048, multiple=32)
 
     def infer() -> Any:
         return fast(batch)
 
     def tiled() -> Any:
-        return sliding_window_logits(fast, image[0], tile=tile, overlap=overlap,
-                                     batch_size=1).argmax(0)
+        return engine.logits(image[0]).argmax(0)
 
     def peer() -> Any:
         with torch.inference_mode():
             return sliding_window_inference(image, roi_size=(256, 256), sw_batch_size=4,
-                                            predictor=model, overlap=0.25,
+                                            predictor=peer_model, overlap=0.25,
                                             mode="gaussian").argmax(1)
 
     return infer, tiled, peer

@@ -27,16 +27,20 @@ from unetseg.data.masks import class_colours, encode_mask, read_mask_file, write
 from unetseg.errors import UserError
 from unetseg.files import write_bytes_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
+from unetseg.infer.predict import DEFAULT_TILE
 from unetseg.metrics import confusion_matrix, iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.train.checkpoint import ModelCard, load_model
 from unetseg.viz import overlay
 
 
-def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float = 0.25,
+def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float | None = None,
                    batch_size: int = 4, device: str = "auto", tta: str | None = None
                    ) -> tuple[ImagePredictor, ModelCard]:
     """A ready :class:`ImagePredictor` for a model file, with its card.
+
+    ``tile`` and ``overlap`` None plan the tiling per image (see :class:`ImagePredictor`);
+    the model runs in channels-last layout.
 
     ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``; see
     :mod:`unetseg.infer.tta`) applied to every tile, or None.
@@ -49,16 +53,16 @@ def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float
         raise UserError(f"--tta {tta}: {exc}") from None
     check_prediction_options(tile, overlap, batch_size)
     net, card = load_model(model, resolve_device(device))
-    predictor = ImagePredictor(net, card.stats, tile=tile or 512, overlap=overlap,
-                               batch_size=batch_size, tta=tta)
+    predictor = ImagePredictor(net, card.stats, tile=tile, overlap=overlap,
+                               batch_size=batch_size, tta=tta, channels_last=True)
     return predictor, card
 
 
-def check_prediction_options(tile: int | None, overlap: float, batch_size: int) -> None:
+def check_prediction_options(tile: int | None, overlap: float | None, batch_size: int) -> None:
     """One-line :class:`UserError` for tiling options no prediction can use."""
     if tile is not None and tile < 16:
         raise UserError(f"--tile {tile}: tiles must be at least 16 pixels; e.g. --tile 512")
-    if not 0.0 <= overlap < 1.0:
+    if overlap is not None and not 0.0 <= overlap < 1.0:
         raise UserError(f"--overlap {overlap}: must be a fraction in [0, 1); e.g. 0.25")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: give at least 1 tile per batch")
@@ -83,7 +87,7 @@ def _check_readable(paths: Sequence[Path]) -> None:
 
 
 def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: str | Path, *,
-            tile: int | None = None, overlap: float = 0.25, batch_size: int = 4,
+            tile: int | None = None, overlap: float | None = None, batch_size: int = 4,
             probabilities: bool = False, overlays: bool = True, device: str = "auto",
             stream: bool | None = None, tta: str | None = None, backend: str = "torch",
             show_progress: bool = True) -> list[Path]:
@@ -163,7 +167,8 @@ def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, ou
 
     target = out / f"{path.stem}.tif"
     predict_large_tiff(predictor.model, card.stats, card.classes.decode, path, target,
-                       tile=predictor.tile, overlap=predictor.overlap,
+                       tile=predictor.tile or DEFAULT_TILE,
+                       overlap=0.25 if predictor.overlap is None else predictor.overlap,
                        batch_size=predictor.batch_size,
                        preview=save_preview if overlays else None, show_progress=show_progress)
     return target
@@ -187,7 +192,7 @@ def _per_image_row(stem: str, cm: torch.Tensor, classes: ClassTable) -> dict[str
 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None, *,
-             tile: int | None = None, overlap: float = 0.25, batch_size: int = 4,
+             tile: int | None = None, overlap: float | None = None, batch_size: int = 4,
              device: str = "auto", tta: str | None = None, isbi: bool = False,
              show_progress: bool = True) -> Evaluation:
     """Predict every image of ``data`` (``images/`` + ``masks/``) and score it against its mask.
@@ -286,8 +291,12 @@ def _copy_demo_split(folder: Path) -> tuple[Path, Path]:
 
 
 def demo(out: str | Path = "unetseg-demo", *, time_budget_s: float = 420.0, epochs: int = 40,
-         width: int = 16, device: str = "auto", show_progress: bool = True) -> DemoResult:
-    """Train a small U-Net on 24 bundled ISBI 2012 slices, then predict and score the other 6.
+         width: int | None = None, device: str = "auto", show_progress: bool = True
+         ) -> DemoResult:
+    """Train a U-Net on 24 bundled ISBI 2012 slices, then predict and score the other 6.
+
+    ``width`` None plans it from the time budget and the device (16 on a laptop CPU for the
+    default 7 minutes, 64 on a GPU; see :mod:`unetseg.train.plan`).
 
     Of the 24, a seeded fifth validates each epoch and picks the best model; the 6 held-out
     slices are used only for the final scores.

@@ -30,7 +30,10 @@ def isbi_images() -> Path:
 def test_onnxruntime_labels_equal_pytorch_labels_on_isbi(isbi_images: Path,
                                                          tmp_path: Path) -> None:
     """Every 10th ISBI test image (3 of 30, to keep the test short; benchmarks/backends.py
-    compares all 30), tiled into 9 blended windows: both backends' label PNGs are identical."""
+    compares all 30), tiled into 9 blended windows: both backends' probabilities agree to
+    float rounding, and their label PNGs are identical at every pixel that is not an exact
+    tie (both classes within 1e-5 of 0.5, where rounding alone decides)."""
+    import tifffile
     from shipping import tiny_model
 
     model = tiny_model(tmp_path / "same.safetensors")
@@ -41,17 +44,24 @@ def test_onnxruntime_labels_equal_pytorch_labels_on_isbi(isbi_images: Path,
     inputs.mkdir()
     for image in images:
         (inputs / image.name).symlink_to(image)
-    common = [str(inputs), "--no-overlay", "--tile", "256", "--batch-size", "4"]
+    common = [str(inputs), "--no-overlay", "--tile", "256", "--batch-size", "4",
+              "--probabilities"]
     assert main(["-q", "predict", str(model), *common, "--out", str(tmp_path / "pt")]) == 0
     assert main(["-q", "predict", str(exported), *common, "--out", str(tmp_path / "ort"),
                  "--backend", "onnxruntime"]) == 0
-    fractions = []
+    fractions, ties = [], 0
     for image in images:
         a = np.array(Image.open(tmp_path / "pt" / image.name))
         b = np.array(Image.open(tmp_path / "ort" / image.name))
+        pa = tifffile.imread(tmp_path / "pt" / f"{image.stem}_probs.tif")
+        pb = tifffile.imread(tmp_path / "ort" / f"{image.stem}_probs.tif")
         assert a.shape == (512, 512) and set(np.unique(a)) <= {0, 255}
-        assert np.array_equal(a, b), f"{image.name}: {(a != b).sum()} pixels differ"
+        assert np.abs(pa - pb).max() < 1e-5
+        decided = np.abs(pa[1] - 0.5) > 1e-5
+        assert np.array_equal(a[decided], b[decided]), f"{image.name}: decided pixels differ"
+        ties += int((~decided).sum())
         fractions.append(np.mean(a == 255))
+    assert ties < 20  # a handful of exact ties at most, out of 786,432 pixels
     assert 0.05 < np.mean(fractions) < 0.95  # both classes occur: the comparison is not trivial
 
 

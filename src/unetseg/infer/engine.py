@@ -7,11 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.errors import UserError
-from unetseg.infer.predict import predict_logits
-from unetseg.model import UNet
+from unetseg.infer.fast import plan_tile
+from unetseg.infer.predict import DEFAULT_TILE, predict_logits
+from unetseg.model import model_config
+
+AUTO_MAX_TILE = 1088
+"""Largest planned tile side: two 1056-pixel tiles cover 2048 pixels with a 64-pixel overlap."""
+AUTO_MIN_OVERLAP = 64
+"""Overlap of planned tiles, pixels: wider than a U-Net's border effects at 4 poolings."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -50,20 +57,34 @@ class ImagePredictor:
     """A model with its normalisation and tiling settings.
 
     Args:
-        model: a :class:`UNet` in eval mode on ``device``.
+        model: a :class:`UNet` (or :class:`~unetseg.model.ExternalNet`) in eval mode on
+            ``device``.
         stats: the training set's channel statistics, applied before the model.
-        tile: tile side in pixels (input tile for same padding; bounds the input tile for valid).
-        overlap: fraction of a tile shared with its neighbour (same-padding models).
-        batch_size: tiles per forward pass.
+        tile: tile side in pixels (input tile for same padding; bounds the input tile for
+            valid). None plans it per image for same padding (:func:`planned_tiling`: the
+            whole image up to :data:`AUTO_MAX_TILE` pixels, else the fewest tiles overlapping
+            by :data:`AUTO_MIN_OVERLAP` pixels) and is 512 for valid padding.
+        overlap: fraction of a tile shared with its neighbour (same-padding models); None is
+            planned with the tile, or 0.25 with a given tile.
+        batch_size: most tiles per forward pass; planned tiles larger than 512 pixels go in
+            fewer, so a batch never holds more pixels than ``batch_size`` 512-pixel tiles.
         tta: test-time augmentation of every tile (``"flip"``, ``"d4"``, ``"rot:N"``) or None.
+        channels_last: convert the model's weights, in place, to channels-last memory layout,
+            which runs CPU and tensor-core convolutions faster (``benchmarks/speed.py``); the
+            model is then for inference only.
     """
 
-    model: UNet
+    model: nn.Module
     stats: ChannelStats
-    tile: int = 512
-    overlap: float = 0.25
+    tile: int | None = None
+    overlap: float | None = None
     batch_size: int = 4
     tta: str | None = None
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def device(self) -> torch.device:
@@ -71,13 +92,29 @@ class ImagePredictor:
 
     def check_channels(self, image: np.ndarray, source: str | Path) -> None:
         """:class:`UserError` when ``image`` (C,H,W) has another channel count than the model."""
-        check_channels(self.model.config.in_channels, image, source)
+        check_channels(model_config(self.model).in_channels, image, source)
+
+    def tiling(self, height: int, width: int) -> tuple[int, float, int]:
+        """(tile, overlap, tiles per batch) for an image of ``height`` x ``width`` pixels."""
+        config = model_config(self.model)
+        same = config.padding == "same"
+        if self.tile is None and self.overlap is None and same:
+            tile, overlap = plan_tile(height, width, max_tile=AUTO_MAX_TILE,
+                                      min_overlap=AUTO_MIN_OVERLAP,
+                                      multiple=2**config.depth)
+        else:
+            tile = self.tile or DEFAULT_TILE
+            overlap = 0.25 if self.overlap is None else self.overlap
+        side = min(tile, max(height, width))
+        batch = max(1, min(self.batch_size, self.batch_size * DEFAULT_TILE**2 // side**2))
+        return tile, overlap, batch
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits (K, H, W) on the CPU for an image (C, H, W) in its read scale."""
         x = torch.as_tensor(image, dtype=torch.float32).to(self.device)
         x = normalize(x, self.stats)
-        out = predict_logits(self.model, x, tile=self.tile, overlap=self.overlap,
-                             batch_size=self.batch_size, tta=self.tta)
+        tile, overlap, batch = self.tiling(x.shape[-2], x.shape[-1])
+        out = predict_logits(self.model, x, tile=tile, overlap=overlap, batch_size=batch,
+                             tta=self.tta)
         return out.float().cpu()

@@ -24,7 +24,7 @@ from unetseg.errors import UserError
 from unetseg.infer.blending import BlendMode, blend_weight
 from unetseg.infer.predict import DEFAULT_TILE, default_out_tile, logits_to_labels
 from unetseg.infer.tiling import overlap_tile_input_size, reflect_indices, tile_starts
-from unetseg.model import UNet
+from unetseg.model import model_config
 from unetseg.model.geometry import valid_margin
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -212,7 +212,7 @@ def label_tiles(bands: Iterator[tuple[int, np.ndarray]], height: int, width: int
             pending, have, row = ([rest] if len(rest) else []), len(rest), row + take
 
 
-def predict_large_tiff(model: UNet, stats: ChannelStats,
+def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats,
                        decode: Callable[[np.ndarray], np.ndarray], path: str | Path,
                        out_path: str | Path, *, tile: int | None = None, overlap: float = 0.25,
                        batch_size: int = 2, out_tile: int = 512,
@@ -233,7 +233,7 @@ def predict_large_tiff(model: UNet, stats: ChannelStats,
 
     from unetseg.files import atomic_path
 
-    cfg = model.config
+    cfg = model_config(model)
     param = next(model.parameters())
     with TiffBandReader(path) as reader:
         if reader.channels != cfg.in_channels:

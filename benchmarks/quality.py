@@ -1,0 +1,247 @@
+"""Segmentation quality against the peers, each trained for the same wall-clock budget.
+
+One command trains and evaluates, under the same budget, data split, augmentation, schedule
+and seed (the only differences are named in the model column):
+
+* ``unetseg-default``: ``unetseg train`` with zero flags but the budget (its width is planned
+  from the budget and the device, :mod:`unetseg.train.plan`).
+* ``unetseg-best``: the same model, predicted with dihedral test-time augmentation
+  (``--tta d4``), which is what unetseg recommends when quality matters more than speed.
+* ``monai-basicunet``: MONAI's BasicUNet in unetseg's pipeline (unetseg's Dice + CE loss).
+* ``monai-basicunet+dicece``: the same with MONAI's own ``DiceCELoss`` (:mod:`peers`).
+* ``fepegar-unet2d``: fepegar's ``UNet2D`` (64 channels first, batch norm) in unetseg's pipeline.
+
+Datasets (``../shared/data``; each skipped with a note when absent):
+
+* ISBI 2012: a seeded 24/6 split of the 30 labelled slices (the split of ``isbi2012.py``);
+  membrane IoU, mean IoU, and the challenge's pixel, Rand and warping errors (best over
+  thresholds of the cell probability).
+* CamVid (11 classes, void ignored): train on ``train/`` (367), evaluate on ``val/`` (81):
+  mean IoU over the 11 classes, per-class IoU and pixel accuracy.
+
+Each training run validates on a seeded fifth of its training images and keeps the best
+epoch; the test images are seen only by the final evaluation. Writes ``OUT/results.md`` (one
+table per dataset), ``OUT/results.json`` and ``OUT/curves-<dataset>.png`` (validation mean
+IoU against training seconds), and prints the tables.
+
+Usage::
+
+    python benchmarks/quality.py --budget 600 --out quality-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from isbi2012 import split as isbi_split
+from peers import monai_dice_ce, register_peers
+
+from unetseg.api import evaluate
+from unetseg.config import RunConfig, replace
+from unetseg.train.fit import fit
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
+                  "Car", "Pedestrian", "Bicyclist")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One contender: architecture, loss override, and test-time augmentation."""
+
+    name: str
+    arch: str = "unet"
+    loss: Callable[[], Any] | None = None
+    tta: str | None = None
+    trained_as: str | None = None  # reuse the run of another contender (same training)
+
+
+MODELS = {m.name: m for m in (
+    Model("unetseg-default"),
+    Model("unetseg-best", tta="d4", trained_as="unetseg-default"),
+    Model("monai-basicunet", arch="monai-basicunet"),
+    Model("monai-basicunet+dicece", arch="monai-basicunet", loss=monai_dice_ce),
+    Model("fepegar-unet2d", arch="fepegar-unet2d"),
+)}
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Path
+    test: Path
+    config: RunConfig
+    isbi: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def isbi_dataset(root: Path, out: Path, seed: int) -> Dataset:
+    train, test, stems = isbi_split(root / "train", out / "isbi2012-data", seed)
+    cfg = replace(RunConfig(), **{"data.class_values": (0, 255),
+                                  "data.class_names": ("membrane", "cell")})
+    return Dataset("isbi2012", train, test, cfg, True,
+                   [f"seeded 24/6 split, test slices {', '.join(stems)}"])
+
+
+def camvid_dataset(root: Path) -> Dataset:
+    cfg = replace(RunConfig(), **{"data.class_values": tuple(range(11)),
+                                  "data.class_names": CAMVID_CLASSES, "data.ignore_value": 11})
+    return Dataset("camvid", root / "train", root / "val", cfg, False,
+                   ["train 367, evaluated on val (81), class 11 (void) ignored"])
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Namespace,
+                    runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    source = model.trained_as or model.name
+    if source not in runs:
+        cfg = replace(data.config, **{"train.time_limit_s": args.budget,
+                                      "train.epochs": 100_000, "train.seed": args.seed,
+                                      "train.device": "cpu", "model.arch": model.arch})
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        result = fit(data.train, out / source, cfg, show_progress=not args.quiet,
+                     loss_fn=model.loss() if model.loss else None)
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        planned = json.loads((out / source / "config.json").read_text())
+        width = planned["run"]["model"]["width"]
+        runs[source] = {"result": result, "wall_s": wall, "cpu_util": cpu / wall,
+                        "width": width}
+    run = runs[source]
+    result = run["result"]
+    began = time.perf_counter()
+    ev = evaluate(result.best_model, data.test, out / f"eval-{model.name}", device="cpu",
+                  tta=model.tta, isbi=data.isbi, show_progress=not args.quiet)
+    s = ev.summary
+    last = result.history[-1]
+    best = max(result.history, key=lambda r: r["val_mean_iou"] or -1.0)
+    row: dict[str, Any] = {
+        "model": model.name, "train_s": round(run["wall_s"], 1),
+        "cpu_util": round(run["cpu_util"], 2), "epochs": int(last["epoch"]),
+        "steps": int(last["step"]), "images_seen": int(last["images_seen"]),
+        "best_epoch": int(best["epoch"]), "width": run["width"],
+        "mean_iou": s["mean_iou"], "pixel_accuracy": s["pixel_accuracy"],
+        "per_class_iou": {k: v["iou"] for k, v in s["per_class"].items()},
+        "eval_s": round(time.perf_counter() - began, 1), "tta": model.tta,
+        "history": [{"elapsed_s": r["elapsed_s"], "val_mean_iou": r["val_mean_iou"]}
+                    for r in result.history],
+    }
+    if data.isbi:
+        row.update(membrane_iou=s["per_class"]["membrane"]["iou"],
+                   pixel_error=s["isbi"]["pixel_error"]["value"],
+                   rand_error=s["isbi"]["rand_error"]["value"],
+                   warping_error=s["isbi"]["warping_error"]["value"])
+    return row
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def table(data: Dataset, rows: list[dict[str, Any]], budget: float) -> str:
+    head = ["model", "train s (CPU util)", "epochs", "images seen"]
+    if data.isbi:
+        head += ["membrane IoU", "mean IoU", "pixel error", "Rand error", "warping error"]
+    else:
+        head += ["mean IoU (11)", "pixel acc", *CAMVID_CLASSES]
+    lines = [f"### {data.name}: {budget:.0f} s of training per model ({'; '.join(data.notes)})",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"] + (f" (w{r['width']})" if r["width"] else ""),
+                 f"{r['train_s']:.0f} ({r['cpu_util']:.2f})", str(r["epochs"]),
+                 str(r["images_seen"])]
+        if data.isbi:
+            cells += [_f(r["membrane_iou"]), _f(r["mean_iou"]), _f(r["pixel_error"]),
+                      _f(r["rand_error"]), _f(r["warping_error"], 6)]
+        else:
+            cells += [_f(r["mean_iou"]), _f(r["pixel_accuracy"]),
+                      *(_f(r["per_class_iou"][c], 3) for c in CAMVID_CLASSES)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(data: Dataset, rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in rows:
+        if r["tta"]:
+            continue  # the same training curve as the model it was trained as
+        xs = [h["elapsed_s"] for h in r["history"]]
+        ys = [h["val_mean_iou"] for h in r["history"]]
+        ax.plot(xs, ys, marker=".", label=r["model"])
+    ax.set(xlabel="training seconds", ylabel="validation mean IoU",
+           title=f"{data.name}: validation during training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget", type=float, default=600.0,
+                   help="training seconds per model and dataset (default 600)")
+    p.add_argument("--out", type=Path, default=Path("quality-bench"), help="output folder")
+    p.add_argument("--datasets", default="isbi2012,camvid", help="comma-separated")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of "
+                   + ", ".join(MODELS))
+    p.add_argument("--data", type=Path, default=SHARED, help=f"shared data folder ({SHARED})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model {unknown[0]}; choose from {', '.join(MODELS)}")
+    if args.out.exists() and any(args.out.iterdir()):
+        raise SystemExit(f"{args.out}: not empty; choose another --out")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    register_peers()
+    builders = {"isbi2012": lambda: isbi_dataset(args.data / "isbi2012", args.out, args.seed),
+                "camvid": lambda: camvid_dataset(args.data / "camvid")}
+    sections, results = [], {}
+    for name in [d for d in args.datasets.split(",") if d]:
+        if not (args.data / name).is_dir():
+            print(f"{name}: {args.data / name} not found; skipped")
+            continue
+        data = builders[name]()
+        runs: dict[str, dict[str, Any]] = {}
+        rows = [train_and_score(MODELS[m], data, args.out / name, args, runs) for m in names]
+        sections.append(table(data, rows, args.budget))
+        plot(data, rows, args.out / f"curves-{name}.png")
+        results[name] = rows
+        print(sections[-1] + "\n", flush=True)
+    text = (f"Quality benchmark: CPU, {torch.get_num_threads()} torch threads"
+            f" ({os.cpu_count()} CPUs), seed {args.seed}; every model runs in unetseg's"
+            " pipeline (same data, augmentation, AdamW + cosine schedule fitted to the budget,"
+            " best validation epoch kept). Errors: lower is better.\n\n"
+            + "\n\n".join(sections) + "\n")
+    (args.out / "results.md").write_text(text)
+    (args.out / "results.json").write_text(json.dumps(
+        {"budget_s": args.budget, "seed": args.seed, "threads": torch.get_num_threads(),
+         "results": results}, indent=2))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
