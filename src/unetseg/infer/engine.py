@@ -61,7 +61,7 @@ class ImagePredictor:
             ``device``.
         stats: the training set's channel statistics, applied before the model.
         tile: tile side in pixels (input tile for same padding; bounds the input tile for
-            valid). None plans it per image for same padding (:func:`planned_tiling`: the
+            valid). None plans it per image for same padding (:meth:`tiling`: the
             whole image up to :data:`AUTO_MAX_TILE` pixels, else the fewest tiles overlapping
             by :data:`AUTO_MIN_OVERLAP` pixels) and is 512 for valid padding.
         overlap: fraction of a tile shared with its neighbour (same-padding models); None is
