@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from unetseg.errors import UserError
 from unetseg.model import ExternalNet, UNet, architectures, build_model, register_architecture
-from unetseg.train.checkpoint import load_model
+from unetseg.train.checkpoint import load_model, state_aliases
 from unetseg.train.fit import fit
 
 
@@ -88,3 +89,49 @@ def test_fit_trains_saves_and_reloads_a_registered_network(two_level: str, disc_
     torch.testing.assert_close(model(x), trained.eval()(x))
     assert not torch.equal(model.state_dict()["net.head.weight"],
                            build_model(card.model).state_dict()["net.head.weight"])
+
+
+class AliasedNet(nn.Module):
+    """Registers one conv under two names, as fepegar's ``unet`` does (``conv_layer`` and
+    ``block.0``): its state_dict lists the same tensors twice."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.conv_layer = nn.Conv2d(cfg.in_channels, 4, 3, padding=1)
+        self.norm_layer = nn.BatchNorm2d(4)
+        self.block = nn.Sequential(self.conv_layer, self.norm_layer, nn.ReLU())
+        self.head = nn.Conv2d(4, cfg.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x))
+
+
+def test_a_network_with_aliased_modules_saves_resumes_and_reloads(disc_data: Path,
+                                                                 tmp_path: Path):
+    register_architecture("test-aliased", AliasedNet, downsamplings=0)
+    model = build_model(ModelConfig(arch="test-aliased"))
+    assert state_aliases(model) == {
+        "net.block.0.weight": "net.conv_layer.weight", "net.block.0.bias": "net.conv_layer.bias",
+        **{f"net.block.1.{k}": f"net.norm_layer.{k}" for k in (
+            "weight", "bias", "running_mean", "running_var", "num_batches_tracked")}}
+    cfg = RunConfig(model=ModelConfig(arch="test-aliased"), data=DataConfig(patch_size=16),
+                    train=TrainConfig(epochs=2, batch_size=2, steps_per_epoch=2))
+    full = fit(disc_data, tmp_path / "full", cfg, show_progress=False)
+    with safe_open(str(full.last_model), framework="pt") as fh:
+        names = set(fh.keys())
+    assert "net.conv_layer.weight" in names and "net.block.0.weight" not in names
+    loaded, _ = load_model(full.last_model)
+    assert loaded.net.block[0] is loaded.net.conv_layer
+    assert loaded.net.norm_layer.num_batches_tracked.item() == 4  # trained, not initial
+
+    def stop_after_first_epoch(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(disc_data, tmp_path / "cut", cfg, show_progress=False,
+            callbacks=[stop_after_first_epoch])
+    resumed = fit(disc_data, tmp_path / "cut", resume=True, show_progress=False)
+    expected = loaded.state_dict()
+    for k, v in load_model(resumed.last_model)[0].state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=0, atol=0)

@@ -65,8 +65,34 @@ class ModelCard:
         )
 
 
+def state_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Names under which a state tensor appears a second time (a submodule registered under two
+    names, as in fepegar's ``unet``), each mapped to the tensor's first name. Model files store
+    such a tensor once: safetensors refuses tensors that share memory."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            aliases[name] = first[id(tensor)]
+        else:
+            first[id(tensor)] = name
+    return aliases
+
+
 def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    aliases = state_aliases(model)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if k not in aliases}
+
+
+def _load_state_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict`` from stored tensors (optimiser and RNG entries skipped), each
+    alias filled from its first name."""
+    weights = {k: v for k, v in tensors.items() if not k.startswith(("optim/", "rng/"))}
+    for alias, name in state_aliases(model).items():
+        if name in weights:
+            weights[alias] = weights[name]
+    model.load_state_dict(weights)
 
 
 def save_model(path: str | Path, model: torch.nn.Module, card: ModelCard) -> None:
@@ -132,7 +158,8 @@ def _check_shapes(path: Path, card: ModelCard) -> None:
     except (ValueError, TypeError, RuntimeError) as exc:
         raise UserError(f"{path}: the stored model config is invalid ({exc}); retrain or"
                         " re-export") from None
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    aliases = state_aliases(skeleton)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if k not in aliases}
     with safe_open(str(path), framework="pt") as fh:
         names = list(fh.keys())
         stored = {k: tuple(fh.get_slice(k).get_shape()) for k in names
@@ -152,10 +179,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
     card = read_card(path)
     _check_shapes(Path(path), card)
     model = build_model(card.model)
-    tensors = load_file(str(path), device="cpu")
-    weights = {k: v for k, v in tensors.items() if not k.startswith(("optim/", "rng/"))}
     try:
-        model.load_state_dict(weights)
+        _load_state_tensors(model, load_file(str(path), device="cpu"))
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"{path}: weights do not match the stored config ({first})") from None
@@ -196,8 +221,7 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     tensors = load_file(str(path), device="cpu")
-    model.load_state_dict({k: v for k, v in tensors.items()
-                           if not k.startswith(("optim/", "rng/"))})
+    _load_state_tensors(model, tensors)
     opt_json = json.loads(meta["optimizer"])
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
