@@ -36,6 +36,7 @@ import torch
 from unetseg.api import evaluate
 from unetseg.config import replace
 from unetseg.presets import PRESETS, preset
+from unetseg.runtime import tune_allocator
 from unetseg.train.fit import fit, patch_size_for
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "train"
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default="default,paper", help="comma-separated preset names")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    tune_allocator()  # as the command line does, for every model
     recipes = [r for r in args.recipes.split(",") if r]
     unknown = [r for r in recipes if r not in PRESETS]
     if unknown:

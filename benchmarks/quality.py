@@ -47,6 +47,7 @@ from peers import monai_dice_ce, register_peers
 
 from unetseg.api import evaluate
 from unetseg.config import RunConfig, replace
+from unetseg.runtime import tune_allocator
 from unetseg.train.fit import fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    tune_allocator()  # as the command line does, for every model
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]
     if unknown:

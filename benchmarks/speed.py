@@ -5,12 +5,18 @@ For each network it measures parameters, GFLOP per forward (1 x 1 x 256 x 256), 
 inference GFLOP/s, tiled prediction of one 2048 x 2048 image in megapixels/s with unetseg's
 engine (``ImagePredictor`` with its planned tiling and channels-last weights, what ``unetseg
 predict`` runs) and with MONAI's ``sliding_window_inference`` (roi 256, overlap 0.25, Gaussian)
-on its own copy of the same weights, in the layout the network was built in, and peak RSS. It first measures the machine's FMA peak (a C kernel of independent
-FMA chains, one thread per core, when a C compiler is present; otherwise a large sgemm), and
-prints each figure as a fraction of it. Every network runs in its own process (so peak RSS is
-its own) with the allocator fix applied to all. CPU utilisation (CPU seconds / wall seconds) is
-printed beside every timing: a value well under the thread count means another process held a
-core and the figures are not to be trusted.
+on its own copy of the same weights, in the layout the network was built in, and peak RSS.
+For both tiled methods it also prints the redundancy (pixels the network computes per image
+pixel) and the GFLOP/s that the measured rate implies: their product bounds the tiled ratio,
+since no method can run the network above the machine's peak. It first measures the machine's
+FMA peak (a C kernel of independent FMA chains, one thread per core, when a C compiler is
+present; otherwise a large sgemm), and prints each figure as a fraction of it. Every network
+runs in its own process (so peak RSS is its own) with the allocator fix applied to all. CPU
+utilisation (CPU seconds / wall seconds) is printed beside every timing: a value well under the
+thread count means another process held a core and the figures are not to be trusted.
+
+``unetseg`` is the default model (width 64); ``unetseg-w16`` the width that ``unetseg train``
+plans for a CPU budget of minutes (:mod:`unetseg.train.plan`).
 
     pip install -e '.[bench]'
     python benchmarks/speed.py                 # CPU, all networks
@@ -111,6 +117,10 @@ def build(name: str) -> Any:
         from unetseg.model import UNet
 
         return UNet(1, 2)  # the default model: width 64, depth 4, batch norm
+    if name == "unetseg-w16":
+        from unetseg.model import UNet
+
+        return UNet(1, 2, width=16)  # what a CPU training budget of minutes plans
     if name == "monai-basicunet":
         from monai.networks.nets import BasicUNet
 
@@ -191,7 +201,7 @@ def run_child(name: str, device_name: str, reps: int, tiled: bool, batch: int = 
     result.update(train_images_s=batch / seconds,
                   train_gflops=3 * result["gflop"] * batch / seconds, train_util=util)
     model.eval()
-    infer, tiled_fn, peer_fn = make_inference(name, model, device, cuda, compile_model)
+    infer, tiled_fn, peer_fn, engine = make_inference(name, model, device, cuda, compile_model)
     seconds, util = timed(infer, warmup=2, reps=reps, sync=sync)
     result.update(infer_gflops=result["gflop"] * 4 * 4 / seconds, infer_util=util)
     if tiled:
@@ -199,10 +209,31 @@ def run_child(name: str, device_name: str, reps: int, tiled: bool, batch: int = 
         result.update(tiled_mps=2048**2 / seconds / 1e6, tiled_util=util)
         seconds, util = timed(peer_fn, warmup=1, reps=max(2, reps // 2), sync=sync)
         result.update(monai_tiled_mps=2048**2 / seconds / 1e6, monai_tiled_util=util)
+        tile, overlap, _ = engine.tiling(2048, 2048)
+        result.update(tiled_redundancy=redundancy(tile, overlap),
+                      monai_redundancy=monai_redundancy())
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda:
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
+
+
+def redundancy(tile: int, overlap: float, side: int = 2048) -> float:
+    """Pixels a same-padding network computes per pixel of a ``side`` x ``side`` image tiled by
+    windows of ``tile`` pixels overlapping by ``overlap`` (unetseg's :func:`tile_starts`)."""
+    from unetseg.infer.tiling import tile_starts
+
+    window = min(tile, side)
+    return (len(tile_starts(side, window, overlap)) * window / side) ** 2
+
+
+def monai_redundancy(roi: int = 256, overlap: float = 0.25, side: int = 2048) -> float:
+    """The same for MONAI's windows: interval ``int(roi * (1 - overlap))`` and
+    ``ceil((side - roi) / interval) + 1`` windows per axis, as its ``dense_patch_slices``."""
+    import math
+
+    interval = int(roi * (1 - overlap))
+    return ((math.ceil((side - roi) / interval) + 1) * roi / side) ** 2
 
 
 def make_train_step(net: Any, model: Any, device: Any, cuda: bool, batch: int
@@ -227,8 +258,9 @@ def make_train_step(net: Any, model: Any, device: Any, cuda: bool, batch: int
 
 
 def make_inference(name: str, model: Any, device: Any, cuda: bool, compile_model: bool
-                   ) -> tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]:
-    """(batch-4 512^2 forward, unetseg tiled 2048^2, MONAI tiled 2048^2) on the same weights.
+                   ) -> tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any], Any]:
+    """(batch-4 512^2 forward, unetseg tiled 2048^2, MONAI tiled 2048^2, unetseg's
+    ``ImagePredictor``) on the same weights.
 
     The tiled figure is what ``unetseg predict`` does: :class:`ImagePredictor` with its planned
     tiling and channels-last weights. MONAI gets its own copy of the weights in the layout the
@@ -265,7 +297,7 @@ def make_inference(name: str, model: Any, device: Any, cuda: bool, compile_model
                                             predictor=peer_model, overlap=0.25,
                                             mode="gaussian").argmax(1)
 
-    return infer, tiled, peer
+    return infer, tiled, peer, engine
 
 
 # ----------------------------------------------------------------------------------- report
@@ -275,7 +307,18 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def implied_gflops(r: dict[str, Any], mps_key: str, redundancy_key: str) -> float | None:
+    """GFLOP/s at which a tiled method ran the network: megapixels/s x redundancy x GFLOP per
+    megapixel of one forward pass."""
+    if mps_key not in r or redundancy_key not in r:
+        return None
+    return float(r[mps_key] * r[redundancy_key] * r["gflop"] * 1e6 / 256**2)
+
+
 def report(results: list[dict[str, Any]], peak: float, how: str, device: str) -> str:
+    def pct(gflops: float | None) -> str:
+        return "-" if gflops is None else f"{gflops:.0f} ({100 * gflops / peak:.0f} %)"
+
     lines = [f"device {device}; peak {peak:.1f} GFLOP/s ({how})", "",
              "| network | params M | GFLOP/fwd | train img/s | train GFLOP/s (% peak) | util |"
              " infer GFLOP/s (% peak) | util | tiled 2048² MP/s unetseg | MONAI swi MP/s |"
@@ -291,6 +334,22 @@ def report(results: list[dict[str, Any]], peak: float, how: str, device: str) ->
             f" {r.get('monai_tiled_mps', 0):.3f} |"
             f" {ratio(r.get('tiled_mps'), r.get('monai_tiled_mps'))} |"
             f" {r['peak_rss_mib']:.0f} |")
+    tiled = [r for r in results if "tiled_redundancy" in r]
+    if tiled:
+        lines += ["", "Tiled 2048²: pixels computed per image pixel, and the GFLOP/s (% peak) at"
+                  " which each method ran the network. The tiled ratio can reach at most"
+                  " (MONAI's redundancy / unetseg's) x (peak / MONAI's GFLOP/s).", "",
+                  "| network | unetseg redundancy | MONAI redundancy | unetseg GFLOP/s |"
+                  " MONAI GFLOP/s | util unetseg / MONAI | bound on the ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in tiled:
+            ours = implied_gflops(r, "tiled_mps", "tiled_redundancy")
+            theirs = implied_gflops(r, "monai_tiled_mps", "monai_redundancy")
+            bound = r["monai_redundancy"] / r["tiled_redundancy"] * peak / theirs if theirs else 0
+            lines.append(
+                f"| {r['name']} | {r['tiled_redundancy']:.2f} | {r['monai_redundancy']:.2f} |"
+                f" {pct(ours)} | {pct(theirs)} |"
+                f" {r['tiled_util']:.2f} / {r['monai_tiled_util']:.2f} | {bound:.2f}x |")
     ours = next((r for r in results if r["name"] == "unetseg"), None)
     if ours:
         lines.append("")
@@ -298,9 +357,9 @@ def report(results: list[dict[str, Any]], peak: float, how: str, device: str) ->
             if r is not ours:
                 train = ratio(ours["train_gflops"], r["train_gflops"])
                 infer = ratio(ours["infer_gflops"], r["infer_gflops"])
-                tiled = ratio(ours.get("tiled_mps"), r.get("tiled_mps"))
+                tiled_ratio = ratio(ours.get("tiled_mps"), r.get("tiled_mps"))
                 lines.append(f"unetseg / {r['name']}: train GFLOP/s {train}, infer GFLOP/s"
-                             f" {infer}, tiled MP/s (each on its own network) {tiled}")
+                             f" {infer}, tiled MP/s (each on its own network) {tiled_ratio}")
     return "\n".join(lines)
 
 
@@ -308,7 +367,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--networks", default="unetseg,monai-basicunet,fepegar-unet2d")
+    parser.add_argument("--networks",
+                        default="unetseg,unetseg-w16,monai-basicunet,fepegar-unet2d")
     parser.add_argument("--no-tiled", action="store_true")
     parser.add_argument("--batch", type=int, default=4, help="training batch (default 4)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every network")

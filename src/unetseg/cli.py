@@ -63,7 +63,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--loss": ("train.loss", str, "dice_ce (default), ce, dice, focal or weighted-ce (the"
                " paper's border weight map)"),
     "--class-weights": ("train.class_weights", _floats, "comma-separated weight per class"),
-    "--steps-per-epoch": ("train.steps_per_epoch", int, "default: cover the images once"),
+    "--steps-per-epoch": ("train.steps_per_epoch", int, "default: cover the images once, or"
+                          " fewer when --time-limit would hold under 8 such epochs"),
     "--early-stopping": ("train.early_stopping", int, "stop after N epochs without gain"),
     "--time-limit": ("train.time_limit_s", float, "seconds; the schedule is fitted to it"),
     "--seed": ("train.seed", int, "seed of split, sampling and augmentation (default 0)"),

@@ -10,7 +10,17 @@ import torch
 from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from unetseg.train.checkpoint import read_card
 from unetseg.train.fit import fit
-from unetseg.train.plan import MIN_STEPS, TRAINING_SHARE, choose_width, plan_width, time_train_step
+from unetseg.train.plan import (
+    MIN_EPOCHS,
+    MIN_STEPS,
+    MIN_STEPS_PER_EPOCH,
+    TRAINING_SHARE,
+    choose_width,
+    estimate_validation_s,
+    plan_epochs,
+    plan_width,
+    time_train_step,
+)
 
 
 def steps_at(width: int, budget: float, probe_s: float) -> float:
@@ -64,3 +74,50 @@ def test_an_explicit_width_is_not_planned(disc_data: Path, tmp_path: Path, one_t
     result = fit(disc_data, tmp_path / "run", cfg, show_progress=False)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["planned_width"] is None
     assert read_card(result.best_model).model.width == 4
+
+
+@pytest.mark.parametrize("budget,step_s,area,val_s,steps,epochs", [
+    (300.0, 1.0, 19, 2.0, 19, 14),      # ISBI-like: 300 / 21 = 14.3 whole-area epochs
+    (300.0, 1.0, 200, 18.0, 82, 3),     # CamVid-like: 60 s of validation allows 3 epochs
+    (600.0, 1.0, 200, 18.0, 82, 6),     # twice the budget: 6 epochs of (600 - 108) / 6 steps
+    (300.0, 1.0, 200, 0.0, 37, 8),      # no validation: MIN_EPOCHS epochs
+    (300.0, 1.0, 200, 200.0, 8, 2),     # validation dearer than the budget: 2 short epochs
+    (10.0, 1.0, 6, 0.0, 6, 1),          # too few steps to shorten
+])
+def test_plan_epochs_by_hand(budget, step_s, area, val_s, steps, epochs):
+    plan = plan_epochs(budget, step_s, area, val_s)
+    assert (plan.steps_per_epoch, plan.epochs) == (steps, epochs)
+    assert f"{steps} steps per epoch" in plan.reason
+
+
+def test_plan_epochs_keeps_whole_area_epochs_exactly_when_the_budget_holds_enough():
+    # step 0.5 s, 40 steps, no validation: 20 s an epoch
+    assert plan_epochs(MIN_EPOCHS * 20.0, 0.5, 40, 0.0).steps_per_epoch == 40
+    assert plan_epochs(MIN_EPOCHS * 20.0 - 1, 0.5, 40, 0.0).steps_per_epoch < 40
+
+
+def test_estimate_validation_is_a_third_of_a_step_per_patch_area():
+    assert estimate_validation_s(1.5, 4, 256, 12 * 256 * 256) == pytest.approx(1.5)
+
+
+def test_fit_plans_short_epochs_for_a_budget_and_stores_them(
+        disc_data: Path, tmp_path: Path, one_torch_thread):
+    cfg = RunConfig(model=ModelConfig(depth=2, width=4), data=DataConfig(patch_size=32),
+                    train=TrainConfig(epochs=2, batch_size=2, time_limit_s=1e-3))
+    result = fit(disc_data, tmp_path / "run", cfg, show_progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    planned = saved["planned_epochs"]
+    # a budget far too short for anything: two epochs of the fewest steps
+    assert planned["steps_per_epoch"] == MIN_STEPS_PER_EPOCH and planned["epochs"] == 2
+    assert saved["steps_per_epoch"] == MIN_STEPS_PER_EPOCH
+    card = read_card(result.best_model)
+    assert card.run is not None and card.run.train.steps_per_epoch == MIN_STEPS_PER_EPOCH
+    assert result.history[0]["step"] == MIN_STEPS_PER_EPOCH
+
+
+def test_no_budget_no_epoch_plan(disc_data: Path, tmp_path: Path, one_torch_thread):
+    cfg = RunConfig(model=ModelConfig(depth=2, width=4), data=DataConfig(patch_size=32),
+                    train=TrainConfig(epochs=1, batch_size=2))
+    fit(disc_data, tmp_path / "run", cfg, show_progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["planned_epochs"] is None and saved["run"]["train"]["steps_per_epoch"] is None

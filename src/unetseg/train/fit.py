@@ -40,9 +40,21 @@ from unetseg.train.checkpoint import (
     save_training_state,
 )
 from unetseg.train.distributed import DistEnv
-from unetseg.train.loop import Precision, confusion_over_images, train_one_epoch
+from unetseg.train.loop import (
+    Precision,
+    confusion_over_images,
+    train_one_epoch,
+    training_memory_format,
+)
 from unetseg.train.optim import build_optimizer, build_scheduler
-from unetseg.train.plan import WidthPlan, plan_width
+from unetseg.train.plan import (
+    EpochPlan,
+    WidthPlan,
+    estimate_validation_s,
+    plan_epochs,
+    plan_width,
+    time_train_step,
+)
 from unetseg.viz import plot_curves
 
 log = logging.getLogger(__name__)
@@ -97,6 +109,21 @@ def steps_per_epoch(cfg: RunConfig, train: list[LoadedPair], patch: int) -> int:
         return cfg.train.steps_per_epoch
     area = sum(p.ids.shape[0] * p.ids.shape[1] for p in train)
     return max(8, math.ceil(area / (patch * patch) / cfg.train.batch_size))
+
+
+def _plan_epochs(cfg: RunConfig, width_plan: WidthPlan | None, data: PreparedData, rows: int,
+                 device: torch.device) -> EpochPlan:
+    """The epoch length for ``cfg.train.time_limit_s`` (:func:`plan_epochs`), from the width
+    probe's step time when the width was planned, else from a timed step of the model."""
+    assert cfg.train.time_limit_s is not None
+    patch = patch_size_for(cfg)
+    if width_plan is not None and not math.isnan(width_plan.probe_step_s):
+        step_s = width_plan.probe_step_s * (width_plan.width / width_plan.probe_width) ** 2
+    else:
+        step_s = time_train_step(cfg, rows, patch, device)
+    val_pixels = sum(p.ids.shape[0] * p.ids.shape[1] for p in data.val)
+    return plan_epochs(cfg.train.time_limit_s, step_s, steps_per_epoch(cfg, data.train, patch),
+                       estimate_validation_s(step_s, rows, patch, val_pixels))
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
@@ -212,6 +239,7 @@ def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device
     ``cfg.train.loss`` names) for ``cfg``, seeded."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)
+    model.to(memory_format=training_memory_format(model))  # type: ignore[call-overload]
     patch = patch_size_for(cfg)
     steps = steps_per_epoch(cfg, train, patch)
     optimizer = build_optimizer(cfg.train, model.parameters())
@@ -289,6 +317,13 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         cfg = replace(cfg, model=replace(cfg.model, width=plan.width))
         if show_progress:
             tqdm.write(f"planned {plan.reason}")
+    epoch_plan: EpochPlan | None = None
+    if cfg.train.time_limit_s is not None and cfg.train.steps_per_epoch is None:
+        epoch_plan = distributed.broadcast_object(
+            _plan_epochs(cfg, plan, data_, rows.stop - rows.start, device), env)
+        cfg = replace(cfg, train=replace(cfg.train, steps_per_epoch=epoch_plan.steps_per_epoch))
+        if show_progress:
+            tqdm.write(f"planned {epoch_plan.reason}")
     card = ModelCard(cfg.model, data_.classes, data_.stats, cfg)
     weights = cfg.train.class_weights
     if weights is not None and len(weights) != data_.classes.num_classes:
@@ -300,6 +335,9 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     t = build_training(cfg, data_.train, device, loss_fn=loss_fn)
     state: dict[str, Any] = {"epoch": 0, "epochs": cfg.train.epochs, "history": [],
                              "best_score": -math.inf, "bad_epochs": 0, "elapsed_s": 0.0}
+    if epoch_plan is not None and epoch_plan.epochs < cfg.train.epochs:
+        state["epochs"] = epoch_plan.epochs  # the first epoch already follows the planned schedule
+        t.scheduler.lr_lambdas[0].total_steps = epoch_plan.epochs * t.steps  # type: ignore[attr-defined]
     if resume_file is not None:
         state = load_training_state(resume_file, t.model, t.optimizer)
         t.scheduler.load_state_dict(state.pop("scheduler"))
@@ -314,6 +352,9 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
             "planned_width": None if plan is None else {
                 "width": plan.width, "reason": plan.reason, "probe_width": plan.probe_width,
                 "probe_step_s": plan.probe_step_s},
+            "planned_epochs": None if epoch_plan is None else {
+                "steps_per_epoch": epoch_plan.steps_per_epoch, "epochs": epoch_plan.epochs,
+                "reason": epoch_plan.reason},
         }, indent=2))
     dataset = PatchDataset(data_.train, t.patch, length=t.steps * cfg.train.batch_size,
                            foreground_fraction=cfg.data.foreground_fraction, seed=cfg.train.seed)

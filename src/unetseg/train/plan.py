@@ -1,4 +1,5 @@
-"""Plan what the configuration leaves open from the machine: the network width for a budget.
+"""Plan what the configuration leaves open from the machine: the network width and the epoch
+length for a budget.
 
 Under a wall-clock budget a wider U-Net is not always better: each step costs about the square
 of the width, and a network that gets too few optimiser steps ends worse than a narrower one
@@ -6,11 +7,18 @@ that converged. :func:`plan_width` times one training step of the narrowest cand
 training device and picks the widest candidate the budget trains for at least
 :data:`MIN_STEPS` steps: 64 (the paper's) on a GPU for any budget of minutes, 16 or 32 on a
 laptop CPU for a budget of minutes to an hour.
+
+An epoch ends with a validation, a checkpoint and a re-fit of the cosine schedule to the time
+left, so a budget needs several of them: one pass over a large data set's area can take the
+whole budget on a CPU (CamVid: about 200 steps of a second), which leaves a single epoch, spent
+mostly in warm-up and never annealed. :func:`plan_epochs` shortens the epochs of such a run so
+that the budget holds :data:`MIN_EPOCHS` of them, or as many as validation leaves room for.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -19,7 +27,7 @@ import torch.nn.functional as F
 
 from unetseg.config import RunConfig
 from unetseg.model import build_model
-from unetseg.train.loop import Precision
+from unetseg.train.loop import Precision, training_memory_format
 from unetseg.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -30,6 +38,12 @@ MIN_STEPS = 500
 """Optimiser steps a budget must buy for a width to be chosen."""
 TRAINING_SHARE = 0.8
 """Share of the budget assumed spent in training steps (the rest: validation and saving)."""
+MIN_EPOCHS = 8
+"""Epochs a budget is cut into at least, when validation leaves room for them."""
+VALIDATION_SHARE = 0.2
+"""Largest share of the budget that shortened epochs may spend validating."""
+MIN_STEPS_PER_EPOCH = 8
+"""Fewest optimiser steps in an epoch."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ def time_train_step(cfg: RunConfig, rows: int, patch: int, device: torch.device,
     random ``(rows, C, patch, patch)`` batches: the fastest of ``repeats`` after one warm-up."""
     generator = torch.Generator().manual_seed(0)
     model = build_model(cfg.model).to(device).train()
+    model.to(memory_format=training_memory_format(model))  # type: ignore[call-overload]
     optimizer = build_optimizer(cfg.train, model.parameters())
     precision = Precision.for_device(device, cfg.train.amp)
     x = torch.randn(rows, cfg.model.in_channels, patch, patch, generator=generator).to(device)
@@ -109,3 +124,47 @@ def plan_width(cfg: RunConfig, rows: int, patch: int, device: torch.device) -> W
     plan = choose_width(budget, probe, step_s)
     log.info("planned %s", plan.reason)
     return plan
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Optimiser steps per epoch and the number of epochs expected to fit the budget."""
+
+    steps_per_epoch: int
+    epochs: int
+    reason: str
+
+
+def plan_epochs(budget_s: float, step_s: float, area_steps: int, val_s: float) -> EpochPlan:
+    """Epoch length for a run of ``budget_s`` seconds whose training step takes ``step_s`` s
+    and whose validation takes ``val_s`` s.
+
+    Epochs of ``area_steps`` (one pass over the training images' area) are kept when the budget
+    holds at least :data:`MIN_EPOCHS` of them. Otherwise the run gets ``E`` shorter epochs:
+    :data:`MIN_EPOCHS`, fewer when ``E`` validations would take more than
+    :data:`VALIDATION_SHARE` of the budget (but at least 2), each of the steps that the rest of
+    the budget buys (between :data:`MIN_STEPS_PER_EPOCH` and ``area_steps``).
+    """
+    if budget_s <= 0 or step_s <= 0:
+        raise ValueError(f"budget and step time must be positive, got {budget_s}, {step_s}")
+    whole = budget_s / (area_steps * step_s + val_s)
+    if whole >= MIN_EPOCHS or area_steps <= MIN_STEPS_PER_EPOCH:
+        return EpochPlan(area_steps, max(1, math.floor(whole)),
+                         f"{area_steps} steps per epoch (the training images' area):"
+                         f" about {whole:.0f} epochs of {area_steps * step_s + val_s:.0f} s")
+    epochs = MIN_EPOCHS
+    if val_s > 0:
+        epochs = max(2, min(MIN_EPOCHS, math.floor(budget_s * VALIDATION_SHARE / val_s)))
+    steps = math.floor((budget_s - epochs * val_s) / epochs / step_s)
+    steps = max(MIN_STEPS_PER_EPOCH, min(area_steps, steps))
+    return EpochPlan(steps, epochs,
+                     f"{steps} steps per epoch (of {area_steps} for the training images'"
+                     f" area), so that a {budget_s:.0f} s budget holds about {epochs} epochs"
+                     f" of {steps} x {step_s:.2f} s steps and a {val_s:.0f} s validation")
+
+
+def estimate_validation_s(step_s: float, rows: int, patch: int, val_pixels: int) -> float:
+    """Seconds to validate ``val_pixels`` pixels, from the time of a training step on ``rows``
+    patches of ``patch`` x ``patch`` pixels: a forward pass costs about a third of a step
+    (forward, then backward at twice the forward's cost)."""
+    return step_s * val_pixels / (3 * rows * patch * patch)
