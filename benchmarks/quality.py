@@ -10,6 +10,9 @@ and seed (the only differences are named in the model column):
 * ``monai-basicunet``: MONAI's BasicUNet in unetseg's pipeline (unetseg's Dice + CE loss).
 * ``monai-basicunet+dicece``: the same with MONAI's own ``DiceCELoss`` (:mod:`peers`).
 * ``fepegar-unet2d``: fepegar's ``UNet2D`` (64 channels first, batch norm) in unetseg's pipeline.
+* ``unetseg-instance``: the default with instance instead of batch norm (a candidate default:
+  batch statistics of 4 patches are noisy, but instance norm makes tiled predictions depend on
+  the tile size).
 
 Datasets (``../shared/data``; each skipped with a note when absent):
 
@@ -64,6 +67,7 @@ class Model:
     loss: Callable[[], Any] | None = None
     tta: str | None = None
     trained_as: str | None = None  # reuse the run of another contender (same training)
+    overrides: tuple[tuple[str, Any], ...] = ()  # config fields changed from the default
 
 
 MODELS = {m.name: m for m in (
@@ -72,6 +76,7 @@ MODELS = {m.name: m for m in (
     Model("monai-basicunet", arch="monai-basicunet"),
     Model("monai-basicunet+dicece", arch="monai-basicunet", loss=monai_dice_ce),
     Model("fepegar-unet2d", arch="fepegar-unet2d"),
+    Model("unetseg-instance", overrides=(("model.norm", "instance"),)),
 )}
 
 
@@ -111,7 +116,8 @@ def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Names
     if source not in runs:
         cfg = replace(data.config, **{"train.time_limit_s": args.budget,
                                       "train.epochs": 100_000, "train.seed": args.seed,
-                                      "train.device": "cpu", "model.arch": model.arch})
+                                      "train.device": "cpu", "model.arch": model.arch,
+                                      **dict(model.overrides)})
         wall, cpu = time.perf_counter(), cpu_seconds()
         result = fit(data.train, out / source, cfg, show_progress=not args.quiet,
                      loss_fn=model.loss() if model.loss else None)
