@@ -335,9 +335,8 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     t = build_training(cfg, data_.train, device, loss_fn=loss_fn)
     state: dict[str, Any] = {"epoch": 0, "epochs": cfg.train.epochs, "history": [],
                              "best_score": -math.inf, "bad_epochs": 0, "elapsed_s": 0.0}
-    if epoch_plan is not None and epoch_plan.epochs < cfg.train.epochs:
-        state["epochs"] = epoch_plan.epochs  # the first epoch already follows the planned schedule
-        t.scheduler.lr_lambdas[0].total_steps = epoch_plan.epochs * t.steps  # type: ignore[attr-defined]
+    if epoch_plan is not None:  # the first epoch already follows the planned schedule
+        _set_epochs(state, t.scheduler, min(cfg.train.epochs, epoch_plan.epochs), t.steps)
     if resume_file is not None:
         state = load_training_state(resume_file, t.model, t.optimizer)
         t.scheduler.load_state_dict(state.pop("scheduler"))
@@ -413,9 +412,15 @@ def _fit_schedule_to_budget(state: dict[str, Any], scheduler: torch.optim.lr_sch
     remaining = max(0, int((cfg.time_limit_s - state["elapsed_s"]) // max(per_epoch, 1e-6)))
     planned = max(epoch, min(cfg.epochs, epoch + remaining))
     if planned != state["epochs"]:
-        state["epochs"] = planned
-        scheduler.lr_lambdas[0].total_steps = planned * steps  # type: ignore[attr-defined]
+        _set_epochs(state, scheduler, planned, steps)
         log.info("time budget %.0f s: planning %d epochs", cfg.time_limit_s, planned)
+
+
+def _set_epochs(state: dict[str, Any], scheduler: torch.optim.lr_scheduler.LambdaLR,
+                epochs: int, steps: int) -> None:
+    """Make the run ``epochs`` long: the loop's end and the cosine schedule's length."""
+    state["epochs"] = epochs
+    scheduler.lr_lambdas[0].total_steps = epochs * steps  # type: ignore[attr-defined]
 
 
 def _report(row: dict[str, Any], improved: bool, epochs: int, show: bool) -> None:
