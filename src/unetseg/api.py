@@ -315,7 +315,7 @@ def demo(out: str | Path = "unetseg-demo", *, time_budget_s: float = 420.0, epoc
         raise UserError(f"{folder}: holds a finished demo; remove it or pass another --out")
     train_dir, test_dir = _copy_demo_split(_output_folder(folder))
     cfg = RunConfig(
-        model=ModelConfig(width=width, depth=4, up="transpose", norm="batch"),
+        model=ModelConfig(width=width, depth=4, up="transpose"),
         data=DataConfig(val_fraction=0.2, patch_size=256, class_names=("membrane", "cell")),
         train=TrainConfig(epochs=epochs, batch_size=4, lr=2e-3, time_limit_s=time_budget_s,
                           device=device),

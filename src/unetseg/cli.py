@@ -76,7 +76,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--depth": ("model.depth", int, "number of poolings (default 4)"),
     "--padding": ("model.padding", str, "same (default, any size) or valid (the paper)"),
     "--up": ("model.up", str, "transpose (default), bilinear or nearest"),
-    "--norm": ("model.norm", str, "batch (default), instance, group or none"),
+    "--norm": ("model.norm", str, "instance (default), batch, group or none"),
     "--dropout": ("model.dropout", float, "drop-out at the end of the contracting path"),
     "--patch-size": ("data.patch_size", int, "training crop side in pixels (default 256)"),
     "--val-fraction": ("data.val_fraction", float, "share of pairs held out (default 0.2)"),

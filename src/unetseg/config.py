@@ -39,7 +39,7 @@ class ModelConfig:
     width: int | None = None
     padding: Padding = "same"
     up: UpMode = "transpose"
-    norm: Norm = "batch"
+    norm: Norm = "instance"
     dropout: float = 0.0
     arch: str = "unet"
 

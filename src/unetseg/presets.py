@@ -14,7 +14,7 @@ from unetseg.errors import UserError
 
 
 def default_preset() -> RunConfig:
-    """The toolkit's defaults: same padding, batch norm, Dice + cross-entropy, AdamW with a
+    """The toolkit's defaults: same padding, instance norm, Dice + cross-entropy, AdamW with a
     cosine schedule, 256-pixel crops in batches of 4 (see :mod:`unetseg.config`)."""
     return RunConfig()
 

@@ -60,10 +60,16 @@ def test_exportable_unet_scripts_and_shares_weights() -> None:
 def test_parity_shapes_are_legal_and_cover_odd_sizes(depth: int) -> None:
     valid = parity_shapes(ModelConfig(padding="valid", depth=depth))
     assert all(is_legal_input_size(s, depth) for shape in valid for s in shape[2:])
-    same = parity_shapes(ModelConfig(padding="same", depth=depth, in_channels=3))
+    same = parity_shapes(ModelConfig(padding="same", depth=depth, in_channels=3, norm="batch"))
     sides = [s for shape in same for s in shape[2:]]
     assert any(s % 2**depth for s in sides) and min(sides) == 1
     assert {shape[1] for shape in same} == {3} and max(shape[0] for shape in same) == 2
+    # instance norm needs more than one pixel per channel at the bottom level
+    instance = parity_shapes(ModelConfig(padding="same", depth=depth, norm="instance"))
+    assert min(min(shape[2:]) for shape in instance) > 2**depth
+    net = UNet(1, 2, depth=depth, width=4).eval()
+    for shape in instance:
+        net(torch.zeros(shape))
 
 
 @pytest.mark.parametrize("depth", [2, 4])
@@ -80,7 +86,7 @@ def test_export_info_legal_sizes_follow_the_geometry(depth: int) -> None:
 
 
 def test_compare_measures_the_difference() -> None:
-    net = UNet(1, 2, depth=2, width=4).eval()
+    net = UNet(1, 2, depth=2, width=4, norm="batch").eval()
     shapes = parity_shapes(net.config)
     same = compare(net, net, shapes)
     assert same.passed and same.max_abs_diff == 0.0 and len(same.diffs) == len(shapes)

@@ -9,15 +9,30 @@ from unetseg.train.fit import build_training, prepare_data
 from unetseg.train.loop import training_memory_format
 
 
-@pytest.mark.parametrize("norm,expected", [
-    ("batch", torch.channels_last), ("none", torch.channels_last),
-    ("instance", torch.contiguous_format), ("group", torch.contiguous_format)])
-def test_training_memory_format_follows_the_norm(norm, expected):
-    assert training_memory_format(UNet(1, 2, depth=1, width=4, norm=norm)) == expected
+@pytest.mark.parametrize("norm", ["batch", "none", "instance", "group"])
+def test_unets_train_in_channels_last(norm):
+    assert training_memory_format(UNet(1, 2, depth=1, width=4, norm=norm)) == torch.channels_last
+
+
+def test_networks_with_instance_norm_modules_train_in_nchw():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.InstanceNorm2d(4, affine=True))
+    assert training_memory_format(net) == torch.contiguous_format
+
+
+def test_unet_instance_norm_is_torch_instance_norm():
+    torch.manual_seed(0)
+    unet_norm = UNet(1, 2, depth=1, width=4, norm="instance").inc[1]
+    reference = torch.nn.InstanceNorm2d(4, affine=True)
+    with torch.no_grad():
+        unet_norm.weight.uniform_(0.5, 2.0)
+        unet_norm.bias.normal_()
+    reference.load_state_dict(unet_norm.state_dict())  # the same parameter names
+    x = torch.randn(3, 4, 9, 11) * 5 + 2
+    torch.testing.assert_close(unet_norm(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
 def test_build_training_lays_out_the_weights_for_training(disc_data):
-    for norm, channels_last in (("batch", True), ("instance", False)):
+    for norm, channels_last in (("batch", True), ("instance", True)):
         cfg = RunConfig(model=ModelConfig(depth=1, width=4, norm=norm),
                         data=DataConfig(patch_size=16))
         data = prepare_data(disc_data, cfg, show_progress=False)

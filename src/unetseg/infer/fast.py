@@ -25,7 +25,9 @@ def plan_tile(height: int, width: int, *, max_tile: int = 1024, min_overlap: int
 
     The side is the smallest multiple of ``multiple`` that covers the longer image side with
     the fewest tiles of at most ``max_tile`` overlapping by ``min_overlap`` pixels; an image
-    that fits in one tile is predicted whole (no seams at all).
+    that fits in one tile is predicted whole (no seams at all). Large tiles also keep
+    instance norm, which normalises each tile by its own statistics, close to its whole-image
+    result.
 
     Returns:
         (tile, overlap) with ``overlap`` a fraction of ``tile``.

@@ -14,11 +14,17 @@ from unetseg.config import Norm, Padding, UpMode
 
 
 def norm_layer(norm: Norm, channels: int) -> nn.Module:
-    """The normalisation after each conv; ``group`` uses up to 8 groups that divide ``channels``."""
+    """The normalisation after each conv; ``group`` uses up to 8 groups that divide ``channels``.
+
+    ``instance`` is built as a group norm with one channel per group: the same function and
+    parameters (``weight``, ``bias``) as ``InstanceNorm2d(affine=True)``, but PyTorch's CPU kernel
+    for it runs in channels-last, where a width-16 U-Net trained 1.18x faster per step than with
+    ``InstanceNorm2d`` in its fastest layout (2 cores of an AVX-512 Xeon, 4 x 1 x 256 x 256).
+    """
     if norm == "batch":
         return nn.BatchNorm2d(channels)
     if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return nn.GroupNorm(channels, channels)
     if norm == "group":
         groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
         return nn.GroupNorm(groups, channels)

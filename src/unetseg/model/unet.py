@@ -22,7 +22,11 @@ class UNet(nn.Module):
             multiple of ``2**depth`` and the logits cropped back); ``"valid"`` is the paper's
             unpadded network whose output is smaller (see :mod:`unetseg.model.geometry`).
         up: ``"transpose"`` (2x2 up-convolution, the paper), ``"bilinear"`` or ``"nearest"``.
-        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (the paper).
+        norm: ``"instance"`` (default), ``"batch"``, ``"group"`` or ``"none"`` (the paper).
+            Instance norm normalises each image's channels with their own statistics, so it
+            does not depend on the batch (small on a CPU) nor on running statistics that lag the
+            weights; a tile is normalised with its own statistics, so tiled predictions depend
+            slightly on the tiling (see :func:`unetseg.infer.fast.plan_tile`).
         dropout: drop-out probability at the end of the contracting path (the paper uses it).
 
     Shape:
@@ -31,7 +35,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, *, depth: int = 4,
                  width: int = 64, padding: Padding = "same", up: UpMode = "transpose",
-                 norm: Norm = "batch", dropout: float = 0.0):
+                 norm: Norm = "instance", dropout: float = 0.0):
         super().__init__()
         if padding not in ("same", "valid"):
             raise ValueError(f"unknown padding {padding!r}; use same or valid")
