@@ -123,3 +123,57 @@ def test_workers_default_to_none_on_cpu():
     assert loader_workers(TrainConfig(), torch.device("cpu")) == 0
     assert loader_workers(TrainConfig(workers=3), torch.device("cpu")) == 3
     assert 1 <= loader_workers(TrainConfig(), torch.device("cuda")) <= 4
+
+
+def _budget_state(elapsed_s: float) -> dict:
+    # two epochs of 10 steps: 1.5 s a step, 5 s of validation each
+    return {"epochs": 2, "elapsed_s": elapsed_s, "train_s": 30.0, "optimizer_steps": 20}
+
+
+@pytest.mark.parametrize("limit_s,epochs,last_steps,total_steps", [
+    (100.0, 5, None, 50),   # 60 s left: three whole epochs of 20 s, nothing over
+    (116.0, 5, None, 50),   # 16 s over: 11 s of steps after validation buy 7 < 8 steps
+    (118.0, 6, 8, 58),      # 18 s over: 13 s buy 8 steps, a shortened sixth epoch
+    (158.0, 8, 8, 78),      # five whole epochs more, then 18 s over as above
+])
+def test_the_budget_left_after_whole_epochs_buys_a_shorter_last_one(
+        limit_s, epochs, last_steps, total_steps):
+    from unetseg.train.fit import _fit_schedule_to_budget
+    from unetseg.train.optim import build_scheduler
+
+    train = TrainConfig(epochs=100, time_limit_s=limit_s)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(train, optimizer, steps_per_epoch=10)
+    state = _budget_state(40.0)
+    _fit_schedule_to_budget(state, scheduler, train, 2, 10)
+    assert (state["epochs"], state["last_epoch_steps"]) == (epochs, last_steps)
+    assert scheduler.lr_lambdas[0].total_steps == total_steps
+
+
+def test_the_epoch_cap_leaves_no_shortened_epoch():
+    from unetseg.train.fit import _fit_schedule_to_budget
+    from unetseg.train.optim import build_scheduler
+
+    train = TrainConfig(epochs=5, time_limit_s=118.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(train, optimizer, steps_per_epoch=10)
+    state = _budget_state(40.0)
+    _fit_schedule_to_budget(state, scheduler, train, 2, 10)
+    assert (state["epochs"], state["last_epoch_steps"]) == (5, None)
+
+
+def test_a_shortened_last_epoch_takes_its_steps_and_ends_the_schedule(
+        disc_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread):
+    import unetseg.train.fit as fit_module
+
+    def shorten_after_the_first(state, scheduler, cfg, epoch, steps):
+        if epoch == 1:
+            fit_module._set_epochs(state, scheduler, 2, steps, 2)
+
+    monkeypatch.setattr(fit_module, "_fit_schedule_to_budget", shorten_after_the_first)
+    result = fit(disc_data, tmp_path / "run", small_cfg(epochs=5, time_limit_s=1e6),
+                 show_progress=False)
+    assert [row["step"] for row in result.history] == [3, 5]
+    assert [row["images_seen"] for row in result.history] == [6, 10]
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert result.stopped == "time_limit"

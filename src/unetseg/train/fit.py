@@ -48,6 +48,7 @@ from unetseg.train.loop import (
 )
 from unetseg.train.optim import build_optimizer, build_scheduler
 from unetseg.train.plan import (
+    MIN_STEPS_PER_EPOCH,
     EpochPlan,
     WidthPlan,
     estimate_validation_s,
@@ -370,9 +371,11 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         stats = train_one_epoch(
             net, loader, prepare=_batch_preparer(cfg, data_.stats, device, epoch, rows),
             loss_fn=t.loss_fn, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
-            precision=t.precision, steps=t.steps,
+            precision=t.precision, steps=_epoch_steps(state, epoch, t.steps),
             description=f"epoch {epoch}/{state['epochs']}", show_progress=show_progress)
         state["optimizer_steps"] = state.get("optimizer_steps", 0) + stats.steps  # counted
+        state["train_s"] = state.get("train_s", 0.0) + distributed.broadcast_object(
+            stats.seconds, env)
         row = {"epoch": epoch, "step": state["optimizer_steps"], "lr": t.scheduler.get_last_lr()[0],
                "train_loss": distributed.all_reduce_mean(stats.loss, env),
                **_validate(t.model, data_, cfg, env)}
@@ -381,7 +384,7 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         if cfg.train.time_limit_s is not None:
             _fit_schedule_to_budget(state, t.scheduler, cfg.train, epoch, t.steps)
         row.update(elapsed_s=round(state["elapsed_s"], 2),
-                   images_seen=epoch * t.steps * cfg.train.batch_size)
+                   images_seen=state["optimizer_steps"] * cfg.train.batch_size)
         state["history"].append(row)
         improved = _score(row) > state["best_score"]
         state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
@@ -405,22 +408,42 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
 
 def _fit_schedule_to_budget(state: dict[str, Any], scheduler: torch.optim.lr_scheduler.LambdaLR,
                             cfg: TrainConfig, epoch: int, steps: int) -> None:
-    """Re-plan the number of epochs (and the cosine schedule's length) after each epoch so that
-    the run ends within ``cfg.time_limit_s``, from the mean epoch time so far."""
+    """Re-plan the rest of the run (its epochs and the cosine schedule's length) after each
+    epoch so that it ends within ``cfg.time_limit_s``, from the mean times so far.
+
+    The budget left after the whole epochs that fit goes to one shorter last epoch when it buys
+    at least :data:`~unetseg.train.plan.MIN_STEPS_PER_EPOCH` steps besides that epoch's
+    validation; otherwise up to an epoch of the budget would stay unused (a quarter of it when
+    validation limits a run to 4 epochs).
+    """
     assert cfg.time_limit_s is not None
     per_epoch = state["elapsed_s"] / epoch
-    remaining = max(0, int((cfg.time_limit_s - state["elapsed_s"]) // max(per_epoch, 1e-6)))
-    planned = max(epoch, min(cfg.epochs, epoch + remaining))
-    if planned != state["epochs"]:
-        _set_epochs(state, scheduler, planned, steps)
+    step_s = state["train_s"] / max(state["optimizer_steps"], 1)
+    overhead_s = max(0.0, per_epoch - step_s * steps)  # validation and saving, per epoch
+    left = max(0.0, cfg.time_limit_s - state["elapsed_s"])
+    whole = int(left // max(per_epoch, 1e-6))
+    planned, last_steps = max(epoch, min(cfg.epochs, epoch + whole)), None
+    extra = int((left - whole * per_epoch - overhead_s) // max(step_s, 1e-9))
+    if planned == epoch + whole < cfg.epochs and extra >= MIN_STEPS_PER_EPOCH:
+        planned, last_steps = planned + 1, min(extra, steps)
+    if (planned, last_steps) != (state["epochs"], state.get("last_epoch_steps")):
+        _set_epochs(state, scheduler, planned, steps, last_steps)
         log.info("time budget %.0f s: planning %d epochs", cfg.time_limit_s, planned)
 
 
 def _set_epochs(state: dict[str, Any], scheduler: torch.optim.lr_scheduler.LambdaLR,
-                epochs: int, steps: int) -> None:
-    """Make the run ``epochs`` long: the loop's end and the cosine schedule's length."""
-    state["epochs"] = epochs
-    scheduler.lr_lambdas[0].total_steps = epochs * steps  # type: ignore[attr-defined]
+                epochs: int, steps: int, last_steps: int | None = None) -> None:
+    """Make the run ``epochs`` long, the last of ``last_steps`` steps (None: ``steps``, like the
+    others): the loop's end and the cosine schedule's length."""
+    state["epochs"], state["last_epoch_steps"] = epochs, last_steps
+    total = (epochs - 1) * steps + (steps if last_steps is None else last_steps)
+    scheduler.lr_lambdas[0].total_steps = total  # type: ignore[attr-defined]
+
+
+def _epoch_steps(state: dict[str, Any], epoch: int, steps: int) -> int:
+    """Optimiser steps of ``epoch``: ``steps``, or fewer in a shortened last epoch."""
+    last = state.get("last_epoch_steps")
+    return last if last is not None and epoch == state["epochs"] else steps
 
 
 def _report(row: dict[str, Any], improved: bool, epochs: int, show: bool) -> None:
