@@ -10,9 +10,9 @@ and seed (the only differences are named in the model column):
 * ``monai-basicunet``: MONAI's BasicUNet in unetseg's pipeline (unetseg's Dice + CE loss).
 * ``monai-basicunet+dicece``: the same with MONAI's own ``DiceCELoss`` (:mod:`peers`).
 * ``fepegar-unet2d``: fepegar's ``UNet2D`` (64 channels first, batch norm) in unetseg's pipeline.
-* ``unetseg-instance``: the default with instance instead of batch norm (a candidate default:
-  batch statistics of 4 patches are noisy, but instance norm makes tiled predictions depend on
-  the tile size).
+
+Not run unless named in ``--models``: ``unetseg-batch`` and ``unetseg-group``, the default with
+batch norm (the default before instance norm) or group norm.
 
 Datasets (``../shared/data``; each skipped with a note when absent):
 
@@ -76,7 +76,10 @@ MODELS = {m.name: m for m in (
     Model("monai-basicunet", arch="monai-basicunet"),
     Model("monai-basicunet+dicece", arch="monai-basicunet", loss=monai_dice_ce),
     Model("fepegar-unet2d", arch="fepegar-unet2d"),
-    Model("unetseg-instance", overrides=(("model.norm", "instance"),)),
+)}
+EXTRA_MODELS = {m.name: m for m in (
+    Model("unetseg-batch", overrides=(("model.norm", "batch"),)),
+    Model("unetseg-group", overrides=(("model.norm", "group"),)),
 )}
 
 
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("quality-bench"), help="output folder")
     p.add_argument("--datasets", default="isbi2012,camvid", help="comma-separated")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of "
-                   + ", ".join(MODELS))
+                   + ", ".join({**MODELS, **EXTRA_MODELS}) + f" (default {', '.join(MODELS)})")
     p.add_argument("--data", type=Path, default=SHARED, help=f"shared data folder ({SHARED})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
@@ -216,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tune_allocator()  # as the command line does, for every model
     names = [m for m in args.models.split(",") if m]
-    unknown = [m for m in names if m not in MODELS]
+    known = {**MODELS, **EXTRA_MODELS}
+    unknown = [m for m in names if m not in known]
     if unknown:
-        raise SystemExit(f"unknown model {unknown[0]}; choose from {', '.join(MODELS)}")
+        raise SystemExit(f"unknown model {unknown[0]}; choose from {', '.join(known)}")
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out}: not empty; choose another --out")
     if args.threads:
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         data = builders[name]()
         runs: dict[str, dict[str, Any]] = {}
-        rows = [train_and_score(MODELS[m], data, args.out / name, args, runs) for m in names]
+        rows = [train_and_score(known[m], data, args.out / name, args, runs) for m in names]
         sections.append(table(data, rows, args.budget))
         plot(data, rows, args.out / f"curves-{name}.png")
         results[name] = rows

@@ -135,7 +135,7 @@ def build(name: str) -> Any:
     if name == "unetseg":
         from unetseg.model import UNet
 
-        return UNet(1, 2)  # the default model: width 64, depth 4, batch norm
+        return UNet(1, 2)  # the default model: width 64, depth 4, instance norm
     if name == "unetseg-w16":
         from unetseg.model import UNet
 
