@@ -299,7 +299,7 @@ def make_inference(name: str, model: Any, device: Any, cuda: bool, compile_model
     peer_model = copy.deepcopy(model).eval()
     if not hasattr(model, "config"):
         model = ExternalNet(model, ModelConfig(arch=name, depth=4, padding="same"))
-    engine = ImagePredictor(model, ChannelStats((0.0,), (1.0,)), channels_last=True)
+    engine = ImagePredictor(model, ChannelStats((0.0,), (1.0,)), fast_layout=True)
     fast = fast_predictor(model, device=device, amp=cuda, compile_model=compile_model)
     batch = torch.randn(4, 1, 512, 512, device=device)
     image = torch.randn(1, 1, 2048, 2048, device=device)
@@ -308,7 +308,7 @@ def make_inference(name: str, model: Any, device: Any, cuda: bool, compile_model
         return fast(batch)
 
     def tiled() -> Any:
-        return engine.logits(image[0]).argmax(0)
+        return engine.labels(image[0])
 
     def peer() -> Any:
         with torch.inference_mode():

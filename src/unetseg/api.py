@@ -27,7 +27,7 @@ from unetseg.data.masks import class_colours, encode_mask, read_mask_file, write
 from unetseg.errors import UserError
 from unetseg.files import write_bytes_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
-from unetseg.infer.predict import DEFAULT_TILE
+from unetseg.infer.predict import DEFAULT_TILE, logits_to_labels
 from unetseg.metrics import confusion_matrix, iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.train.checkpoint import ModelCard, load_model
@@ -40,7 +40,7 @@ def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float
     """A ready :class:`ImagePredictor` for a model file, with its card.
 
     ``tile`` and ``overlap`` None plan the tiling per image (see :class:`ImagePredictor`);
-    the model runs in channels-last layout.
+    the model runs in its fastest memory layout (channels-last for most).
 
     ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``; see
     :mod:`unetseg.infer.tta`) applied to every tile, or None.
@@ -54,7 +54,7 @@ def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float
     check_prediction_options(tile, overlap, batch_size)
     net, card = load_model(model, resolve_device(device))
     predictor = ImagePredictor(net, card.stats, tile=tile, overlap=overlap,
-                               batch_size=batch_size, tta=tta, channels_last=True)
+                               batch_size=batch_size, tta=tta, fast_layout=True)
     return predictor, card
 
 
@@ -135,13 +135,14 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
             continue
         image = read_image(path)
         predictor.check_channels(image, path)
-        logits = predictor.logits(image)
-        ids = logits.argmax(0).numpy()
+        logits = predictor.device_logits(image)
+        ids = logits_to_labels(logits).cpu().numpy()
         write_mask(out / f"{path.stem}.png", ids, card.classes)  # in the masks' encoding
         if overlays:
             write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
         if probabilities:
-            write_tiff(out / f"{path.stem}_probs.tif", torch.softmax(logits, 0).numpy())
+            write_tiff(out / f"{path.stem}_probs.tif",
+                       torch.softmax(logits, 0).cpu().numpy())
         written.append(out / f"{path.stem}.png")
     return written
 
@@ -227,7 +228,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
             raise UserError(f"{pair.mask}: mask is {ids.shape[0]}x{ids.shape[1]} but its image is"
                             f" {image.shape[1]}x{image.shape[2]}; masks must match their images")
         logits = predictor.logits(image)
-        pred = logits.argmax(0)
+        pred = logits_to_labels(logits)
         if isbi:
             counts.append(isbi_counts(torch.softmax(logits, 0)[1].numpy(), ids.numpy() == 1))
         cm = confusion_matrix(pred, ids, k)

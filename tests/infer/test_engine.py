@@ -35,7 +35,7 @@ def test_given_tiles_keep_the_old_defaults():
 
 
 def test_planned_whole_image_logits_equal_one_forward_pass(one_torch_thread):
-    p = predictor(channels_last=True)
+    p = predictor(fast_layout=True)
     conv = next(m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     image = torch.rand(1, 300, 410)

@@ -205,3 +205,15 @@ def test_predict_logits_requires_eval_mode_and_config() -> None:
         predict_logits(model.train(), torch.randn(1, 8, 8))
     with pytest.raises(TypeError, match="config.padding"):
         predict_logits(nn.Conv2d(1, 2, 1).eval(), torch.randn(1, 8, 8))
+
+
+@pytest.mark.parametrize("k", [2, 3, 12])
+def test_logits_to_labels_is_the_argmax_with_the_first_class_on_ties(k):
+    from unetseg.infer.predict import logits_to_labels
+
+    logits = torch.randint(-3, 4, (2, k, 17, 23)).float()  # many ties
+    np.testing.assert_array_equal(logits_to_labels(logits).numpy(), logits.argmax(1).numpy())
+    planes = logits[0].contiguous()
+    np.testing.assert_array_equal(logits_to_labels(planes).numpy(), planes.argmax(0).numpy())
+    strided = logits[0][None].contiguous(memory_format=torch.channels_last)[0]
+    np.testing.assert_array_equal(logits_to_labels(strided).numpy(), planes.argmax(0).numpy())

@@ -5,18 +5,28 @@ import torch
 
 from unetseg.config import DataConfig, ModelConfig, RunConfig
 from unetseg.model import UNet
+from unetseg.model.layout import fastest_memory_format
 from unetseg.train.fit import build_training, prepare_data
-from unetseg.train.loop import training_memory_format
 
 
 @pytest.mark.parametrize("norm", ["batch", "none", "instance", "group"])
-def test_unets_train_in_channels_last(norm):
-    assert training_memory_format(UNet(1, 2, depth=1, width=4, norm=norm)) == torch.channels_last
+def test_unets_run_in_channels_last_on_cpus(norm):
+    net = UNet(1, 2, depth=1, width=4, norm=norm)
+    assert fastest_memory_format(net) == torch.channels_last
+    assert fastest_memory_format(net, "cpu") == torch.channels_last
 
 
-def test_networks_with_instance_norm_modules_train_in_nchw():
+@pytest.mark.parametrize("norm,expected", [
+    ("batch", torch.channels_last), ("none", torch.channels_last),
+    ("instance", torch.contiguous_format), ("group", torch.contiguous_format)])
+def test_group_norms_run_in_nchw_on_cuda(norm, expected):
+    # the rule reads the device type only: no GPU needed
+    assert fastest_memory_format(UNet(1, 2, depth=1, width=4, norm=norm), "cuda") == expected
+
+
+def test_networks_with_instance_norm_modules_run_in_nchw():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.InstanceNorm2d(4, affine=True))
-    assert training_memory_format(net) == torch.contiguous_format
+    assert fastest_memory_format(net, "cpu") == torch.contiguous_format
 
 
 def test_unet_instance_norm_is_torch_instance_norm():

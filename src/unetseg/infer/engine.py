@@ -12,8 +12,9 @@ from torch import nn
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.fast import plan_tile
-from unetseg.infer.predict import DEFAULT_TILE, predict_logits
+from unetseg.infer.predict import DEFAULT_TILE, logits_to_labels, predict_logits
 from unetseg.model import model_config
+from unetseg.model.layout import fastest_memory_format
 
 AUTO_MAX_TILE = 1088
 """Largest planned tile side: two 1056-pixel tiles cover 2048 pixels with a 64-pixel overlap."""
@@ -69,8 +70,9 @@ class ImagePredictor:
         batch_size: most tiles per forward pass; planned tiles larger than 512 pixels go in
             fewer, so a batch never holds more pixels than ``batch_size`` 512-pixel tiles.
         tta: test-time augmentation of every tile (``"flip"``, ``"d4"``, ``"rot:N"``) or None.
-        channels_last: convert the model's weights, in place, to channels-last memory layout,
-            which runs CPU and tensor-core convolutions faster (``benchmarks/speed.py``); the
+        fast_layout: convert the model's weights, in place, to the memory layout it runs
+            fastest in on its device (:func:`~unetseg.model.layout.fastest_memory_format`:
+            channels-last for most, which runs CPU and tensor-core convolutions faster); the
             model is then for inference only.
     """
 
@@ -80,11 +82,12 @@ class ImagePredictor:
     overlap: float | None = None
     batch_size: int = 4
     tta: str | None = None
-    channels_last: bool = False
+    fast_layout: bool = False
 
     def __post_init__(self) -> None:
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.fast_layout:
+            layout = fastest_memory_format(self.model)
+            self.model.to(memory_format=layout)  # type: ignore[call-overload]
 
     @property
     def device(self) -> torch.device:
@@ -110,11 +113,20 @@ class ImagePredictor:
         return tile, overlap, batch
 
     @torch.inference_mode()
-    def logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Logits (K, H, W) on the CPU for an image (C, H, W) in its read scale."""
+    def device_logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits (K, H, W) on the model's device for an image (C, H, W) in its read scale."""
         x = torch.as_tensor(image, dtype=torch.float32).to(self.device)
         x = normalize(x, self.stats)
         tile, overlap, batch = self.tiling(x.shape[-2], x.shape[-1])
-        out = predict_logits(self.model, x, tile=tile, overlap=overlap, batch_size=batch,
-                             tta=self.tta)
-        return out.float().cpu()
+        return predict_logits(self.model, x, tile=tile, overlap=overlap, batch_size=batch,
+                              tta=self.tta).float()
+
+    def logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits (K, H, W) on the CPU for an image (C, H, W) in its read scale."""
+        return self.device_logits(image).cpu()
+
+    @torch.inference_mode()
+    def labels(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Class ids (H, W) int64 on the CPU, computed on the model's device
+        (:func:`~unetseg.infer.predict.logits_to_labels`)."""
+        return logits_to_labels(self.device_logits(image)).cpu()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from unetseg.model.layout import fastest_memory_format
+
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -43,19 +45,21 @@ def plan_tile(height: int, width: int, *, max_tile: int = 1024, min_overlap: int
 
 def fast_predictor(model: nn.Module, *, device: torch.device | str | None = None,
                    amp: bool = False, compile_model: bool = False) -> Predictor:
-    """Wrap an eval-mode model as a predictor that runs in channels-last layout under
+    """Wrap an eval-mode model as a predictor that runs in its fastest memory layout
+    (:func:`~unetseg.model.layout.fastest_memory_format`: channels-last for most) under
     ``torch.inference_mode`` (bf16 autocast with ``amp`` on CUDA; ``torch.compile`` with
     ``compile_model``, which pays a compilation per new window shape). The model is converted
     in place."""
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
-    model.eval().to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    layout = fastest_memory_format(model, device)
+    model.eval().to(device=device, memory_format=layout)  # type: ignore[call-overload]
     use_amp = amp and device.type == "cuda"
     net = torch.compile(model) if compile_model else model
 
     @torch.inference_mode()
     def predictor(batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(device, param.dtype).contiguous(memory_format=torch.channels_last)
+        x = batch.to(device, param.dtype).contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             return net(x).float()
 

@@ -278,10 +278,22 @@ def predict_labels(
 
 
 def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
-    """``(..., K, H, W)`` logits -> ``(..., H, W)`` int64 labels (``logit > 0`` when K = 1)."""
+    """``(..., K, H, W)`` logits -> ``(..., H, W)`` int64 labels (``logit > 0`` when K = 1).
+
+    The argmax over K (the first class on ties), computed as a running maximum over the K
+    class planes: PyTorch's CPU ``argmax`` over a short leading dimension of a contiguous
+    tensor reduces across strided memory and took 0.77 s for 2 x 2048 x 2048 logits on 16
+    cores of the H100 machine, longer than the network's tiled prediction on that GPU.
+    """
     if logits.shape[-3] == 1:
         return (logits[..., 0, :, :] > 0).long()
-    return logits.argmax(dim=-3)
+    best = logits[..., 0, :, :].clone()
+    labels = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
+    for k in range(1, logits.shape[-3]):
+        plane = logits[..., k, :, :]
+        labels.masked_fill_(plane > best, k)
+        torch.maximum(best, plane, out=best)
+    return labels
 
 
 def softmax_probabilities(logits: torch.Tensor) -> torch.Tensor:

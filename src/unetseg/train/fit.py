@@ -31,6 +31,7 @@ from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.losses import LossFn, build_loss
 from unetseg.metrics import iou, mean_iou
 from unetseg.model import build_model, nearest_legal_input_size
+from unetseg.model.layout import fastest_memory_format
 from unetseg.train import distributed
 from unetseg.train.checkpoint import (
     ModelCard,
@@ -44,7 +45,6 @@ from unetseg.train.loop import (
     Precision,
     confusion_over_images,
     train_one_epoch,
-    training_memory_format,
 )
 from unetseg.train.optim import build_optimizer, build_scheduler
 from unetseg.train.plan import (
@@ -240,7 +240,7 @@ def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device
     ``cfg.train.loss`` names) for ``cfg``, seeded."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)
-    model.to(memory_format=training_memory_format(model))  # type: ignore[call-overload]
+    model.to(memory_format=fastest_memory_format(model, device))  # type: ignore[call-overload]
     patch = patch_size_for(cfg)
     steps = steps_per_epoch(cfg, train, patch)
     optimizer = build_optimizer(cfg.train, model.parameters())

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unetseg.errors import UserError
+from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import confusion_matrix
 from unetseg.model.blocks import center_crop
 
@@ -45,22 +46,6 @@ class Precision:
         if torch.cuda.is_bf16_supported():
             return cls(torch.bfloat16, False)
         return cls(torch.float16, True)
-
-
-def training_memory_format(model: nn.Module) -> torch.memory_format:
-    """The memory layout a network trains fastest in: channels-last, unless it has
-    ``InstanceNorm`` layers (unetseg's own instance norm is a ``GroupNorm``, see
-    :func:`~unetseg.model.blocks.norm_layer`).
-
-    Measured on 2 cores of an AVX-512 Xeon (AdamW steps on 4 x 1 x 256 x 256 batches): a
-    batch-norm U-Net of width 16 stepped 1.38x faster in channels-last, width 32 1.24x, width 64
-    1.03x; group norm with 8 groups 1.24x and with one channel per group 1.09x faster; with
-    ``InstanceNorm2d``, width 16 stepped 1.15x slower. Tensor cores want channels-last too.
-    """
-    slow = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-    if any(isinstance(m, slow) for m in model.modules()):
-        return torch.contiguous_format
-    return torch.channels_last
 
 
 def train_one_epoch(
@@ -138,6 +123,6 @@ def confusion_over_images(
     """One (K, K) confusion matrix per (image (C,H,W), ids (H,W)) pair, rows = truth."""
     matrices = []
     for image, ids in pairs:
-        pred = logits_of(image).argmax(0)
+        pred = logits_to_labels(logits_of(image))
         matrices.append(confusion_matrix(pred, ids.to(pred.device).long(), num_classes))
     return matrices

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from unetseg.config import RunConfig
 from unetseg.model import build_model
-from unetseg.train.loop import Precision, training_memory_format
+from unetseg.model.layout import fastest_memory_format
+from unetseg.train.loop import Precision
 from unetseg.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def time_train_step(cfg: RunConfig, rows: int, patch: int, device: torch.device,
     random ``(rows, C, patch, patch)`` batches: the fastest of ``repeats`` after one warm-up."""
     generator = torch.Generator().manual_seed(0)
     model = build_model(cfg.model).to(device).train()
-    model.to(memory_format=training_memory_format(model))  # type: ignore[call-overload]
+    model.to(memory_format=fastest_memory_format(model, device))  # type: ignore[call-overload]
     optimizer = build_optimizer(cfg.train, model.parameters())
     precision = Precision.for_device(device, cfg.train.amp)
     x = torch.randn(rows, cfg.model.in_channels, patch, patch, generator=generator).to(device)
