@@ -127,7 +127,7 @@ def test_workers_default_to_none_on_cpu():
 
 def _budget_state(elapsed_s: float) -> dict:
     # two epochs of 10 steps: 1.5 s a step, 5 s of validation each
-    return {"epochs": 2, "elapsed_s": elapsed_s, "train_s": 30.0, "optimizer_steps": 20}
+    return {"epochs": 2, "elapsed_s": elapsed_s, "train_s": 30.0, "timed_steps": 20}
 
 
 @pytest.mark.parametrize("limit_s,epochs,last_steps,total_steps", [

@@ -374,8 +374,10 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
             precision=t.precision, steps=_epoch_steps(state, epoch, t.steps),
             description=f"epoch {epoch}/{state['epochs']}", show_progress=show_progress)
         state["optimizer_steps"] = state.get("optimizer_steps", 0) + stats.steps  # counted
+        # step time from the steps timed in this run (a resumed older run has no "train_s")
         state["train_s"] = state.get("train_s", 0.0) + distributed.broadcast_object(
             stats.seconds, env)
+        state["timed_steps"] = state.get("timed_steps", 0) + stats.steps
         row = {"epoch": epoch, "step": state["optimizer_steps"], "lr": t.scheduler.get_last_lr()[0],
                "train_loss": distributed.all_reduce_mean(stats.loss, env),
                **_validate(t.model, data_, cfg, env)}
@@ -418,7 +420,7 @@ def _fit_schedule_to_budget(state: dict[str, Any], scheduler: torch.optim.lr_sch
     """
     assert cfg.time_limit_s is not None
     per_epoch = state["elapsed_s"] / epoch
-    step_s = state["train_s"] / max(state["optimizer_steps"], 1)
+    step_s = state["train_s"] / max(state["timed_steps"], 1)
     overhead_s = max(0.0, per_epoch - step_s * steps)  # validation and saving, per epoch
     left = max(0.0, cfg.time_limit_s - state["elapsed_s"])
     whole = int(left // max(per_epoch, 1e-6))
