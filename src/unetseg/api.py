@@ -135,14 +135,13 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
             continue
         image = read_image(path)
         predictor.check_channels(image, path)
-        logits = predictor.device_logits(image)
-        ids = logits_to_labels(logits).cpu().numpy()
+        logits = predictor.logits(image)  # either backend's predictor
+        ids = logits_to_labels(logits).numpy()
         write_mask(out / f"{path.stem}.png", ids, card.classes)  # in the masks' encoding
         if overlays:
             write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
         if probabilities:
-            write_tiff(out / f"{path.stem}_probs.tif",
-                       torch.softmax(logits, 0).cpu().numpy())
+            write_tiff(out / f"{path.stem}_probs.tif", torch.softmax(logits, 0).numpy())
         written.append(out / f"{path.stem}.png")
     return written
 
