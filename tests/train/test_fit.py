@@ -150,6 +150,20 @@ def test_the_budget_left_after_whole_epochs_buys_a_shorter_last_one(
     assert scheduler.lr_lambdas[0].total_steps == total_steps
 
 
+def test_nothing_is_planned_after_the_shortened_last_epoch():
+    from unetseg.train.fit import _fit_schedule_to_budget, _set_epochs
+    from unetseg.train.optim import build_scheduler
+
+    train = TrainConfig(epochs=100, time_limit_s=1000.0)  # plenty of budget left
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(train, optimizer, steps_per_epoch=10)
+    state = _budget_state(40.0)
+    _set_epochs(state, scheduler, 2, 10, 4)
+    _fit_schedule_to_budget(state, scheduler, train, 2, 10)
+    assert (state["epochs"], state["last_epoch_steps"]) == (2, 4)
+    assert scheduler.lr_lambdas[0].total_steps == 14
+
+
 def test_the_epoch_cap_leaves_no_shortened_epoch():
     from unetseg.train.fit import _fit_schedule_to_budget
     from unetseg.train.optim import build_scheduler

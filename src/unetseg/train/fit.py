@@ -419,6 +419,8 @@ def _fit_schedule_to_budget(state: dict[str, Any], scheduler: torch.optim.lr_sch
     validation limits a run to 4 epochs).
     """
     assert cfg.time_limit_s is not None
+    if state.get("last_epoch_steps") is not None and epoch == state["epochs"]:
+        return  # the shortened last epoch has run: the schedule has ended
     per_epoch = state["elapsed_s"] / epoch
     step_s = state["train_s"] / max(state["timed_steps"], 1)
     overhead_s = max(0.0, per_epoch - step_s * steps)  # validation and saving, per epoch
