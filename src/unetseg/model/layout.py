@@ -23,10 +23,9 @@ def fastest_memory_format(model: nn.Module, device: torch.device | str | None = 
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-    modules = list(model.modules())
     slow: tuple[type[nn.Module], ...] = INSTANCE_NORMS
     if torch.device(device).type == "cuda":
         slow = (*INSTANCE_NORMS, nn.GroupNorm)
-    if any(isinstance(m, slow) for m in modules):
+    if any(isinstance(m, slow) for m in model.modules()):
         return torch.contiguous_format
     return torch.channels_last
