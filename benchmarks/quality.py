@@ -126,9 +126,9 @@ def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Names
                      loss_fn=model.loss() if model.loss else None)
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         planned = json.loads((out / source / "config.json").read_text())
-        width = planned["run"]["model"]["width"]
+        model_cfg = planned["run"]["model"]
         runs[source] = {"result": result, "wall_s": wall, "cpu_util": cpu / wall,
-                        "width": width}
+                        "width": model_cfg["width"], "top_width": model_cfg.get("top_width")}
     run = runs[source]
     result = run["result"]
     began = time.perf_counter()
@@ -141,7 +141,7 @@ def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Names
         "model": model.name, "train_s": round(run["wall_s"], 1),
         "cpu_util": round(run["cpu_util"], 2), "epochs": int(last["epoch"]),
         "steps": int(last["step"]), "images_seen": int(last["images_seen"]),
-        "best_epoch": int(best["epoch"]), "width": run["width"],
+        "best_epoch": int(best["epoch"]), "width": run["width"], "top_width": run["top_width"],
         "mean_iou": s["mean_iou"], "pixel_accuracy": s["pixel_accuracy"],
         "per_class_iou": {k: v["iou"] for k, v in s["per_class"].items()},
         "eval_s": round(time.perf_counter() - began, 1), "tta": model.tta,
@@ -160,6 +160,13 @@ def _f(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _widths(row: dict[str, Any]) -> str:
+    if not row["width"]:
+        return ""
+    top = row.get("top_width")
+    return f" (w{row['width']}" + (f", first level {top})" if top else ")")
+
+
 def table(data: Dataset, rows: list[dict[str, Any]], budget: float) -> str:
     head = ["model", "train s (CPU util)", "epochs", "images seen"]
     if data.isbi:
@@ -169,7 +176,7 @@ def table(data: Dataset, rows: list[dict[str, Any]], budget: float) -> str:
     lines = [f"### {data.name}: {budget:.0f} s of training per model ({'; '.join(data.notes)})",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"] + (f" (w{r['width']})" if r["width"] else ""),
+        cells = [r["model"] + _widths(r),
                  f"{r['train_s']:.0f} ({r['cpu_util']:.2f})", str(r["epochs"]),
                  str(r["images_seen"])]
         if data.isbi:

@@ -22,9 +22,16 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     data = write_dataset(root / "data", 4, size=(48, 56))
     code = main(["-q", "train", str(data), "--out", str(root / "run"), "--epochs", "1",
                  "--steps-per-epoch", "3", "--batch-size", "2", "--width", "4", "--depth", "2",
-                 "--patch-size", "32"])
+                 "--top-width", "6", "--patch-size", "32"])
     assert code == 0
     return root / "run" / "best.safetensors", data
+
+
+def test_train_flags_reach_the_model_file(trained):
+    from unetseg.train.checkpoint import read_card
+
+    model = read_card(trained[0]).model
+    assert (model.width, model.top_width, model.depth) == (4, 6, 2)
 
 
 def run_error(capsys, argv: list[str]) -> str:

@@ -35,3 +35,12 @@ def test_replace_with_dotted_names():
 def test_unknown_fields_are_rejected():
     with pytest.raises(ValueError, match="unknown"):
         from_dict(ModelConfig, {"widht": 3})
+
+
+def test_a_model_config_written_before_the_first_level_width_existed_reads_as_uniform():
+    old = {k: v for k, v in to_dict(ModelConfig(width=16)).items() if k != "top_width"}
+    cfg = from_dict(ModelConfig, old)
+    assert cfg.top_width is None
+    from unetseg.model import UNet
+
+    assert UNet.from_config(cfg).inc[0].out_channels == 16

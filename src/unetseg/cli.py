@@ -71,8 +71,10 @@ TRAIN_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--device": ("train.device", str, "auto (default), cpu, cuda, cuda:1, ..."),
     "--workers": ("train.workers", int, "crop-loading processes (default: 0 on CPU, up to 4"
                   " with a GPU)"),
-    "--width": ("model.width", int, "channels of the first level (default: planned from"
-               " --time-limit and the device; 64 without one)"),
+    "--width": ("model.width", int, "channels of the first level, doubled at each level down"
+               " (default: planned from --time-limit and the device; 64 without one)"),
+    "--top-width": ("model.top_width", int, "channels of the first level alone (default: the"
+                    " width, or at least 32 where the width is planned)"),
     "--depth": ("model.depth", int, "number of poolings (default 4)"),
     "--padding": ("model.padding", str, "same (default, any size) or valid (the paper)"),
     "--up": ("model.up", str, "transpose (default), bilinear or nearest"),

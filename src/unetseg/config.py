@@ -28,6 +28,8 @@ class ModelConfig:
     ``width`` is the channel count of the first level; level ``i`` has ``width * 2**i``.
     ``None`` lets training plan it (:func:`unetseg.train.plan.plan_width`: the widest of 64, 32
     and 16 that a time budget can train for enough steps on the device; 64 without a budget).
+    ``top_width``, when set, replaces the first (full-resolution) level's channel count alone;
+    a planned width sets it (:func:`unetseg.train.plan.plan_top_width`).
     ``padding="valid"`` is the paper's network (unpadded 3x3 convs, output smaller than input).
     ``arch`` names the network: ``"unet"`` (this UNet) or one registered with
     :func:`unetseg.model.register_architecture` (such a network reads only the channel counts).
@@ -42,6 +44,7 @@ class ModelConfig:
     norm: Norm = "instance"
     dropout: float = 0.0
     arch: str = "unet"
+    top_width: int | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ def _coerce(tp: Any, value: Any) -> Any:
 # (section, field) -> (lowest allowed, highest allowed or None, whether the lowest is allowed)
 _RANGES: dict[tuple[str, str], tuple[float, float | None, bool]] = {
     ("model", "width"): (1, None, True),
+    ("model", "top_width"): (1, None, True),
     ("model", "depth"): (0, None, True),
     ("model", "dropout"): (0.0, 1.0, True),
     ("data", "patch_size"): (1, None, True),

@@ -28,24 +28,37 @@ def test_paper_network_has_the_papers_parameters_and_sizes():
     assert out.shape == (1, 2, 388, 388)
 
 
-def expected_paper_params(depth: int, width: int, cin: int, k: int) -> int:
-    """Count by hand: conv3x3 weights+bias, up-convs 2x2 halving channels, 1x1 head."""
+def expected_paper_params(depth: int, width: int, cin: int, k: int, top: int | None = None
+                          ) -> int:
+    """Count by hand: conv3x3 weights+bias, 2x2 up-convs to the skip's channels, 1x1 head."""
     def conv(i, o, s):
         return i * o * s * s + o
     total, c = 0, cin
-    widths = [width * 2**i for i in range(depth + 1)]
+    widths = [top or width] + [width * 2**i for i in range(1, depth + 1)]
     for w in widths:
         total += conv(c, w, 3) + conv(w, w, 3)
         c = w
-    for w in reversed(widths[:-1]):
-        total += conv(2 * w, w, 2) + conv(2 * w, w, 3) + conv(w, w, 3)
+    for deeper, w in reversed(list(zip(widths[1:], widths[:-1]))):
+        total += conv(deeper, w, 2) + conv(2 * w, w, 3) + conv(w, w, 3)
     return total + conv(widths[0], k, 1)
 
 
-@pytest.mark.parametrize("depth,width,cin,k", [(4, 64, 1, 2), (3, 8, 3, 5), (2, 4, 1, 1)])
-def test_parameter_count_matches_a_hand_count(depth, width, cin, k):
-    model = UNet(cin, k, depth=depth, width=width, padding="valid", norm="none")
-    assert n_params(model) == expected_paper_params(depth, width, cin, k)
+@pytest.mark.parametrize("depth,width,cin,k,top", [
+    (4, 64, 1, 2, None), (3, 8, 3, 5, None), (2, 4, 1, 1, None), (4, 16, 3, 11, 32),
+    (2, 8, 1, 2, 4)])
+def test_parameter_count_matches_a_hand_count(depth, width, cin, k, top):
+    model = UNet(cin, k, depth=depth, width=width, padding="valid", norm="none", top_width=top)
+    assert n_params(model) == expected_paper_params(depth, width, cin, k, top)
+
+
+@pytest.mark.parametrize("padding,size", [("same", 45), ("valid", 92)])
+def test_a_wider_first_level_widens_it_alone(padding, size):
+    model = UNet(3, 5, depth=2, width=4, top_width=12, padding=padding).eval()
+    assert model.inc[0].out_channels == 12 and model.downs[0][1][0].out_channels == 8
+    assert model.ups[-1].up.out_channels == 12 and model.head.in_channels == 12
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, size, size))
+    assert out.shape[:2] == (1, 5) and out.shape[-2:] == model.output_size(size, size)
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (33, 63), (333, 517), (64, 64), (17, 200)])
@@ -130,5 +143,5 @@ def test_he_initialisation_has_the_papers_std():
 
 def test_from_config_round_trip():
     cfg = ModelConfig(in_channels=3, num_classes=4, depth=3, width=8, padding="valid",
-                      up="bilinear", norm="group", dropout=0.2)
+                      up="bilinear", norm="group", dropout=0.2, top_width=16)
     assert UNet.from_config(cfg).config == cfg

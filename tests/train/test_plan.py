@@ -18,6 +18,7 @@ from unetseg.train.plan import (
     choose_width,
     estimate_validation_s,
     plan_epochs,
+    plan_top_width,
     plan_width,
     time_train_step,
 )
@@ -43,6 +44,33 @@ def test_choose_width_picks_the_widest_with_enough_steps(budget, probe_s, expect
     assert f"width {expected}" in plan.reason
 
 
+@pytest.mark.parametrize("width,classes,expected", [
+    (16, 2, None), (16, 8, None), (16, 9, 32), (16, 11, 32), (32, 11, None), (32, 21, 64),
+    (16, 1, None), (2, 3, 8), (64, 100, 256)])
+def test_the_first_level_gets_two_channels_per_class(width, classes, expected):
+    top = plan_top_width(width, classes)
+    assert top == expected
+    if top is not None:  # the smallest power of two with 2 per class, wider than the width
+        assert top >= 2 * classes > top // 2 and top > width
+
+
+def test_choose_width_names_a_widened_first_level():
+    narrow, wide = choose_width(100.0, 16, 0.1, 11), choose_width(300.0, 16, 0.1, 11)
+    assert (narrow.width, narrow.top_width) == (16, 32) and "first level 32" in narrow.reason
+    assert (wide.width, wide.top_width) == (32, None) and "first level" not in wide.reason
+    assert choose_width(100.0, 16, 0.1).top_width is None  # two classes
+
+
+@pytest.mark.parametrize("budget", [1.0, 600.0])
+def test_plan_width_widens_the_first_level_for_many_classes(budget, one_torch_thread):
+    cfg = RunConfig(model=ModelConfig(depth=2, num_classes=11),
+                    train=TrainConfig(time_limit_s=budget))
+    plan = plan_width(cfg, 2, 32, torch.device("cpu"))
+    assert plan.top_width == plan_top_width(plan.width, 11)
+    assert plan.top_width == (32 if plan.width == 16 else None)
+    assert budget > 1 or plan.width == 16  # one second buys few steps of anything
+
+
 def test_without_a_budget_the_width_is_the_papers():
     plan = plan_width(RunConfig(), 4, 256, torch.device("cpu"))
     assert plan.width == 64 and math.isnan(plan.probe_step_s)
@@ -63,8 +91,19 @@ def test_fit_plans_and_stores_the_width(disc_data: Path, tmp_path: Path, one_tor
     planned = json.loads((tmp_path / "run" / "config.json").read_text())["planned_width"]
     card = read_card(result.best_model)
     assert card.model.width == planned["width"] in (16, 32, 64)
+    assert card.model.top_width == planned["top_width"] is None  # two classes
     assert card.run is not None and card.run.model.width == planned["width"]
     assert choose_width(30.0, 16, planned["probe_step_s"]).width == planned["width"]
+
+
+def test_an_explicit_first_level_width_is_kept_when_the_width_is_planned(
+        disc_data: Path, tmp_path: Path, one_torch_thread):
+    cfg = RunConfig(model=ModelConfig(depth=2, top_width=8), data=DataConfig(patch_size=32),
+                    train=TrainConfig(epochs=1, batch_size=2, steps_per_epoch=2,
+                                      time_limit_s=30.0))
+    result = fit(disc_data, tmp_path / "run", cfg, show_progress=False)
+    card = read_card(result.best_model)
+    assert card.model.width in (16, 32, 64) and card.model.top_width == 8
 
 
 def test_an_explicit_width_is_not_planned(disc_data: Path, tmp_path: Path, one_torch_thread):

@@ -68,17 +68,18 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class Up(nn.Module):
-    """Upsample x2 halving the channels, concatenate the skip of the same level, DoubleConv.
+    """Upsample x2 to the skip's channel count, concatenate the skip of the same level, DoubleConv.
 
     ``up="transpose"`` is the paper's 2x2 up-convolution; ``bilinear``/``nearest`` interpolate and
-    then halve the channels with a 1x1 conv, so every mode has the same channel counts.
-    Shape: x (N, C_in, h, w), skip (N, C_in/2, H, W) -> (N, C_out, ...).
+    then map the channels with a 1x1 conv, so every mode has the same channel counts.
+    ``skip_channels`` defaults to half of ``in_channels`` (the paper's halving).
+    Shape: x (N, C_in, h, w), skip (N, C_skip, H, W) -> (N, C_out, ...).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, padding: Padding, norm: Norm,
-                 up: UpMode):
+                 up: UpMode, skip_channels: int | None = None):
         super().__init__()
-        half = in_channels // 2
+        half = skip_channels or in_channels // 2
         if up == "transpose":
             self.up: nn.Module = nn.ConvTranspose2d(in_channels, half, kernel_size=2, stride=2)
         elif up in ("bilinear", "nearest"):
@@ -89,7 +90,7 @@ class Up(nn.Module):
             )
         else:
             raise ValueError(f"unknown up mode {up!r}; use transpose, bilinear or nearest")
-        self.conv = DoubleConv(in_channels, out_channels, padding=padding, norm=norm)
+        self.conv = DoubleConv(2 * half, out_channels, padding=padding, norm=norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)

@@ -28,6 +28,9 @@ class UNet(nn.Module):
             weights; a tile is normalised with its own statistics, so tiled predictions depend
             slightly on the tiling (see :func:`unetseg.infer.fast.plan_tile`).
         dropout: drop-out probability at the end of the contracting path (the paper uses it).
+        top_width: channels of the first (full-resolution) level alone, if not ``width``. That
+            level sees the raw image and feeds the classifier; widening it alone costs far less
+            than widening the network (see :func:`unetseg.train.plan.plan_top_width`).
 
     Shape:
         (N, in_channels, H, W) -> (N, num_classes, H', W'), H' = H (same) or the valid output size.
@@ -35,20 +38,21 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, *, depth: int = 4,
                  width: int = 64, padding: Padding = "same", up: UpMode = "transpose",
-                 norm: Norm = "instance", dropout: float = 0.0):
+                 norm: Norm = "instance", dropout: float = 0.0, top_width: int | None = None):
         super().__init__()
         if padding not in ("same", "valid"):
             raise ValueError(f"unknown padding {padding!r}; use same or valid")
         self.config = ModelConfig(in_channels, num_classes, depth, width, padding, up, norm,
-                                  dropout)
-        widths = [width * 2**i for i in range(depth + 1)]
+                                  dropout, top_width=top_width)
+        widths = [top_width or width, *(width * 2**i for i in range(1, depth + 1))]
         self.inc = DoubleConv(in_channels, widths[0], padding=padding, norm=norm)
         self.downs = nn.ModuleList(
             Down(widths[i], widths[i + 1], padding=padding, norm=norm) for i in range(depth)
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.ups = nn.ModuleList(
-            Up(widths[i + 1], widths[i], padding=padding, norm=norm, up=up)
+            Up(widths[i + 1], widths[i], padding=padding, norm=norm, up=up,
+               skip_channels=widths[i])
             for i in reversed(range(depth))
         )
         self.head = OutConv(widths[0], num_classes)
@@ -60,7 +64,8 @@ class UNet(nn.Module):
         if cfg.arch != "unet":
             raise ValueError(f"{cfg.arch!r} is not a UNet config; use unetseg.model.build_model")
         return cls(cfg.in_channels, cfg.num_classes, depth=cfg.depth, width=cfg.width or 64,
-                   padding=cfg.padding, up=cfg.up, norm=cfg.norm, dropout=cfg.dropout)
+                   padding=cfg.padding, up=cfg.up, norm=cfg.norm, dropout=cfg.dropout,
+                   top_width=cfg.top_width)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Logit map size for an input of ``height`` x ``width``."""

@@ -315,7 +315,8 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     if cfg.model.width is None and cfg.model.arch == "unet":
         plan = distributed.broadcast_object(
             plan_width(cfg, rows.stop - rows.start, patch_size_for(cfg), device), env)
-        cfg = replace(cfg, model=replace(cfg.model, width=plan.width))
+        top_width = cfg.model.top_width or plan.top_width
+        cfg = replace(cfg, model=replace(cfg.model, width=plan.width, top_width=top_width))
         if show_progress:
             tqdm.write(f"planned {plan.reason}")
     epoch_plan: EpochPlan | None = None
@@ -350,7 +351,8 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
             "patch_size": t.patch, "steps_per_epoch": t.steps, "processes": env.world_size,
             "train_stems": [p.stem for p in data_.train], "val_stems": [p.stem for p in data_.val],
             "planned_width": None if plan is None else {
-                "width": plan.width, "reason": plan.reason, "probe_width": plan.probe_width,
+                "width": plan.width, "top_width": cfg.model.top_width, "reason": plan.reason,
+                "probe_width": plan.probe_width,
                 "probe_step_s": plan.probe_step_s},
             "planned_epochs": None if epoch_plan is None else {
                 "steps_per_epoch": epoch_plan.steps_per_epoch, "epochs": epoch_plan.epochs,
