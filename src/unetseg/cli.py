@@ -74,7 +74,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--width": ("model.width", int, "channels of the first level, doubled at each level down"
                " (default: planned from --time-limit and the device; 64 without one)"),
     "--top-width": ("model.top_width", int, "channels of the first level alone (default: the"
-                    " width, or at least 32 where the width is planned)"),
+                    " width; a planned width keeps at least 2 per class there)"),
     "--depth": ("model.depth", int, "number of poolings (default 4)"),
     "--padding": ("model.padding", str, "same (default, any size) or valid (the paper)"),
     "--up": ("model.up", str, "transpose (default), bilinear or nearest"),

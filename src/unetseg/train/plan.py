@@ -6,7 +6,8 @@ of the width, and a network that gets too few optimiser steps ends worse than a 
 that converged. :func:`plan_width` times one training step of the narrowest candidate on the
 training device and picks the widest candidate the budget trains for at least
 :data:`MIN_STEPS` steps: 64 (the paper's) on a GPU for any budget of minutes, 16 or 32 on a
-laptop CPU for a budget of minutes to an hour.
+laptop CPU for a budget of minutes to an hour. The first level keeps at least two channels
+per class (:func:`plan_top_width`).
 
 An epoch ends with a validation, a checkpoint and a re-fit of the cosine schedule to the time
 left, so a budget needs several of them: one pass over a large data set's area can take most
