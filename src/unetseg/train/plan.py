@@ -108,9 +108,10 @@ def plan_top_width(width: int, num_classes: int) -> int | None:
     holds the image at full resolution. Sixteen of them are plenty for two classes but few for
     eleven; widening that level alone from 16 to 32 about doubles the step time, where doubling
     the whole width would quadruple it. Measured with ``benchmarks/quality.py`` at 600 s on 2
-    CPU cores: CamVid (11 classes) gained mean IoU 0.244 -> 0.282 from a first level of 32;
-    ISBI 2012 (2 classes) lost (membrane IoU 0.713 -> 0.708, Rand error 0.065 -> 0.096), which
-    this rule leaves at 16.
+    CPU cores: CamVid (11 classes) scored mean IoU 0.282 and 0.260 in two runs with a first
+    level of 32, against 0.244 with 16 (single runs at this budget vary by a few hundredths);
+    ISBI 2012 (2 classes) lost with 32 (membrane IoU 0.713 -> 0.708, Rand error 0.065 ->
+    0.096), and this rule leaves it at 16.
     """
     wanted = 1 << max(0, TOP_CHANNELS_PER_CLASS * num_classes - 1).bit_length()
     return wanted if wanted > width else None
