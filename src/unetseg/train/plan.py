@@ -106,10 +106,11 @@ def plan_top_width(width: int, num_classes: int) -> int | None:
 
     The first level's features are all the 1x1 classifier sees of a pixel, and that level alone
     holds the image at full resolution. Sixteen of them are plenty for two classes but few for
-    eleven; widening that level alone from 16 to 32 about doubles the step time, where doubling
-    the whole width would quadruple it. Measured with ``benchmarks/quality.py`` at 600 s on 2
-    CPU cores: CamVid (11 classes) scored mean IoU 0.282 and 0.260 in two runs with a first
-    level of 32, against 0.244 with 16 (single runs at this budget vary by a few hundredths);
+    eleven. Widening that level alone from 16 to 32 made CamVid's timed step 1.7x longer
+    (0.72 s -> 1.21 s on 2 CPU cores), where doubling the whole width costs about 4x
+    (:func:`choose_width`'s model). Measured with ``benchmarks/quality.py`` at 600 s on 2 CPU
+    cores: CamVid (11 classes) scored mean IoU 0.282 and 0.260 in two runs with a first level
+    of 32, against 0.244 with 16 (single runs at this budget vary by a few hundredths);
     ISBI 2012 (2 classes) lost with 32 (membrane IoU 0.713 -> 0.708, Rand error 0.065 ->
     0.096), and this rule leaves it at 16.
     """
