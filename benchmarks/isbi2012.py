@@ -58,13 +58,17 @@ class Row:
     eval_s: float
 
 
-def split(data: Path, out: Path, seed: int) -> tuple[Path, Path, list[str]]:
-    """Copy a seeded 24/6 split of ``data`` into ``out/train`` and ``out/test``."""
+def split(data: Path, out: Path, seed: int, fold: int = 0) -> tuple[Path, Path, list[str]]:
+    """Copy a seeded 24/6 split of ``data`` into ``out/train`` and ``out/test``.
+
+    ``fold`` k tests on the k-th run of six slices of the same seeded permutation, so folds
+    0-4 of one seed are a 5-fold cross-validation of the 30 slices (fold 0 is the single split).
+    """
     stems = sorted(p.stem for p in (data / "images").glob("*.png"))
-    if len(stems) <= TEST_SLICES:
+    if len(stems) < (fold + 1) * TEST_SLICES or len(stems) <= TEST_SLICES:
         raise SystemExit(f"{data}: expected the 30 ISBI 2012 training slices, found {len(stems)}")
     order = np.random.default_rng(seed).permutation(len(stems))
-    test = sorted(stems[i] for i in order[:TEST_SLICES])
+    test = sorted(stems[i] for i in order[fold * TEST_SLICES:(fold + 1) * TEST_SLICES])
     for part in ("train", "test"):
         for sub in ("images", "masks"):
             (out / part / sub).mkdir(parents=True, exist_ok=True)

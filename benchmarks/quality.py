@@ -24,12 +24,20 @@ Datasets (``../shared/data``; each skipped with a note when absent):
 
 Each training run validates on a seeded fifth of its training images and keeps the best
 epoch; the test images are seen only by the final evaluation. Writes ``OUT/results.md`` (one
-table per dataset), ``OUT/results.json`` and ``OUT/curves-<dataset>.png`` (validation mean
-IoU against training seconds), and prints the tables.
+table per dataset and run), ``OUT/results.json`` and ``OUT/curves-<dataset>.png`` (validation
+mean IoU against training seconds), and prints the tables.
+
+One run is noisy: under a time budget the number of steps follows from a timed step, so the
+crops, augmentation draws and schedule differ between two runs of the same seed. ``--seeds``
+repeats every model with several training seeds, and ``--folds 5`` turns ISBI 2012's single
+24/6 split into a 5-fold cross-validation (CamVid keeps its fixed train/val split). With more
+than one run, a summary table gives each model's mean and sample standard deviation over the
+runs, every run's headline figure, and in how many runs the model led it.
 
 Usage::
 
     python benchmarks/quality.py --budget 600 --out quality-bench
+    python benchmarks/quality.py --datasets camvid --seeds 1,2,3 --out quality-seeds
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,21 +99,31 @@ class Dataset:
     test: Path
     config: RunConfig
     isbi: bool
+    seed: int = 0
+    fold: int | None = None  # ISBI 2012 cross-validation fold; None for a fixed split
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def run_name(self) -> str:
+        """The run's folder and label: ``seed0`` or ``seed0-fold3``."""
+        return f"seed{self.seed}" + ("" if self.fold is None else f"-fold{self.fold}")
 
-def isbi_dataset(root: Path, out: Path, seed: int) -> Dataset:
-    train, test, stems = isbi_split(root / "train", out / "isbi2012-data", seed)
+
+def isbi_dataset(root: Path, out: Path, split_seed: int, seed: int, fold: int | None
+                 ) -> Dataset:
+    train, test, stems = isbi_split(root / "train", out / f"isbi2012-data-fold{fold or 0}",
+                                    split_seed, fold or 0)
     cfg = replace(RunConfig(), **{"data.class_values": (0, 255),
                                   "data.class_names": ("membrane", "cell")})
-    return Dataset("isbi2012", train, test, cfg, True,
-                   [f"seeded 24/6 split, test slices {', '.join(stems)}"])
+    where = "seeded 24/6 split" if fold is None else f"fold {fold} of a seeded 5-fold split"
+    return Dataset("isbi2012", train, test, cfg, True, seed, fold,
+                   [f"{where}, test slices {', '.join(stems)}"])
 
 
-def camvid_dataset(root: Path) -> Dataset:
+def camvid_dataset(root: Path, seed: int) -> Dataset:
     cfg = replace(RunConfig(), **{"data.class_values": tuple(range(11)),
                                   "data.class_names": CAMVID_CLASSES, "data.ignore_value": 11})
-    return Dataset("camvid", root / "train", root / "val", cfg, False,
+    return Dataset("camvid", root / "train", root / "val", cfg, False, seed, None,
                    ["train 367, evaluated on val (81), class 11 (void) ignored"])
 
 
@@ -118,7 +137,7 @@ def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Names
     source = model.trained_as or model.name
     if source not in runs:
         cfg = replace(data.config, **{"train.time_limit_s": args.budget,
-                                      "train.epochs": 100_000, "train.seed": args.seed,
+                                      "train.epochs": 100_000, "train.seed": data.seed,
                                       "train.device": "cpu", "model.arch": model.arch,
                                       **dict(model.overrides)})
         wall, cpu = time.perf_counter(), cpu_seconds()
@@ -138,8 +157,9 @@ def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Names
     last = result.history[-1]
     best = max(result.history, key=lambda r: r["val_mean_iou"] or -1.0)
     row: dict[str, Any] = {
-        "model": model.name, "train_s": round(run["wall_s"], 1),
-        "cpu_util": round(run["cpu_util"], 2), "epochs": int(last["epoch"]),
+        "model": model.name, "seed": data.seed, "fold": data.fold,
+        "train_s": round(run["wall_s"], 1), "cpu_util": round(run["cpu_util"], 2),
+        "epochs": int(last["epoch"]),
         "steps": int(last["step"]), "images_seen": int(last["images_seen"]),
         "best_epoch": int(best["epoch"]), "width": run["width"], "top_width": run["top_width"],
         "mean_iou": s["mean_iou"], "pixel_accuracy": s["pixel_accuracy"],
@@ -173,7 +193,8 @@ def table(data: Dataset, rows: list[dict[str, Any]], budget: float) -> str:
         head += ["membrane IoU", "mean IoU", "pixel error", "Rand error", "warping error"]
     else:
         head += ["mean IoU (11)", "pixel acc", *CAMVID_CLASSES]
-    lines = [f"### {data.name}: {budget:.0f} s of training per model ({'; '.join(data.notes)})",
+    notes = "; ".join([f"training seed {data.seed}", *data.notes])
+    lines = [f"### {data.name}: {budget:.0f} s of training per model ({notes})",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["model"] + _widths(r),
@@ -189,21 +210,79 @@ def table(data: Dataset, rows: list[dict[str, Any]], budget: float) -> str:
     return "\n".join(lines)
 
 
-def plot(data: Dataset, rows: list[dict[str, Any]], path: Path) -> None:
+HEADLINES = {  # is ISBI 2012 -> (row key, column title); the first is higher-is-better
+    True: (("membrane_iou", "membrane IoU"), ("mean_iou", "mean IoU"),
+           ("pixel_error", "pixel error"), ("rand_error", "Rand error"),
+           ("warping_error", "warping error")),
+    False: (("mean_iou", "mean IoU (11)"), ("pixel_accuracy", "pixel acc")),
+}
+
+
+def summarise(runs: list[list[dict[str, Any]]], isbi: bool) -> list[dict[str, Any]]:
+    """Each model's mean, sample standard deviation and values of the headline figures.
+
+    ``runs`` holds one list of rows per run (seed or fold), every run with the same models.
+    ``led`` counts the runs in which the model had the best first headline figure (mean IoU
+    or membrane IoU), ties counting for each model that reached it.
+    """
+    metrics = HEADLINES[isbi]
+    key, _ = metrics[0]
+    best_per_run = [max(r[key] for r in rows) for rows in runs]
+    summary = []
+    for name in [r["model"] for r in runs[0]]:
+        mine = [next(r for r in rows if r["model"] == name) for rows in runs]
+        entry: dict[str, Any] = {
+            "model": name, "runs": len(mine),
+            "epochs": statistics.fmean(r["epochs"] for r in mine),
+            "led": sum(r[key] >= best for r, best in zip(mine, best_per_run, strict=True))}
+        for k, _ in metrics:
+            values = [r[k] for r in mine]
+            entry[k] = {"mean": statistics.fmean(values), "values": values,
+                        "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+        summary.append(entry)
+    return summary
+
+
+def summary_table(name: str, summary: list[dict[str, Any]], isbi: bool, budget: float,
+                  runs: list[str]) -> str:
+    metrics = HEADLINES[isbi]
+    key, title = metrics[0]
+    digits = {"warping_error": 6}
+    head = ["model", "runs", "mean epochs", *(f"{t} (mean ± sd)" for _, t in metrics),
+            f"{title} per run", "runs led"]
+    lines = [f"### {name}: mean ± sample sd over {len(runs)} runs of {budget:.0f} s per model"
+             f" ({', '.join(runs)})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in summary:
+        cells = [e["model"], str(e["runs"]), f"{e['epochs']:.1f}"]
+        for k, _ in metrics:
+            d = digits.get(k, 4)
+            cells.append(f"{e[k]['mean']:.{d}f} ± {e[k]['sd']:.{d}f}")
+        cells += [", ".join(f"{v:.4f}" for v in e[key]["values"]), f"{e['led']}/{e['runs']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    colours: dict[str, Any] = {}
+    several = len({(r["seed"], r["fold"]) for r in rows}) > 1
     for r in rows:
         if r["tta"]:
             continue  # the same training curve as the model it was trained as
         xs = [h["elapsed_s"] for h in r["history"]]
         ys = [h["val_mean_iou"] for h in r["history"]]
-        ax.plot(xs, ys, marker=".", label=r["model"])
+        first = r["model"] not in colours
+        (line,) = ax.plot(xs, ys, marker=".", color=colours.get(r["model"]),
+                          alpha=0.6 if several else 1.0, label=r["model"] if first else None)
+        colours.setdefault(r["model"], line.get_color())
+    runs = " (one line per run)" if several else ""
     ax.set(xlabel="training seconds", ylabel="validation mean IoU",
-           title=f"{data.name}: validation during training")
+           title=f"{name}: validation during training{runs}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -220,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of "
                    + ", ".join({**MODELS, **EXTRA_MODELS}) + f" (default {', '.join(MODELS)})")
     p.add_argument("--data", type=Path, default=SHARED, help=f"shared data folder ({SHARED})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    p.add_argument("--folds", type=int, default=1, choices=(1, 5),
+                   help="ISBI 2012: 1 (one 24/6 split) or 5 (5-fold cross-validation)")
+    p.add_argument("--split-seed", type=int, default=0, help="ISBI 2012 split's seed (0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -235,32 +317,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     register_peers()
-    builders = {"isbi2012": lambda: isbi_dataset(args.data / "isbi2012", args.out, args.seed),
-                "camvid": lambda: camvid_dataset(args.data / "camvid")}
-    sections, results = [], {}
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v]
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds}: expected comma-separated integers") from None
+    folds: list[int | None] = [None] if args.folds == 1 else list(range(args.folds))
+    builders: dict[str, Callable[[int, int | None], Dataset]] = {
+        "isbi2012": lambda seed, fold: isbi_dataset(args.data / "isbi2012", args.out,
+                                                    args.split_seed, seed, fold),
+        "camvid": lambda seed, fold: camvid_dataset(args.data / "camvid", seed)}
+    sections, results, summaries = [], {}, {}
     for name in [d for d in args.datasets.split(",") if d]:
         if not (args.data / name).is_dir():
             print(f"{name}: {args.data / name} not found; skipped")
             continue
-        data = builders[name]()
-        runs: dict[str, dict[str, Any]] = {}
-        rows = [train_and_score(known[m], data, args.out / name, args, runs) for m in names]
-        sections.append(table(data, rows, args.budget))
-        plot(data, rows, args.out / f"curves-{name}.png")
+        runs, labels = [], []
+        for seed in seeds:
+            for fold in folds if name == "isbi2012" else [None]:
+                data = builders[name](seed, fold)
+                trained: dict[str, dict[str, Any]] = {}
+                out = args.out / name / data.run_name
+                runs.append([train_and_score(known[m], data, out, args, trained) for m in names])
+                labels.append(data.run_name)
+                sections.append(table(data, runs[-1], args.budget))
+                print(sections[-1] + "\n", flush=True)
+        rows = [r for run in runs for r in run]
+        plot(name, rows, args.out / f"curves-{name}.png")
         results[name] = rows
-        print(sections[-1] + "\n", flush=True)
+        if len(runs) > 1:
+            summaries[name] = summarise(runs, name == "isbi2012")
+            sections.append(summary_table(name, summaries[name], name == "isbi2012",
+                                          args.budget, labels))
+            print(sections[-1] + "\n", flush=True)
     text = (f"Quality benchmark: CPU, {torch.get_num_threads()} torch threads"
-            f" ({os.cpu_count()} CPUs), seed {args.seed}; every model runs in unetseg's"
-            " pipeline (same data, augmentation, AdamW + cosine schedule fitted to the budget,"
-            " best validation epoch kept). Errors: lower is better.\n\n"
+            f" ({os.cpu_count()} CPUs), training seeds {', '.join(map(str, seeds))}; every model"
+            " runs in unetseg's pipeline (same data, augmentation, AdamW + cosine schedule fitted"
+            " to the budget, best validation epoch kept). Errors: lower is better.\n\n"
             + "\n\n".join(sections) + "\n")
     (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps(
-        {"budget_s": args.budget, "seed": args.seed, "threads": torch.get_num_threads(),
-         "results": results}, indent=2))
+        {"budget_s": args.budget, "seeds": seeds, "folds": args.folds,
+         "split_seed": args.split_seed, "threads": torch.get_num_threads(),
+         "results": results, "summary": summaries}, indent=2))
     print(text)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
