@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.out}: not empty; choose another --out")
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
     register_peers()
     try:
         seeds = [int(v) for v in args.seeds.split(",") if v]
