@@ -61,6 +61,12 @@ def test_choose_width_names_a_widened_first_level():
     assert choose_width(100.0, 16, 0.1).top_width is None  # two classes
 
 
+def test_choose_width_keeps_and_names_a_first_level_the_user_set():
+    for classes, budget in ((11, 100.0), (2, 100.0), (11, 300.0)):
+        plan = choose_width(budget, 16, 0.1, classes, top_width=8)
+        assert plan.top_width == 8 and "first level 8" in plan.reason
+
+
 @pytest.mark.parametrize("budget", [1.0, 600.0])
 def test_plan_width_widens_the_first_level_for_many_classes(budget, one_torch_thread):
     cfg = RunConfig(model=ModelConfig(depth=2, num_classes=11),
@@ -104,6 +110,8 @@ def test_an_explicit_first_level_width_is_kept_when_the_width_is_planned(
     result = fit(disc_data, tmp_path / "run", cfg, show_progress=False)
     card = read_card(result.best_model)
     assert card.model.width in (16, 32, 64) and card.model.top_width == 8
+    planned = json.loads((tmp_path / "run" / "config.json").read_text())["planned_width"]
+    assert planned["top_width"] == 8 and "first level 8" in planned["reason"]
 
 
 def test_an_explicit_width_is_not_planned(disc_data: Path, tmp_path: Path, one_torch_thread):

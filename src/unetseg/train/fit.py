@@ -315,8 +315,7 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     if cfg.model.width is None and cfg.model.arch == "unet":
         plan = distributed.broadcast_object(
             plan_width(cfg, rows.stop - rows.start, patch_size_for(cfg), device), env)
-        top_width = cfg.model.top_width or plan.top_width
-        cfg = replace(cfg, model=replace(cfg.model, width=plan.width, top_width=top_width))
+        cfg = replace(cfg, model=replace(cfg.model, width=plan.width, top_width=plan.top_width))
         if show_progress:
             tqdm.write(f"planned {plan.reason}")
     epoch_plan: EpochPlan | None = None

@@ -119,19 +119,20 @@ def plan_top_width(width: int, num_classes: int) -> int | None:
 
 
 def choose_width(budget_s: float, probe_width: int, probe_step_s: float,
-                 num_classes: int = 2) -> WidthPlan:
+                 num_classes: int = 2, top_width: int | None = None) -> WidthPlan:
     """The widest of :data:`CANDIDATE_WIDTHS` that ``budget_s`` trains for :data:`MIN_STEPS`
     steps, with a width-``w`` step taken to cost ``probe_step_s * (w / probe_width) ** 2``
     (the convolutions' cost; wider layers run a little more efficiently, and a first level
     widened for ``num_classes`` does not widen further, so this errs long); the narrowest
-    candidate when none does. ``probe_width`` was timed with its planned first level."""
+    candidate when none does. ``probe_width`` was timed with its first level: ``top_width``
+    where the user set one, else the planned one (:func:`plan_top_width`)."""
     train_s = budget_s * TRAINING_SHARE
     for width in CANDIDATE_WIDTHS:
         step_s = probe_step_s * (width / probe_width) ** 2
         steps = train_s / step_s
         if steps >= MIN_STEPS or width == CANDIDATE_WIDTHS[-1]:
             enough = "" if steps >= MIN_STEPS else f", fewer than {MIN_STEPS} but the narrowest"
-            top = plan_top_width(width, num_classes)
+            top = top_width or plan_top_width(width, num_classes)
             first = "" if top is None else f" (first level {top})"
             reason = (f"width {width}{first}: a {budget_s:.0f} s budget buys about {steps:.0f}"
                       f" steps of {step_s:.2f} s{enough}")
@@ -152,7 +153,7 @@ def plan_width(cfg: RunConfig, rows: int, patch: int, device: torch.device) -> W
                           top_width=cfg.model.top_width
                           or plan_top_width(probe, cfg.model.num_classes))
     step_s = time_train_step(replace(cfg, model=probe_model), rows, patch, device)
-    plan = choose_width(budget, probe, step_s, cfg.model.num_classes)
+    plan = choose_width(budget, probe, step_s, cfg.model.num_classes, cfg.model.top_width)
     log.info("planned %s", plan.reason)
     return plan
 
