@@ -312,16 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in names if m not in known]
     if unknown:
         raise SystemExit(f"unknown model {unknown[0]}; choose from {', '.join(known)}")
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise SystemExit(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out}: not empty; choose another --out")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     register_peers()
-    try:
-        seeds = [int(v) for v in args.seeds.split(",") if v]
-    except ValueError:
-        raise SystemExit(f"--seeds {args.seeds}: expected comma-separated integers") from None
     folds: list[int | None] = [None] if args.folds == 1 else list(range(args.folds))
     builders: dict[str, Callable[[int, int | None], Dataset]] = {
         "isbi2012": lambda seed, fold: isbi_dataset(args.data / "isbi2012", args.out,
@@ -362,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
          "results": results, "summary": summaries}, indent=2))
     print(text)
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
