@@ -82,6 +82,11 @@ def test_without_a_budget_the_width_is_the_papers():
     assert plan.width == 64 and math.isnan(plan.probe_step_s)
 
 
+def test_without_a_budget_a_first_level_the_user_set_is_kept():
+    cfg = RunConfig(model=ModelConfig(top_width=8))
+    assert plan_width(cfg, 4, 256, torch.device("cpu")).top_width == 8
+
+
 def test_time_train_step_times_a_real_step(one_torch_thread):
     cfg = RunConfig(model=ModelConfig(depth=2, width=4))
     small = time_train_step(cfg, 2, 32, torch.device("cpu"))

@@ -79,18 +79,19 @@ class Up(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, padding: Padding, norm: Norm,
                  up: UpMode, skip_channels: int | None = None):
         super().__init__()
-        half = skip_channels or in_channels // 2
+        skip_channels = skip_channels or in_channels // 2
         if up == "transpose":
-            self.up: nn.Module = nn.ConvTranspose2d(in_channels, half, kernel_size=2, stride=2)
+            self.up: nn.Module = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2,
+                                                    stride=2)
         elif up in ("bilinear", "nearest"):
             align = False if up == "bilinear" else None
             self.up = nn.Sequential(
                 nn.Upsample(scale_factor=2, mode=up, align_corners=align),
-                nn.Conv2d(in_channels, half, kernel_size=1),
+                nn.Conv2d(in_channels, skip_channels, kernel_size=1),
             )
         else:
             raise ValueError(f"unknown up mode {up!r}; use transpose, bilinear or nearest")
-        self.conv = DoubleConv(2 * half, out_channels, padding=padding, norm=norm)
+        self.conv = DoubleConv(2 * skip_channels, out_channels, padding=padding, norm=norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)

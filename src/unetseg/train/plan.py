@@ -147,7 +147,8 @@ def plan_width(cfg: RunConfig, rows: int, patch: int, device: torch.device) -> W
     """
     budget = cfg.train.time_limit_s
     if budget is None:
-        return WidthPlan(64, 64, float("nan"), "width 64: no time budget, the paper's width")
+        return WidthPlan(64, 64, float("nan"), "width 64: no time budget, the paper's width",
+                         cfg.model.top_width)
     probe = CANDIDATE_WIDTHS[-1]
     probe_model = replace(cfg.model, width=probe,
                           top_width=cfg.model.top_width
