@@ -44,7 +44,7 @@ def _random_model(folder: Path, width: int, depth: int) -> Path:
     from unetseg.data.classes import ClassTable
     from unetseg.data.normalize import ChannelStats
     from unetseg.model import UNet
-    from unetseg.train.checkpoint import ModelCard, save_model
+    from unetseg.modelfile import ModelCard, save_model
 
     torch.manual_seed(0)
     net = UNet(1, 2, depth=depth, width=width)

@@ -50,7 +50,7 @@ def write_model(path: Path, width: int) -> None:
     from unetseg.data.classes import ClassTable
     from unetseg.data.normalize import ChannelStats
     from unetseg.model import UNet
-    from unetseg.train.checkpoint import ModelCard, save_model
+    from unetseg.modelfile import ModelCard, save_model
 
     torch.manual_seed(0)
     model = UNet(1, 2, width=width, depth=4).eval()
@@ -61,7 +61,7 @@ def write_model(path: Path, width: int) -> None:
 MONAI_RUNNER = """
 import sys, tifffile, torch
 from monai.inferers import sliding_window_inference
-from unetseg.train.checkpoint import load_model
+from unetseg.modelfile import load_model
 model, card = load_model(sys.argv[1])
 image = torch.from_numpy(tifffile.imread(sys.argv[2])).float().div_(255)[None, None]
 image = (image - card.stats.mean[0]) / card.stats.std[0]

@@ -122,7 +122,7 @@ def _model(args: argparse.Namespace, folder: Path) -> Path:
     from unetseg.data.classes import ClassTable
     from unetseg.data.normalize import ChannelStats
     from unetseg.model import UNet
-    from unetseg.train.checkpoint import ModelCard, save_model
+    from unetseg.modelfile import ModelCard, save_model
 
     torch.manual_seed(0)
     net = UNet(1, 2, depth=4, width=args.width)

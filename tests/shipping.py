@@ -11,7 +11,7 @@ from unetseg.data.classes import ClassTable
 from unetseg.data.io import read_image
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.model import UNet
-from unetseg.train.checkpoint import ModelCard, save_model
+from unetseg.modelfile import ModelCard, save_model
 
 ISBI_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "test" / "images"
 STATS = ChannelStats((0.5,), (0.17,))

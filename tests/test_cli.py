@@ -28,7 +28,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_train_flags_reach_the_model_file(trained):
-    from unetseg.train.checkpoint import read_card
+    from unetseg.modelfile import read_card
 
     model = read_card(trained[0]).model
     assert (model.width, model.top_width, model.depth) == (4, 6, 2)

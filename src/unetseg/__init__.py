@@ -21,7 +21,7 @@ _LAZY = {
     "UserError": "unetseg.errors",
     "ClassTable": "unetseg.data.classes",
     "fit": "unetseg.train.fit",
-    "load_model": "unetseg.train.checkpoint",
+    "load_model": "unetseg.modelfile",
     "predict": "unetseg.api",
     "evaluate": "unetseg.api",
     "demo": "unetseg.api",

@@ -30,7 +30,7 @@ from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.infer.predict import DEFAULT_TILE, logits_to_labels
 from unetseg.metrics import confusion_matrix, iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
-from unetseg.train.checkpoint import ModelCard, load_model
+from unetseg.modelfile import ModelCard, load_model
 from unetseg.viz import overlay
 
 

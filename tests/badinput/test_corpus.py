@@ -41,7 +41,7 @@ from unetseg.data.classes import ClassTable
 from unetseg.data.normalize import ChannelStats
 from unetseg.files import is_temp_file
 from unetseg.model import UNet
-from unetseg.train.checkpoint import FORMAT, ModelCard, save_model
+from unetseg.modelfile import FORMAT, ModelCard, save_model
 
 SIZE = (32, 32)
 TRAIN = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--width", "4",

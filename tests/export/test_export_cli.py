@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unetseg.cli import main
-from unetseg.train.checkpoint import FORMAT, load_model, read_card
+from unetseg.modelfile import FORMAT, load_model, read_card
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

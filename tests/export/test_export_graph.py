@@ -11,7 +11,7 @@ from unetseg.export.meta import ExportInfo, Tiling, export_info
 from unetseg.export.verify import FP32_TOLERANCE, compare, parity_shapes
 from unetseg.model import UNet, is_legal_input_size, legal_input_sizes
 from unetseg.model.blocks import pad_to_multiple
-from unetseg.train.checkpoint import ModelCard
+from unetseg.modelfile import ModelCard
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 9), (3, 17), (7, 5), (16, 16), (33, 63)])

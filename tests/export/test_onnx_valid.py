@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetseg.train.checkpoint import load_model
+from unetseg.modelfile import load_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

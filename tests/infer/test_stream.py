@@ -87,7 +87,7 @@ def test_predict_streams_tiffs_into_a_tiled_bigtiff(tmp_path: Path):
 
     from unetseg.api import predict
     from unetseg.data.classes import ClassTable
-    from unetseg.train.checkpoint import ModelCard, save_model
+    from unetseg.modelfile import ModelCard, save_model
 
     torch.manual_seed(0)
     model = UNet(1, 2, depth=2, width=4).eval()

@@ -10,7 +10,7 @@ from torch import nn
 from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from unetseg.errors import UserError
 from unetseg.model import ExternalNet, UNet, architectures, build_model, register_architecture
-from unetseg.train.checkpoint import load_model, state_aliases
+from unetseg.modelfile import load_model, state_aliases
 from unetseg.train.fit import fit
 
 

@@ -10,14 +10,8 @@ from unetseg.data.classes import ClassTable
 from unetseg.data.normalize import ChannelStats
 from unetseg.errors import UserError
 from unetseg.model import UNet
-from unetseg.train.checkpoint import (
-    ModelCard,
-    load_model,
-    load_training_state,
-    read_card,
-    save_model,
-    save_training_state,
-)
+from unetseg.modelfile import ModelCard, load_model, read_card, save_model
+from unetseg.train.checkpoint import load_training_state, save_training_state
 from unetseg.train.optim import build_optimizer
 
 

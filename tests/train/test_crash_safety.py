@@ -20,7 +20,7 @@ from unetseg.cli import main
 from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
 from unetseg.errors import UserError
 from unetseg.files import is_temp_file
-from unetseg.train.checkpoint import load_model, read_card
+from unetseg.modelfile import load_model, read_card
 from unetseg.train.fit import fit
 
 EPOCHS, STEPS = 2, 2
@@ -45,6 +45,7 @@ def _one_torch_thread():
 DRIVER = r"""
 import json, sys, time
 from pathlib import Path
+import unetseg.modelfile as modelfile
 import unetseg.train.checkpoint as checkpoint
 import unetseg.train.fit as fit_module
 from unetseg.config import RunConfig, from_dict
@@ -77,7 +78,7 @@ else:  # while epoch 2 writes "last" or "resume": half of the temporary file is 
                 data_ = Path(filename).read_bytes()
                 Path(filename).write_bytes(data_[: len(data_) // 2])
                 park()
-    checkpoint.save_file = save_file
+    checkpoint.save_file = modelfile.save_file = save_file
 cfg = from_dict(RunConfig, json.loads(Path(cfg_file).read_text()))
 fit_module.fit(data, run, cfg, show_progress=False)
 """

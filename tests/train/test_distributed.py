@@ -26,8 +26,8 @@ from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.normalize import ChannelStats
 from unetseg.errors import UserError
 from unetseg.model import UNet
+from unetseg.modelfile import load_model
 from unetseg.train import distributed
-from unetseg.train.checkpoint import load_model
 from unetseg.train.distributed import DistEnv
 from unetseg.train.fit import _batch_preparer, fit
 

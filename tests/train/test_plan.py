@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from unetseg.train.checkpoint import read_card
+from unetseg.modelfile import read_card
 from unetseg.train.fit import fit
 from unetseg.train.plan import (
     MIN_EPOCHS,

@@ -16,7 +16,7 @@ from unetseg.data.classes import ClassTable
 from unetseg.data.normalize import ChannelStats
 from unetseg.errors import UserError
 from unetseg.model import UNet
-from unetseg.train.checkpoint import FORMAT, ModelCard, load_model, save_model
+from unetseg.modelfile import FORMAT, ModelCard, load_model, save_model
 
 CFG = ModelConfig(in_channels=1, num_classes=2, depth=2, width=4)
 CLASSES = ClassTable.from_values((0, 255), ("membrane", "cell"))

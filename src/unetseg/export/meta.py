@@ -1,7 +1,7 @@
 """What an exported model file says about itself.
 
 An exported graph maps normalised windows ``(N, C, H, W)`` to logits; everything else a user
-needs to run it on images travels in the file: the :class:`~unetseg.train.checkpoint.ModelCard`
+needs to run it on images travels in the file: the :class:`~unetseg.modelfile.ModelCard`
 (model config, class table, normalisation) under the key ``"unetseg"`` (the same JSON as in a
 safetensors model file) and :class:`ExportInfo` (tiling parameters, legal input sizes,
 exporter) under ``"unetseg.export"``. ONNX files keep both in ``metadata_props``, TorchScript
@@ -16,7 +16,7 @@ from typing import Any
 
 from unetseg.errors import UserError
 from unetseg.model.geometry import min_legal_input_size
-from unetseg.train.checkpoint import FORMAT, ModelCard
+from unetseg.modelfile import FORMAT, ModelCard
 
 EXPORT_KEY = "unetseg.export"
 EXPORT_VERSION = 1

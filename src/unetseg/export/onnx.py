@@ -34,7 +34,7 @@ from unetseg.export.meta import Tiling, export_info, to_props
 from unetseg.files import atomic_path
 from unetseg.model import UNet
 from unetseg.model.geometry import min_legal_input_size
-from unetseg.train.checkpoint import ModelCard
+from unetseg.modelfile import ModelCard
 
 OnnxExporter = Literal["dynamo", "legacy"]
 ONNX_EXPORTERS: tuple[OnnxExporter, ...] = ("dynamo", "legacy")

@@ -146,7 +146,7 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *,
         ParityError: every export ran but none matched within ``tolerance`` (exit status 1).
         ExportError: no exporter could export the model (exit status 1).
     """
-    from unetseg.train.checkpoint import load_model
+    from unetseg.modelfile import load_model
 
     out = Path(out)
     _check_target(out, fmt)

@@ -20,7 +20,7 @@ from unetseg.export.meta import EXPORT_KEY, ExportInfo, Tiling, export_info, fro
 from unetseg.export.onnx import example_input
 from unetseg.files import atomic_path
 from unetseg.model import UNet
-from unetseg.train.checkpoint import FORMAT, ModelCard
+from unetseg.modelfile import FORMAT, ModelCard
 
 ScriptExporter = Literal["script", "trace"]
 SCRIPT_EXPORTERS: tuple[ScriptExporter, ...] = ("script", "trace")

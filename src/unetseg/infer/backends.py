@@ -23,7 +23,7 @@ from unetseg.export.meta import ExportInfo, from_props
 from unetseg.infer.blending import BlendMode
 from unetseg.infer.engine import check_channels
 from unetseg.infer.predict import tiled_logits
-from unetseg.train.checkpoint import ModelCard
+from unetseg.modelfile import ModelCard
 
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnxruntime")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from unetseg.train.checkpoint import ModelCard
+from unetseg.modelfile import ModelCard
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Convert a trusted pickled PyTorch checkpoint of a unetseg U-Net into a model file.
 
-unetseg never unpickles when it loads a model (see :mod:`unetseg.train.checkpoint`). Weights
+unetseg never unpickles when it loads a model (see :mod:`unetseg.modelfile`). Weights
 saved with ``torch.save(model.state_dict(), "model.pt")`` are converted once, explicitly::
 
     unetseg convert-checkpoint model.pt --config RUN/config.json --out model.safetensors
@@ -26,7 +26,7 @@ from unetseg.data.classes import ClassTable
 from unetseg.data.normalize import ChannelStats
 from unetseg.errors import UserError
 from unetseg.model import UNet
-from unetseg.train.checkpoint import PICKLE_SUFFIXES, ModelCard, save_model
+from unetseg.modelfile import PICKLE_SUFFIXES, ModelCard, save_model
 
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "weights")
 _PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile

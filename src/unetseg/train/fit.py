@@ -32,14 +32,9 @@ from unetseg.losses import LossFn, build_loss
 from unetseg.metrics import iou, mean_iou
 from unetseg.model import build_model, nearest_legal_input_size
 from unetseg.model.layout import fastest_memory_format
+from unetseg.modelfile import ModelCard, read_card, save_model
 from unetseg.train import distributed
-from unetseg.train.checkpoint import (
-    ModelCard,
-    load_training_state,
-    read_card,
-    save_model,
-    save_training_state,
-)
+from unetseg.train.checkpoint import load_training_state, save_training_state
 from unetseg.train.distributed import DistEnv
 from unetseg.train.loop import (
     Precision,
