@@ -282,17 +282,14 @@ def spawn_local(nproc: int, fn: Callable[..., int | None], *args: Any,
     return 0
 
 
-def _run_cli(argv: list[str]) -> int:
-    from unetseg.cli import main
+def launch(nproc: int, entry: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
+    """Run a command line ``entry(argv)`` in ``nproc`` local processes (``--nproc N``).
 
-    return main(argv)
-
-
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run the command line ``unetseg <argv>`` in ``nproc`` local processes (``--nproc N``).
+    The command line hands in its own entry point (a module-level function, so that spawned
+    processes can import it by name): this module knows nothing of the command line above it.
 
     Returns:
         the exit status: 0, or the first failing process's.
     """
     log.info("starting %d training processes", nproc)
-    return spawn_local(nproc, _run_cli, list(argv))
+    return spawn_local(nproc, entry, list(argv))
