@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 from unetseg.api import demo, demo_data_root
-from unetseg.data.dataset import find_pairs
+from unetseg.data.pairs import find_pairs
 
 
 def test_bundled_demo_data_is_complete():

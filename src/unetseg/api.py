@@ -21,9 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from unetseg.data.classes import ClassTable
-from unetseg.data.dataset import find_pairs, list_images
 from unetseg.data.io import image_size, read_image, read_mask, write_rgb, write_tiff
 from unetseg.data.masks import class_colours, encode_mask, read_mask_file, write_mask
+from unetseg.data.pairs import find_pairs, list_images
 from unetseg.errors import UserError
 from unetseg.files import write_bytes_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device

@@ -14,8 +14,7 @@ import torch
 from unetseg.config import RunConfig
 from unetseg.data.augment import augment_batch
 from unetseg.data.classes import ClassTable
-from unetseg.data.dataset import LoadedPair
-from unetseg.data.doctor import check_data, require_clean
+from unetseg.data.dataset import LoadedPair, load_data
 from unetseg.data.weights import attach_weight_maps
 from unetseg.errors import UserError
 from unetseg.viz import draw_outline, plot_picture_grid, plot_weight_maps
@@ -38,10 +37,8 @@ def _first_pairs(data: str | Path, cfg: RunConfig, count: int
                  ) -> tuple[list[LoadedPair], ClassTable]:
     if count < 1:
         raise UserError(f"--images {count}: show at least 1 image")
-    report = check_data(data, cfg.data, keep=True)
-    require_clean(report)
-    assert report.classes is not None
-    return report.loaded[:count], report.classes
+    loaded = load_data(data, cfg.data)
+    return loaded.pairs[:count], loaded.classes
 
 
 def preview_augment(data: str | Path, out: str | Path, *, cfg: RunConfig | None = None,

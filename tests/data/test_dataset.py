@@ -1,4 +1,5 @@
-"""Tests for unetseg.data.dataset: pairing, loading, splitting and patch sampling."""
+"""Tests for unetseg.data.pairs and unetseg.data.dataset: pairing, loading, splitting and patch
+sampling."""
 
 from __future__ import annotations
 
@@ -10,16 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from unetseg.config import DataConfig
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
-from unetseg.data.dataset import (
-    LoadedPair,
-    PatchDataset,
-    find_pairs,
-    list_images,
-    load_pairs,
-    read_raw_masks,
-    split_pairs,
-)
+from unetseg.data.dataset import LoadedPair, PatchDataset, load_data, split_pairs
+from unetseg.data.doctor import check_data
+from unetseg.data.pairs import find_pairs, list_images
 from unetseg.errors import UserError
 
 ISBI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2012" / "train"
@@ -146,48 +142,45 @@ def test_list_images_errors(tmp_path: Path) -> None:
         list_images([tmp_path / "t.txt"])
 
 
-# --------------------------------------------------------------------------- load_pairs
+# --------------------------------------------------------------------------- load_data
 
 
-def test_load_pairs_and_raw_masks(tmp_path: Path) -> None:
+def test_load_data_decodes_every_pair_with_the_inferred_table(tmp_path: Path) -> None:
     _dataset(tmp_path, ["a", "b"])
-    pairs = find_pairs(tmp_path)
-    table = ClassTable.infer(read_raw_masks(pairs))
-    loaded = load_pairs(pairs, table)
-    assert [p.stem for p in loaded] == ["a", "b"]
-    first = loaded[0]
+    loaded = load_data(tmp_path)
+    assert loaded.classes.values == (0, 255)
+    assert [p.stem for p in loaded.pairs] == ["a", "b"]
+    first = loaded.pairs[0]
     assert first.image.shape == (1, 6, 8) and first.image.dtype == np.float32
     assert first.ids.dtype == np.int16 and first.ids[0, 0] == 1 and first.ids[-1, 0] == 0
 
 
-def test_load_pairs_size_mismatch(tmp_path: Path) -> None:
+def test_load_data_size_mismatch(tmp_path: Path) -> None:
     _dataset(tmp_path, ["a"])
     _png(tmp_path / "masks" / "a.png", np.zeros((6, 7), np.uint8))
     with pytest.raises(UserError, match=r"masks/a\.png: mask is 7x6 but its image a\.png is 8x6"):
-        load_pairs(find_pairs(tmp_path), BINARY)
+        load_data(tmp_path)
 
 
-def test_load_pairs_channel_mismatch(tmp_path: Path) -> None:
+def test_load_data_channel_mismatch(tmp_path: Path) -> None:
     _dataset(tmp_path, ["a", "b"])
     _png(tmp_path / "images" / "b.png", np.zeros((6, 8, 3), np.uint8))
-    message = r"images/b\.png: image has 3 channel\(s\) but a\.png has 1"
-    with pytest.raises(UserError, match=message):
-        load_pairs(find_pairs(tmp_path), BINARY)
+    with pytest.raises(UserError, match=r"images/b\.png: image has 3 channel\(s\)"):
+        load_data(tmp_path)
 
 
-def test_load_pairs_unknown_value_names_mask(tmp_path: Path) -> None:
+def test_load_data_unknown_value_names_mask(tmp_path: Path) -> None:
     _dataset(tmp_path, ["a"])
     _png(tmp_path / "masks" / "a.png", np.full((6, 8), 7, np.uint8))
     with pytest.raises(UserError, match=r"masks/a\.png: mask values \[7\]"):
-        load_pairs(find_pairs(tmp_path), BINARY)
+        load_data(tmp_path, DataConfig(class_values=(0, 255)))
 
 
 def test_isbi_pairs_infer_binary() -> None:
     if not (ISBI / "images").is_dir():
         pytest.skip(f"{ISBI} not present")
-    pairs = find_pairs(ISBI)
-    assert len(pairs) == 30
-    assert ClassTable.infer(read_raw_masks(pairs[:5])).values == (0, 255)
+    assert len(find_pairs(ISBI)) == 30
+    assert check_data(ISBI).classes.values == (0, 255)
 
 
 # --------------------------------------------------------------------------- split_pairs

@@ -12,7 +12,7 @@ from PIL import Image
 
 from unetseg.config import DataConfig
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
-from unetseg.data.dataset import LoadedPair, PatchDataset, find_pairs, load_pairs
+from unetseg.data.dataset import LoadedPair, PatchDataset, load_data
 from unetseg.data.weights import (
     attach_weight_maps,
     border_weight_map,
@@ -161,13 +161,13 @@ def test_attach_weight_maps_reads_instances(tmp_path: Path):
     Image.fromarray(((labels > 0) * 255).astype(np.uint8)).save(root / "masks" / "a.png")
     Image.fromarray(labels.astype(np.uint8)).save(root / "instances" / "a.png")
     table = ClassTable.from_values((0, 255))
-    pairs = load_pairs(find_pairs(root), table)
+    pairs = load_data(root).pairs
     attach_weight_maps(pairs, table, DataConfig())
     want = border_weight_map(pairs[0].ids, 2, instances=labels)
     np.testing.assert_array_equal(pairs[0].weights, want)
     assert pairs[0].weights.max() > 9  # the two touching instances are separated
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "instances" / "a.png")
-    fresh = load_pairs(find_pairs(root), table)
+    fresh = load_data(root).pairs
     with pytest.raises(UserError, match="instances/a.png"):
         attach_weight_maps(fresh, table, DataConfig())
     with pytest.raises(UserError, match="--weight-sigma"):
@@ -176,7 +176,7 @@ def test_attach_weight_maps_reads_instances(tmp_path: Path):
 
 def test_isbi_mask_weights_are_high_on_thin_membranes(isbi_root: Path):
     table = ClassTable.from_values((0, 255), ("membrane", "cell"))
-    pair = load_pairs(find_pairs(isbi_root)[:1], table)[0]
+    pair = load_data(isbi_root).pairs[0]
     attach_weight_maps([pair], table, DataConfig())
     weights, ids = pair.weights, pair.ids
     assert weights.shape == ids.shape

@@ -1,7 +1,8 @@
-"""Training data: find image/mask pairs, decode them once, split them, sample patches.
+"""Training data: the checked, decoded pairs of a data folder, split by seed, cut into patches.
 
-The pipeline is ``find_pairs -> load_pairs -> split_pairs -> PatchDataset``; the class table
-comes from :meth:`~unetseg.data.classes.ClassTable.infer` over :func:`read_raw_masks`.
+The pipeline is ``load_data -> split_pairs -> PatchDataset``: :func:`load_data` reads every
+pair once through :mod:`unetseg.data.pairs`, checked by the data doctor
+(:mod:`unetseg.data.doctor`), which also infers the class table.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -18,157 +19,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from unetseg.config import DataConfig
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
-from unetseg.data.io import IMAGE_SUFFIXES, read_image, read_mask
-from unetseg.data.masks import encode_mask, read_mask_file
+from unetseg.data.doctor import examine_data, require_clean
+from unetseg.data.masks import encode_mask
 from unetseg.errors import UserError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MASK_SUFFIX = "_mask"
 MAX_INDICES_PER_CLASS = 10_000
 """Pixel positions kept per class and image for foreground-centred crops."""
-_LISTED = 10  # names listed in a warning about unpaired files
-
-
-@dataclass(frozen=True)
-class Pair:
-    """An image file and its mask file, matched by ``stem``."""
-
-    stem: str
-    image: Path
-    mask: Path
-
-
-# --------------------------------------------------------------------------- finding files
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """Visible image files directly inside ``folder``, sorted by name."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
-
-
-def _by_stem(files: list[Path], kind: str) -> dict[str, Path]:
-    """Map stem -> file; two files with one stem are an error."""
-    out: dict[str, Path] = {}
-    for f in files:
-        if f.stem in out:
-            raise UserError(
-                f"{out[f.stem]} and {f.name}: two {kind} files with the stem {f.stem!r}; "
-                "keep one of them"
-            )
-        out[f.stem] = f
-    return out
-
-
-def _warn_unpaired(names: list[str], kind: str, folder: Path) -> None:
-    if not names:
-        return
-    shown = ", ".join(names[:_LISTED]) + (", ..." if len(names) > _LISTED else "")
-    log.warning("%d %s in %s have no partner and are skipped: %s", len(names), kind, folder, shown)
-
-
-def layout_hint(root: Path) -> str:
-    """The expected folder layout, for error messages."""
-    return f"expected {root}/images/<name>.png and {root}/masks/<name>.png"
-
-
-def check_layout(root: str | os.PathLike[str]) -> Path:
-    """:class:`UserError` unless ``root`` holds ``images/`` and ``masks/``; returns it as a Path."""
-    root = Path(root)
-    layout = layout_hint(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such folder; {layout}")
-    for sub in ("images", "masks"):
-        if not (root / sub).is_dir():
-            raise UserError(f"{root / sub}: folder is missing; {layout}")
-    return root
-
-
-def find_pairs(root: str | os.PathLike[str]) -> list[Pair]:
-    """Pair the files of ``root/images/`` and ``root/masks/``.
-
-    Pairing rule: files are paired by stem (the file name without its last suffix, so
-    ``a.png`` has stem ``a``); a mask may also be named ``<stem>_mask.<ext>``. Image and mask
-    may have different suffixes (``a.jpg`` with ``a.png``). Only ``.png``, ``.tif``,
-    ``.tiff``, ``.jpg`` and ``.jpeg`` files count (any letter case); hidden files (names
-    starting with ``.``) and sub-folders are ignored. Files without a partner are skipped with
-    a logged warning.
-
-    Args:
-        root: folder holding ``images/`` and ``masks/``.
-
-    Returns:
-        the pairs sorted by stem.
-
-    Raises:
-        UserError: a folder is missing, two images (or masks) share a stem, or nothing pairs.
-    """
-    root = check_layout(root)
-    images = _by_stem(_image_files(root / "images"), "image")
-    masks: dict[str, Path] = {}
-    unpaired_masks: list[str] = []
-    for mask in _image_files(root / "masks"):
-        stem = mask.stem
-        if stem not in images and stem.endswith(MASK_SUFFIX):
-            stem = stem[: -len(MASK_SUFFIX)]
-        if stem not in images:
-            unpaired_masks.append(mask.name)
-        elif stem in masks:
-            raise UserError(
-                f"{masks[stem]} and {mask.name}: two masks for the image "
-                f"{images[stem].name}; keep one of them"
-            )
-        else:
-            masks[stem] = mask
-    _warn_unpaired([images[s].name for s in images if s not in masks], "images", root / "images")
-    _warn_unpaired(unpaired_masks, "masks", root / "masks")
-    if not masks:
-        raise UserError(
-            f"{root}: no image/mask pairs found ({len(images)} images, "
-            f"{len(masks) + len(unpaired_masks)} masks); a mask must have its image's name "
-            "(or <name>_mask) in masks/"
-        )
-    return [Pair(stem, images[stem], masks[stem]) for stem in sorted(masks)]
-
-
-def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and folders into image files, in the order given (folders sorted).
-
-    A folder contributes its image files (see :data:`~unetseg.data.io.IMAGE_SUFFIXES`; hidden
-    files skipped); a folder that has an ``images/`` sub-folder contributes that sub-folder's.
-    Files listed twice are kept once.
-
-    Raises:
-        UserError: a path does not exist, a file is not an image, or no image is found.
-    """
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            folder = path / "images" if (path / "images").is_dir() else path
-            found += _image_files(folder)
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise UserError(
-                    f"{path}: not an image file name; use one of {', '.join(IMAGE_SUFFIXES)}"
-                )
-            found.append(path)
-        else:
-            raise UserError(f"{path}: no such file or folder; check the path")
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        shown = ", ".join(str(p) for p in paths) or "(no paths given)"
-        raise UserError(
-            f"{shown}: no images found; give image files or folders holding "
-            f"{'/'.join(IMAGE_SUFFIXES)} files"
-        )
-    return unique
 
 
 # --------------------------------------------------------------------------- decoding
@@ -196,55 +57,30 @@ class LoadedPair:
     weights: np.ndarray | None = None
 
 
-def _load_one(pair: Pair, classes: ClassTable) -> LoadedPair:
-    image = read_image(pair.image)  # (C, H, W)
-    mask = read_mask_file(pair.mask)  # label values, palette indices or colours
-    (ih, iw), (mh, mw) = image.shape[1:], mask.shape
-    if (ih, iw) != (mh, mw):
-        raise UserError(
-            f"{pair.mask}: mask is {mw}x{mh} but its image {pair.image.name} is {iw}x{ih} "
-            "(width x height); masks must have the image's size"
-        )
-    return LoadedPair(pair.stem, image, encode_mask(mask, classes), pair.image, pair.mask)
+@dataclass(frozen=True)
+class LoadedData:
+    """A checked data folder, decoded: its class table and every pair as class ids."""
+
+    classes: ClassTable
+    pairs: list[LoadedPair]
 
 
-def load_pairs(
-    pairs: Sequence[Pair], classes: ClassTable, *, progress: bool = False
-) -> list[LoadedPair]:
-    """Decode every pair once and check it: sizes match, one channel count for all images.
+def load_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
+              progress: bool = False) -> LoadedData:
+    """Read, check and decode every pair of ``root`` once.
 
-    Args:
-        pairs: from :func:`find_pairs`.
-        classes: maps the masks' raw values to class ids.
-        progress: show a progress bar.
-
-    Raises:
-        UserError: unreadable file, size mismatch, odd channel count or unknown mask value.
+    The checks are the data doctor's (``unetseg check``; :func:`~unetseg.data.doctor.
+    examine_data`): any error ends with one line naming the file (and, for several, a count
+    and a pointer to ``unetseg check``), warnings are logged.
     """
-    items: Iterable[Pair] = pairs
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(pairs, desc="reading images", unit="image", leave=False)
-    loaded: list[LoadedPair] = []
-    for pair in items:
-        item = _load_one(pair, classes)
-        if loaded and item.image.shape[0] != loaded[0].image.shape[0]:
-            first = loaded[0]
-            raise UserError(
-                f"{pair.image}: image has {item.image.shape[0]} channel(s) but "
-                f"{first.image_path.name} has {first.image.shape[0]}; all images must have "
-                "the same channel count (convert them all to gray or all to RGB)"
-            )
-        loaded.append(item)
-    log.info("loaded %d image/mask pairs", len(loaded))
-    return loaded
-
-
-def read_raw_masks(pairs: Iterable[Pair]) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(mask path, raw (H, W) values)`` per pair, for ``ClassTable.infer``."""
-    for pair in pairs:
-        yield str(pair.mask), read_mask(pair.mask)
+    report, reads = examine_data(root, cfg, keep=True, progress=progress)
+    require_clean(report)
+    assert report.classes is not None
+    classes = report.classes
+    pairs = [LoadedPair(r.pair.stem, r.image, encode_mask(r.mask, classes), r.pair.image,
+                        r.pair.mask) for r in reads]
+    log.info("loaded %d image/mask pairs", len(pairs))
+    return LoadedData(classes, pairs)
 
 
 # --------------------------------------------------------------------------- splitting

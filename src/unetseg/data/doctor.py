@@ -19,8 +19,9 @@ divided by the labelled (non-ignored) pixels of the masks in which ``c`` occurs,
 is ``median(frequencies) / frequency(c)``; a class that never occurs gets no weight.
 
 ``unetseg check DATA`` prints :func:`format_report` (or the report as JSON with ``--json``) and
-exits 0 when there is no problem, 1 otherwise. ``unetseg train`` runs the same checks first
-(:func:`require_clean`) and reuses the decoded pairs (``keep=True``), so nothing is read twice.
+exits 0 when there is no problem, 1 otherwise. Training runs the same checks first
+(:func:`unetseg.data.dataset.load_data`: :func:`examine_data` with ``keep=True``, then
+:func:`require_clean`) and keeps the decoded pairs, so nothing is read twice.
 """
 
 from __future__ import annotations
@@ -37,23 +38,23 @@ from typing import Any, Literal
 import numpy as np
 
 from unetseg.config import DataConfig
-from unetseg.data import io
 from unetseg.data.classes import RGB, ClassTable, MaskEncoding, pack_rgb, unpack_rgb
-from unetseg.data.dataset import (
-    MASK_SUFFIX,
-    LoadedPair,
-    Pair,
-    _image_files,
-    check_layout,
-    layout_hint,
-)
 from unetseg.data.masks import (
     MaskFile,
     build_class_table,
     detect_encoding,
-    encode_mask,
-    read_mask_file,
     value_counts,
+)
+from unetseg.data.pairs import (
+    MASK_SUFFIX,
+    Pair,
+    PairScan,
+    check_same_size,
+    duplicate_message,
+    no_pairs_message,
+    read_pair_image,
+    read_pair_mask,
+    scan_pairs,
 )
 from unetseg.errors import UserError
 
@@ -110,7 +111,6 @@ class Report:
     counts: list[ClassCount] = field(default_factory=list)
     ignored_pixels: int = 0
     problems: list[Problem] = field(default_factory=list)
-    loaded: list[LoadedPair] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -160,57 +160,30 @@ class Report:
 # --------------------------------------------------------------------------- pairing
 
 
-def _group(files: Iterable[Path], stem_of: Any) -> dict[str, list[Path]]:
-    groups: dict[str, list[Path]] = {}
-    for f in files:
-        groups.setdefault(stem_of(f), []).append(f)
-    return groups
-
-
 def _pair_files(root: Path, report: Report) -> list[Pair]:
-    """Pair ``images/`` and ``masks/`` like :func:`~unetseg.data.dataset.find_pairs`, noting
-    duplicates and unpaired files instead of stopping."""
-    check_layout(root)
-    image_files, mask_files = _image_files(root / "images"), _image_files(root / "masks")
-    report.images, report.masks = len(image_files), len(mask_files)
-    images = _group(image_files, lambda f: f.stem)
-
-    def mask_stem(f: Path) -> str:
-        stem = f.stem
-        if stem not in images and stem.endswith(MASK_SUFFIX):
-            return stem[: -len(MASK_SUFFIX)]
-        return stem
-
-    masks = _group(mask_files, mask_stem)
-    for kind, groups in (("image", images), ("mask", masks)):
-        for stem, files in groups.items():
-            if len(files) > 1:
-                names = ", ".join(f.name for f in files)
-                report.add("error", "duplicate", files[0],
-                           f"{files[0].parent}: {len(files)} {kind} files share the stem "
-                           f"{stem!r} ({names}); keep one of them")
-    for stem, files in images.items():
-        if stem not in masks:
-            report.add("warning", "unpaired", files[0], f"{files[0]}: image has no mask (looked"
-                       f" for masks/{stem}.* and masks/{stem}{MASK_SUFFIX}.*); add it or move"
-                       " the image out")
-    for stem, files in masks.items():
-        if stem not in images:
-            report.add("warning", "unpaired", files[0], f"{files[0]}: mask has no image of the"
-                       " same name; add it or move the mask out")
-    pairs = [Pair(s, images[s][0], masks[s][0]) for s in sorted(images)
-             if s in masks and len(images[s]) == 1 and len(masks[s]) == 1]
-    if not image_files and not mask_files:
-        raise UserError(f"{root}: images/ and masks/ hold no image files;"
-                        f" {layout_hint(root)}")
-    return pairs
+    """Pair ``images/`` and ``masks/`` (:func:`~unetseg.data.pairs.scan_pairs`), noting
+    duplicates and unpaired files as problems."""
+    scan = scan_pairs(root)
+    report.images, report.masks = scan.images, scan.masks
+    for (kind, stem), files in scan.duplicates.items():
+        report.add("error", "duplicate", files[0], duplicate_message(kind, stem, files))
+    for f in scan.unpaired_images:
+        report.add("warning", "unpaired", f, f"{f}: image has no mask (looked for"
+                   f" masks/{f.stem}.* and masks/{f.stem}{MASK_SUFFIX}.*); add it or move the"
+                   " image out")
+    for f in scan.unpaired_masks:
+        report.add("warning", "unpaired", f, f"{f}: mask has no image of the same name; add it"
+                   " or move the mask out")
+    return scan.pairs
 
 
 # --------------------------------------------------------------------------- reading
 
 
 @dataclass
-class _Read:
+class PairRead:
+    """One pair as the doctor read it; the pixels only when they are kept for training."""
+
     pair: Pair
     image: np.ndarray  # float32 (C, H, W) when kept, else an empty placeholder
     channels: int
@@ -220,31 +193,30 @@ class _Read:
     counts: dict[int, int]  # pixels per label value, palette index or packed colour
 
 
-def _read_pair(pair: Pair, report: Report, keep: bool) -> _Read | None:
+def _read_pair(pair: Pair, report: Report, keep: bool) -> PairRead | None:
+    """Read one pair, noting each of its problems; None when it cannot be used."""
     try:
-        samples = io.read_image_samples(pair.image)
-        image = io.scale_to_float(pair.image, samples)  # NaN/inf and type checks
+        samples, image = read_pair_image(pair)
     except UserError as exc:
         report.add("error", "unreadable", pair.image, str(exc))
-        image = None
+        samples = image = None
     try:
-        mask = read_mask_file(pair.mask)
+        mask = read_pair_mask(pair)
     except UserError as exc:
         report.add("error", "unreadable", pair.mask, str(exc))
         return None
-    if image is None:
+    if samples is None or image is None:
         return None
-    (ih, iw), (mh, mw) = samples.shape[1:], mask.shape
-    if (ih, iw) != (mh, mw):
-        report.add("error", "size", pair.mask,
-                   f"{pair.mask}: mask is {mw}x{mh} but its image {pair.image.name} is {iw}x{ih}"
-                   " (width x height); masks must have the image's size")
+    try:
+        check_same_size(pair, samples.shape[1:], mask.shape)
+    except UserError as exc:
+        report.add("error", "size", pair.mask, str(exc))
         return None
     counts = value_counts(mask.codes("rgb") if mask.encoding == "rgb" else mask.data)
     if not keep:  # checking only: hold the counts, not the pixels
         image, mask = np.empty((0, 0, 0), np.float32), replace(mask, data=np.empty((0, 0)))
-    return _Read(pair, np.ascontiguousarray(image), int(samples.shape[0]), samples.dtype.name,
-                 (ih, iw), mask, counts)
+    return PairRead(pair, np.ascontiguousarray(image), int(samples.shape[0]), samples.dtype.name,
+                    (int(samples.shape[1]), int(samples.shape[2])), mask, counts)
 
 
 def _majority(values: list[Any]) -> Any:
@@ -254,7 +226,7 @@ def _majority(values: list[Any]) -> Any:
     return next(v for v in values if counts[v] == best)
 
 
-def _check_consistency(reads: list[_Read], report: Report) -> list[_Read]:
+def _check_consistency(reads: list[PairRead], report: Report) -> list[PairRead]:
     """Channel counts must agree (error); sample types should (warning)."""
     if not reads:
         return reads
@@ -286,8 +258,8 @@ def _show_codes(codes: list[int], table: ClassTable) -> str:
     return ", ".join(shown) + more
 
 
-def _mask_codes(reads: list[_Read], encoding: MaskEncoding,
-                report: Report) -> list[tuple[_Read, dict[int, int]]]:
+def _mask_codes(reads: list[PairRead], encoding: MaskEncoding,
+                report: Report) -> list[tuple[PairRead, dict[int, int]]]:
     """Each mask's counts keyed by codes of the data set's encoding (see MaskFile.codes):
     in a colour data set, gray label masks count as the colours ``(v, v, v)``."""
     out = []
@@ -317,8 +289,8 @@ def _by_value(counts: dict[int, int], table: ClassTable) -> tuple[dict[int, int]
             sorted(c for c in counts if c not in lookup))
 
 
-def _check_values(coded: list[tuple[_Read, dict[int, int]]], table: ClassTable,
-                  report: Report) -> list[tuple[_Read, dict[int, int]]]:
+def _check_values(coded: list[tuple[PairRead, dict[int, int]]], table: ClassTable,
+                  report: Report) -> list[tuple[PairRead, dict[int, int]]]:
     """Masks with values outside the table are errors; single-class masks warnings.
     Returns the good masks with their counts keyed by the table's values."""
     known = set(table.values)
@@ -362,7 +334,7 @@ def median_frequency_weights(pixels: list[int], labelled: list[int]) -> list[flo
     return [median / f if f is not None else None for f in freqs]
 
 
-def _count_classes(coded: list[tuple[_Read, dict[int, int]]], table: ClassTable,
+def _count_classes(coded: list[tuple[PairRead, dict[int, int]]], table: ClassTable,
                    report: Report) -> None:
     k = table.num_classes
     pixels, masks, labelled = [0] * k, [0] * k, [0] * k
@@ -385,7 +357,7 @@ def _count_classes(coded: list[tuple[_Read, dict[int, int]]], table: ClassTable,
     ]
 
 
-def _check_mask_formats(coded: list[tuple[_Read, dict[int, int]]], encoding: MaskEncoding,
+def _check_mask_formats(coded: list[tuple[PairRead, dict[int, int]]], encoding: MaskEncoding,
                         cfg: DataConfig, report: Report) -> None:
     """Warnings for masks that are probably damaged by how they were saved."""
     for r, _ in coded:
@@ -409,7 +381,7 @@ def _check_mask_formats(coded: list[tuple[_Read, dict[int, int]]], encoding: Mas
                    " smoothing or give a --palette")
 
 
-def _class_table(coded: list[tuple[_Read, dict[int, int]]], encoding: MaskEncoding,
+def _class_table(coded: list[tuple[PairRead, dict[int, int]]], encoding: MaskEncoding,
                  cfg: DataConfig, report: Report) -> ClassTable | None:
     palette = next((r.mask.palette for r, _ in coded if r.mask.palette), ())
     found = [(str(r.pair.mask), list(counts)) for r, counts in coded]
@@ -425,18 +397,20 @@ def _class_table(coded: list[tuple[_Read, dict[int, int]]], encoding: MaskEncodi
 # --------------------------------------------------------------------------- entry points
 
 
-def check_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
-               keep: bool = False, progress: bool = False) -> Report:
-    """Check a data folder and collect every problem.
+def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
+                 keep: bool = False, progress: bool = False) -> tuple[Report, list[PairRead]]:
+    """Read every pair of a data folder once, check it and collect every problem.
 
     Args:
         root: folder with ``images/`` and ``masks/``.
         cfg: class options (``class_values``, ``class_names``, ``ignore_value``, ``palette``).
-        keep: also return the decoded pairs (``report.loaded``) when there is no error.
+        keep: keep the decoded image and mask of every usable pair (for training); otherwise
+            only their pixel counts are held.
         progress: show a progress bar.
 
     Returns:
-        the :class:`Report`.
+        the :class:`Report` and the usable pairs as read (with the mask values checked
+        against the report's class table when it has one).
 
     Raises:
         UserError: problems with the request rather than the data: a missing folder, no image
@@ -459,20 +433,23 @@ def check_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
     report.encoding = detect_encoding(r.mask.encoding for r in reads) if reads else None
     if report.encoding is None:
         if not report.errors:
-            report.add("error", "classes", report.root, f"{report.root}: no image/mask pairs"
-                       " found; a mask must have its image's name (or <name>_mask) in masks/")
-        return report
+            scan = PairScan(report.root, images=report.images, masks=report.masks)
+            report.add("error", "classes", report.root, no_pairs_message(scan))
+        return report, reads
     coded = _mask_codes(reads, report.encoding, report)
     _check_mask_formats(coded, report.encoding, cfg, report)
     report.classes = _class_table(coded, report.encoding, cfg, report)
     if report.classes is None:
-        return report
+        return report, reads
     coded = _check_values(coded, report.classes, report)
     _count_classes(coded, report.classes, report)
-    if keep and not report.errors:
-        report.loaded = [LoadedPair(r.pair.stem, r.image, encode_mask(r.mask, report.classes),
-                                    r.pair.image, r.pair.mask) for r, _ in coded]
-    return report
+    return report, [r for r, _ in coded]
+
+
+def check_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
+               progress: bool = False) -> Report:
+    """What ``unetseg check`` reports: :func:`examine_data` without keeping any pixels."""
+    return examine_data(root, cfg, progress=progress)[0]
 
 
 def require_clean(report: Report) -> None:

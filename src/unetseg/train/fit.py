@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 from unetseg.config import RunConfig, TrainConfig, check_run_config, to_dict
 from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
-from unetseg.data.dataset import LoadedPair, PatchDataset, split_pairs
-from unetseg.data.doctor import check_data, require_clean
+from unetseg.data.dataset import LoadedPair, PatchDataset, load_data, split_pairs
 from unetseg.data.normalize import ChannelStats, channel_stats, normalize
 from unetseg.data.weights import attach_weight_maps
 from unetseg.errors import UserError
@@ -78,15 +77,13 @@ class FitResult:
 def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True) -> PreparedData:
     """Pair, check and decode the data; split it by seed; compute the training normalisation.
 
-    The checks are :func:`unetseg.data.doctor.check_data`'s (``unetseg check``): any error ends
+    The checks are ``unetseg check``'s (:func:`unetseg.data.dataset.load_data`): any error ends
     the run with one line, warnings are logged.
     """
     d = cfg.data
-    report = check_data(root, d, keep=True, progress=show_progress)
-    require_clean(report)
-    assert report.classes is not None
-    classes, loaded = report.classes, report.loaded
-    train, val = split_pairs(loaded, d.val_fraction, cfg.train.seed)
+    loaded = load_data(root, d, progress=show_progress)
+    classes = loaded.classes
+    train, val = split_pairs(loaded.pairs, d.val_fraction, cfg.train.seed)
     if cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
         attach_weight_maps(train, classes, d, progress=show_progress)
     return PreparedData(classes, train, val, channel_stats(p.image for p in train))
