@@ -195,18 +195,19 @@ class PairRead:
 
 def _read_pair(pair: Pair, report: Report, keep: bool) -> PairRead | None:
     """Read one pair, noting each of its problems; None when it cannot be used."""
+    read: tuple[np.ndarray, np.ndarray] | None = None
     try:
-        samples, image = read_pair_image(pair)
+        read = read_pair_image(pair)
     except UserError as exc:
         report.add("error", "unreadable", pair.image, str(exc))
-        samples = image = None
     try:
         mask = read_pair_mask(pair)
     except UserError as exc:
         report.add("error", "unreadable", pair.mask, str(exc))
         return None
-    if samples is None or image is None:
+    if read is None:
         return None
+    samples, image = read
     try:
         check_same_size(pair, samples.shape[1:], mask.shape)
     except UserError as exc:
