@@ -5,12 +5,10 @@ Each function mirrors one ``unetseg`` command and takes the same options as keyw
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,13 +20,14 @@ from tqdm.auto import tqdm
 
 from unetseg.data.classes import ClassTable
 from unetseg.data.io import image_size, read_image, read_mask, write_rgb, write_tiff
-from unetseg.data.masks import class_colours, encode_mask, read_mask_file, write_mask
-from unetseg.data.pairs import find_pairs, list_images
+from unetseg.data.masks import class_colours, encode_mask, write_mask
+from unetseg.data.pairs import Pair, check_same_size, find_pairs, list_images, read_pair_mask
 from unetseg.errors import UserError
-from unetseg.files import write_bytes_atomic, write_text_atomic
+from unetseg.files import output_folder, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
+from unetseg.infer.evaluate import Truth, score_images
 from unetseg.infer.predict import DEFAULT_TILE, logits_to_labels
-from unetseg.metrics import confusion_matrix, iou, mean_iou, pixel_accuracy, summarize
+from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.modelfile import ModelCard, load_model
 from unetseg.viz import overlay
@@ -66,18 +65,6 @@ def check_prediction_options(tile: int | None, overlap: float | None, batch_size
         raise UserError(f"--overlap {overlap}: must be a fraction in [0, 1); e.g. 0.25")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: give at least 1 tile per batch")
-
-
-def _output_folder(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create the output folder ({exc.strerror}); choose a"
-                        " writable --out") from None
-    return out
 
 
 def _check_readable(paths: Sequence[Path]) -> None:
@@ -120,7 +107,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     if streamed:
         raise UserError(f"{streamed[0]}: --tta does not apply to streamed TIFFs; drop --tta"
                         " (or --stream)")
-    out = _output_folder(out)
+    out = output_folder(out)
     clashes = [p for p in paths for suffix in (".png", ".tif")
                if (out / f"{p.stem}{suffix}").resolve() == p.resolve()]
     if clashes:
@@ -191,6 +178,17 @@ def _per_image_row(stem: str, cm: torch.Tensor, classes: ClassTable) -> dict[str
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
+def _truths(pairs: Sequence[Pair], predictor: ImagePredictor, classes: ClassTable
+            ) -> Iterator[Truth]:
+    """Each pair's image and true class ids, read and checked one at a time."""
+    for pair in pairs:
+        image = read_image(pair.image)
+        predictor.check_channels(image, pair.image)
+        mask = read_pair_mask(pair)
+        check_same_size(pair, image.shape[1:], mask.shape)
+        yield pair.stem, image, torch.from_numpy(encode_mask(mask, classes)).long()
+
+
 def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None, *,
              tile: int | None = None, overlap: float | None = None, batch_size: int = 4,
              device: str = "auto", tta: str | None = None, isbi: bool = False,
@@ -214,26 +212,20 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
         raise UserError(f"{model}: --isbi needs a 2-class model (boundary, object) but this one"
                         f" has {card.classes.num_classes} classes; drop --isbi")
     pairs = find_pairs(data)
-    folder = _output_folder(out) if out is not None else None
+    folder = output_folder(out) if out is not None else None
     k = card.classes.num_classes
-    total = torch.zeros(k, k, dtype=torch.int64)
     rows, predictions = [], {}
     counts: list[IsbiCounts] = []
-    for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not show_progress):
-        image = read_image(pair.image)
-        predictor.check_channels(image, pair.image)
-        ids = torch.from_numpy(encode_mask(read_mask_file(pair.mask), card.classes)).long()
-        if ids.shape != image.shape[1:]:
-            raise UserError(f"{pair.mask}: mask is {ids.shape[0]}x{ids.shape[1]} but its image is"
-                            f" {image.shape[1]}x{image.shape[2]}; masks must match their images")
-        logits = predictor.logits(image)
-        pred = logits_to_labels(logits)
+    total = torch.zeros(k, k, dtype=torch.int64)
+    scores = score_images(predictor.logits, _truths(pairs, predictor, card.classes), k)
+    for score in tqdm(scores, total=len(pairs), desc="evaluate", unit="image",
+                      disable=not show_progress):
         if isbi:
-            counts.append(isbi_counts(torch.softmax(logits, 0)[1].numpy(), ids.numpy() == 1))
-        cm = confusion_matrix(pred, ids, k)
-        total += cm
-        rows.append(_per_image_row(pair.stem, cm, card.classes))
-        predictions[pair.stem] = pred.numpy()
+            counts.append(isbi_counts(torch.softmax(score.logits, 0)[1].numpy(),
+                                      score.truth.numpy() == 1))
+        total += score.confusion
+        rows.append(_per_image_row(score.stem, score.confusion, card.classes))
+        predictions[score.stem] = score.labels.numpy()
     summary = {"model": str(model), "data": str(data), "images": len(pairs),
                **summarize(total, card.classes.names),
                "confusion_matrix": total.tolist(), "class_values": list(card.classes.values),
@@ -247,16 +239,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
                            **isbi_summary(sum(counts[1:], counts[0]))}
     if folder is not None:
         write_text_atomic(folder / "metrics.json", json.dumps(summary, indent=2))
-        write_text_atomic(folder / "per_image.csv", _csv(rows))
+        write_csv_atomic(folder / "per_image.csv", rows)
     return Evaluation(summary, rows, predictions)
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["image"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------- demo
@@ -313,7 +297,7 @@ def demo(out: str | Path = "unetseg-demo", *, time_budget_s: float = 420.0, epoc
     folder = Path(out)
     if (folder / "run" / "resume.safetensors").exists():
         raise UserError(f"{folder}: holds a finished demo; remove it or pass another --out")
-    train_dir, test_dir = _copy_demo_split(_output_folder(folder))
+    train_dir, test_dir = _copy_demo_split(output_folder(folder))
     cfg = RunConfig(
         model=ModelConfig(width=width, depth=4, up="transpose"),
         data=DataConfig(val_fraction=0.2, patch_size=256, class_names=("membrane", "cell")),

@@ -9,12 +9,15 @@ previous version of the target; :func:`remove_stale_temps` clears those leftover
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from unetseg.errors import UserError
 
@@ -112,3 +115,33 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``rows`` as a CSV table atomically: one column per key, in the order the keys first
+    appear (a row without a key leaves its cell empty)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns or ["image"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def output_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Create the folder a command writes into (with its parents) and return it.
+
+    Raises:
+        UserError: ``path`` is a file or cannot be created; the message names ``flag``.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder; choose another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create the folder ({exc.strerror}); choose a writable"
+                        f" {flag}") from None
+    return path

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -25,8 +23,9 @@ from unetseg.data.dataset import LoadedPair, PatchDataset, load_data, split_pair
 from unetseg.data.normalize import ChannelStats, channel_stats, normalize
 from unetseg.data.weights import attach_weight_maps
 from unetseg.errors import UserError
-from unetseg.files import remove_stale_temps, write_text_atomic
+from unetseg.files import output_folder, remove_stale_temps, write_csv_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
+from unetseg.infer.evaluate import score_images, total_confusion
 from unetseg.losses import LossFn, build_loss
 from unetseg.metrics import iou, mean_iou
 from unetseg.model import build_model, nearest_legal_input_size
@@ -35,11 +34,7 @@ from unetseg.modelfile import ModelCard, read_card, save_model
 from unetseg.train import distributed
 from unetseg.train.checkpoint import load_training_state, save_training_state
 from unetseg.train.distributed import DistEnv
-from unetseg.train.loop import (
-    Precision,
-    confusion_over_images,
-    train_one_epoch,
-)
+from unetseg.train.loop import Precision, train_one_epoch
 from unetseg.train.optim import build_optimizer, build_scheduler
 from unetseg.train.plan import (
     MIN_STEPS_PER_EPOCH,
@@ -161,11 +156,11 @@ def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: D
     distributed.broadcast_buffers(model, env)
     model.eval()
     predictor = ImagePredictor(model, data.stats, tile=cfg.train.val_tile, batch_size=2)
-    pairs = ((torch.from_numpy(p.image), torch.from_numpy(p.ids))
-             for p in data.val[env.rank::env.world_size])
+    truths = ((p.stem, p.image, torch.from_numpy(p.ids))
+              for p in data.val[env.rank::env.world_size])
     k = data.classes.num_classes
-    matrices = confusion_over_images(predictor.logits, pairs, k)
-    total = distributed.all_reduce_sum(sum(matrices, torch.zeros(k, k, dtype=torch.int64)), env)
+    total = distributed.all_reduce_sum(
+        total_confusion(score_images(predictor.logits, truths, k), k), env)
     row: dict[str, Any] = {"val_mean_iou": float(mean_iou(total))}
     for name, value in zip(data.classes.names, iou(total).tolist()):
         row[f"val_iou/{name}"] = None if math.isnan(value) else value
@@ -175,18 +170,6 @@ def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: D
 def _score(row: dict[str, Any]) -> float:
     """Higher is better: validation mean IoU, or minus the training loss without validation."""
     return row["val_mean_iou"] if row["val_mean_iou"] is not None else -row["train_loss"]
-
-
-def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
-    """All epochs so far, one row each, rewritten atomically."""
-    columns: list[str] = []
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(path, buf.getvalue())
 
 
 def _check_run_folder(out: Path, resume: bool) -> Path | None:
@@ -202,14 +185,6 @@ def _check_run_folder(out: Path, resume: bool) -> Path | None:
         raise UserError(f"{out}: holds a run already; pass --resume to continue it or choose"
                         " another --out")
     return None
-
-
-def _make_folder(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create the run folder ({exc.strerror}); choose a"
-                        " writable --out") from None
 
 
 @dataclass
@@ -260,7 +235,7 @@ def _save_epoch(out: Path, t: Training, card: ModelCard, state: dict[str, Any],
     if improved:
         save_model(out / "best.safetensors", t.model, replace(card, info=row))
     save_model(out / "last.safetensors", t.model, replace(card, info={"epoch": row["epoch"]}))
-    write_metrics_csv(state["history"], out / "metrics.csv")
+    write_csv_atomic(out / "metrics.csv", state["history"])
     plot_curves(state["history"], out / "curves.png")
     save_training_state(out / "resume.safetensors", t.model, card, t.optimizer, {
         **state, "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()})
@@ -324,7 +299,7 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
                         f" {data_.classes.num_classes} classes ({', '.join(data_.classes.names)});"
                         " give one weight per class")
     if env.is_main:
-        _make_folder(out)
+        output_folder(out)
     t = build_training(cfg, data_.train, device, loss_fn=loss_fn)
     state: dict[str, Any] = {"epoch": 0, "epochs": cfg.train.epochs, "history": [],
                              "best_score": -math.inf, "bad_epochs": 0, "elapsed_s": 0.0}

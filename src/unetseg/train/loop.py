@@ -12,8 +12,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unetseg.errors import UserError
-from unetseg.infer.predict import logits_to_labels
-from unetseg.metrics import confusion_matrix
 from unetseg.model.blocks import center_crop
 
 Batch = tuple[torch.Tensor, ...]  # (images, masks) or (images, masks, pixel weights)
@@ -113,16 +111,3 @@ def train_one_epoch(
         raise UserError("training diverged: the weights became NaN or infinite in this epoch;"
                         " lower --lr (the last good checkpoint is kept)")
     return EpochStats(total / max(done, 1), done, seen, time.perf_counter() - start)
-
-
-def confusion_over_images(
-    logits_of: Callable[[torch.Tensor], torch.Tensor],
-    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    num_classes: int,
-) -> list[torch.Tensor]:
-    """One (K, K) confusion matrix per (image (C,H,W), ids (H,W)) pair, rows = truth."""
-    matrices = []
-    for image, ids in pairs:
-        pred = logits_to_labels(logits_of(image))
-        matrices.append(confusion_matrix(pred, ids.to(pred.device).long(), num_classes))
-    return matrices
