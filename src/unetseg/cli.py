@@ -242,7 +242,8 @@ def _add_data_commands(sub: Any) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     from unetseg.config import DataConfig
-    from unetseg.data.doctor import check_data, format_report
+    from unetseg.data.doctor import check_data
+    from unetseg.data.report import format_report
 
     cfg = DataConfig(class_values=args.classes, class_names=args.class_names,
                      ignore_value=args.ignore_value, palette=args.palette)

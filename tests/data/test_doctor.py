@@ -14,7 +14,8 @@ from PIL import Image
 
 from unetseg.cli import main
 from unetseg.config import DataConfig
-from unetseg.data.doctor import check_data, format_report, median_frequency_weights
+from unetseg.data.doctor import check_data, median_frequency_weights
+from unetseg.data.report import format_report
 
 CAMVID = SHARED_DATA / "camvid"
 

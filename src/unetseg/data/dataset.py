@@ -21,8 +21,9 @@ from torch.utils.data import Dataset
 
 from unetseg.config import DataConfig
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
-from unetseg.data.doctor import examine_data, require_clean
+from unetseg.data.doctor import examine_data
 from unetseg.data.masks import encode_mask
+from unetseg.data.report import require_clean
 from unetseg.errors import UserError
 
 log = logging.getLogger(__name__)

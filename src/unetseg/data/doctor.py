@@ -18,10 +18,10 @@ balancing** (Eigen and Fergus, ICCV 2015): the frequency of class ``c`` is its p
 divided by the labelled (non-ignored) pixels of the masks in which ``c`` occurs, and its weight
 is ``median(frequencies) / frequency(c)``; a class that never occurs gets no weight.
 
-``unetseg check DATA`` prints :func:`format_report` (or the report as JSON with ``--json``) and
+``unetseg check DATA`` prints :func:`~unetseg.data.report.format_report` (or the report as JSON with ``--json``) and
 exits 0 when there is no problem, 1 otherwise. Training runs the same checks first
 (:func:`unetseg.data.dataset.load_data`: :func:`examine_data` with ``keep=True``, then
-:func:`require_clean`) and keeps the decoded pairs, so nothing is read twice.
+:func:`~unetseg.data.report.require_clean`) and keeps the decoded pairs, so nothing is read twice.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ import os
 import statistics
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from unetseg.config import DataConfig
-from unetseg.data.classes import RGB, ClassTable, MaskEncoding, pack_rgb, unpack_rgb
+from unetseg.data.classes import ClassTable, MaskEncoding, pack_rgb, unpack_rgb
 from unetseg.data.masks import (
     MaskFile,
     build_class_table,
@@ -56,105 +56,14 @@ from unetseg.data.pairs import (
     read_pair_mask,
     scan_pairs,
 )
+from unetseg.data.report import ClassCount, Report
 from unetseg.errors import UserError
 
 log = logging.getLogger(__name__)
 
-Severity = Literal["error", "warning"]
 _SHOWN = 10  # values listed in one message
-_LOGGED = 3  # warnings of one kind logged before a summary line
 _MANY_COLOURS = 64  # more discovered colours than this are probably blending artefacts
 _GRAY = 0x010101  # packed colour of the gray level 1
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding. ``message`` is one line: the file, what is wrong, and the fix."""
-
-    severity: Severity
-    kind: str
-    path: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"severity": self.severity, "kind": self.kind, "file": self.path,
-                "message": self.message}
-
-
-@dataclass(frozen=True)
-class ClassCount:
-    """Pixel statistics of one class over all checked masks."""
-
-    id: int
-    value: int
-    name: str
-    color: RGB | None
-    pixels: int
-    masks: int  # masks in which the class occurs
-    share: float  # of all labelled (non-ignored) pixels
-    weight: float | None  # median frequency balancing; None when the class never occurs
-
-
-@dataclass
-class Report:
-    """What :func:`check_data` found."""
-
-    root: Path
-    pairs: int = 0
-    images: int = 0
-    masks: int = 0
-    encoding: MaskEncoding | None = None
-    classes: ClassTable | None = None
-    channels: dict[int, int] = field(default_factory=dict)
-    dtypes: dict[str, int] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
-    counts: list[ClassCount] = field(default_factory=list)
-    ignored_pixels: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
-    @property
-    def clean(self) -> bool:
-        """No problem of either severity."""
-        return not self.problems
-
-    @property
-    def class_weights(self) -> list[float] | None:
-        """Suggested ``--class-weights`` (0 for classes that never occur), or None."""
-        if not self.counts or all(c.weight is None for c in self.counts):
-            return None
-        return [round(c.weight, 4) if c.weight is not None else 0.0 for c in self.counts]
-
-    def add(self, severity: Severity, kind: str, path: str | Path, message: str) -> None:
-        self.problems.append(Problem(severity, kind, str(path), message))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no arrays)."""
-        table = self.classes
-        return {
-            "root": str(self.root), "clean": self.clean, "errors": len(self.errors),
-            "warnings": len(self.warnings), "pairs": self.pairs, "images": self.images,
-            "masks": self.masks, "encoding": self.encoding,
-            "channels": {str(k): v for k, v in self.channels.items()},
-            "dtypes": self.dtypes, "sizes": self.sizes,
-            "class_table": table.to_dict() if table is not None else None,
-            "classes": [{"id": c.id, "value": c.value, "name": c.name,
-                         "color": list(c.color) if c.color else None, "pixels": c.pixels,
-                         "masks": c.masks, "share": c.share, "weight": c.weight}
-                        for c in self.counts],
-            "ignored_pixels": self.ignored_pixels,
-            "class_weights": self.class_weights,
-            "class_weights_method": "median frequency balancing: median(f) / f[c], f[c] = "
-                                    "pixels of c / labelled pixels of the masks holding c",
-            "problems": [p.to_dict() for p in self.problems],
-        }
 
 
 # --------------------------------------------------------------------------- pairing
@@ -451,68 +360,3 @@ def check_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
                progress: bool = False) -> Report:
     """What ``unetseg check`` reports: :func:`examine_data` without keeping any pixels."""
     return examine_data(root, cfg, progress=progress)[0]
-
-
-def require_clean(report: Report) -> None:
-    """Raise one :class:`UserError` line when there are errors, else log the warnings.
-
-    One error gives its own message; several give the first with their count and a pointer to
-    ``unetseg check``.
-    """
-    errors = report.errors
-    if len(errors) == 1:
-        raise UserError(errors[0].message)
-    if errors:
-        raise UserError(f"{errors[0].message} (and {len(errors) - 1} more problem(s) in the"
-                        f" data; run `unetseg check {report.root}` to list them all)")
-    by_kind: dict[str, list[Problem]] = {}
-    for w in report.warnings:
-        by_kind.setdefault(w.kind, []).append(w)
-    for kind, found in by_kind.items():
-        for w in found[:_LOGGED]:
-            log.warning("%s", w.message)
-        if len(found) > _LOGGED:
-            log.warning("... and %d more %s warnings; run `unetseg check %s` to list them",
-                        len(found) - _LOGGED, kind.replace("_", " "), report.root)
-
-
-def format_report(report: Report) -> str:
-    """The report as a human-readable table."""
-    lines = [f"data: {report.root}",
-             f"  {report.pairs} pair(s) from {report.images} image file(s) and {report.masks}"
-             " mask file(s)"]
-    if report.channels:
-        channels = ", ".join(f"{n} with {c} channel(s)" for c, n in report.channels.items())
-        dtypes = ", ".join(f"{n} {d}" for d, n in report.dtypes.items())
-        sizes = ", ".join(f"{n} of {s}" for s, n in list(report.sizes.items())[:4])
-        more = f" (+{len(report.sizes) - 4} more sizes)" if len(report.sizes) > 4 else ""
-        lines.append(f"  images: {channels}; {dtypes}; {sizes}{more}")
-    table = report.classes
-    if table is not None:
-        ignore = ("" if table.ignore_value is None else
-                  f", ignore value {table.ignore_value}"
-                  + (f" {table.ignore_color}" if table.ignore_color else ""))
-        lines += [f"  masks: {table.encoding} encoding, {table.num_classes} classes{ignore}", ""]
-        values = [str(c.color) if table.encoding == "rgb" and c.color else str(c.value)
-                  for c in report.counts]
-        wide = max(5, *(len(v) for v in values))
-        head = "colour" if table.encoding == "rgb" else "value"
-        lines.append(f"  {'id':>3}  {head:>{wide}}  {'name':<20}{'pixels':>14}{'share':>9}"
-                     f"{'masks':>7}{'weight':>9}")
-        for c, value in zip(report.counts, values):
-            weight = f"{c.weight:.4f}" if c.weight is not None else "-"
-            lines.append(f"  {c.id:>3}  {value:>{wide}}  {c.name[:19]:<20}{c.pixels:>14}"
-                         f"{100 * c.share:>8.2f}%{c.masks:>7}{weight:>9}")
-        if table.ignore_value is not None:
-            lines.append(f"  ignored pixels: {report.ignored_pixels}")
-        if report.class_weights:
-            lines.append("  suggested class weights (median frequency balancing): "
-                         f"--class-weights {','.join(f'{w:g}' for w in report.class_weights)}")
-    lines.append("")
-    if report.clean:
-        lines.append("no problems found")
-    else:
-        lines.append(f"{len(report.problems)} problem(s): {len(report.errors)} error(s),"
-                     f" {len(report.warnings)} warning(s)")
-        lines += [f"  {p.severity:<8}{p.kind:<12}{p.message}" for p in report.problems]
-    return "\n".join(lines)
