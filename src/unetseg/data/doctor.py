@@ -18,10 +18,11 @@ balancing** (Eigen and Fergus, ICCV 2015): the frequency of class ``c`` is its p
 divided by the labelled (non-ignored) pixels of the masks in which ``c`` occurs, and its weight
 is ``median(frequencies) / frequency(c)``; a class that never occurs gets no weight.
 
-``unetseg check DATA`` prints :func:`~unetseg.data.report.format_report` (or the report as JSON with ``--json``) and
-exits 0 when there is no problem, 1 otherwise. Training runs the same checks first
-(:func:`unetseg.data.dataset.load_data`: :func:`examine_data` with ``keep=True``, then
-:func:`~unetseg.data.report.require_clean`) and keeps the decoded pairs, so nothing is read twice.
+``unetseg check DATA`` prints :func:`~unetseg.data.report.format_report` (or the report as
+JSON with ``--json``) and exits 0 when there is no problem, 1 otherwise. Training runs the same
+checks first (:func:`unetseg.data.dataset.load_data`: :func:`examine_data` with ``keep=True``,
+then :func:`~unetseg.data.report.require_clean`) and keeps the decoded pairs, so nothing is
+read twice.
 """
 
 from __future__ import annotations
