@@ -17,6 +17,7 @@ from unetseg.data.classes import ClassTable
 from unetseg.data.dataset import LoadedPair, load_data
 from unetseg.data.weights import attach_weight_maps
 from unetseg.errors import UserError
+from unetseg.files import output_folder
 from unetseg.viz import draw_outline, plot_picture_grid, plot_weight_maps
 
 
@@ -26,10 +27,7 @@ def _picture_path(out: str | Path) -> Path:
         raise UserError(f"{path}: the picture is written as PNG; give a file name ending in .png")
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name such as {path / 'preview.png'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{path.parent}: cannot create the folder ({exc.strerror})") from None
+    output_folder(path.parent)
     return path
 
 
