@@ -27,7 +27,7 @@ from unetseg.data.masks import class_colours, encode_mask, read_mask_file, write
 from unetseg.errors import UserError
 from unetseg.files import write_bytes_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
-from unetseg.infer.predict import DEFAULT_TILE, logits_to_labels
+from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import confusion_matrix, iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.modelfile import ModelCard, load_model
@@ -99,7 +99,8 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     ``probabilities`` ``<stem>_probs.tif`` the class probabilities (K, H, W) float32.
     TIFFs of more than :data:`STREAM_PIXELS` pixels (or any TIFF with ``stream=True``) are
     streamed: read band by band and written as a tiled BigTIFF ``<stem>.tif`` with a
-    downsampled overlay, in memory that grows with the image width only.
+    downsampled overlay, in memory that grows with the image width only, with the same labels
+    as in memory.
     ``tta`` augments every tile at test time (``flip``, ``d4``, ``rot:N``; not for streamed
     TIFFs). ``backend="onnxruntime"`` runs a ``.onnx`` file written by ``unetseg export`` with
     ONNX Runtime on the CPU, through the same tiling and blending. Returns the label image paths.
@@ -158,6 +159,8 @@ def _streams(path: Path, stream: bool | None) -> bool:
 
 def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, out: Path, *,
                       overlays: bool, show_progress: bool) -> Path:
+    """Stream ``path`` into ``out/<stem>.tif`` with the tiling that in-memory prediction plans
+    for an image of its size (:meth:`ImagePredictor.tiling`), so the labels are the same."""
     from unetseg.infer.stream import predict_large_tiff
 
     palette = class_colours(card.classes)
@@ -166,10 +169,9 @@ def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, ou
         write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
 
     target = out / f"{path.stem}.tif"
-    predict_large_tiff(predictor.model, card.stats, card.classes.decode, path, target,
-                       tile=predictor.tile or DEFAULT_TILE,
-                       overlap=0.25 if predictor.overlap is None else predictor.overlap,
-                       batch_size=predictor.batch_size,
+    tile, overlap, batch = predictor.tiling(*image_size(path))
+    predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
+                       overlap=overlap, batch_size=batch,
                        preview=save_preview if overlays else None, show_progress=show_progress)
     return target
 
