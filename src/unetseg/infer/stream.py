@@ -178,6 +178,7 @@ def label_tiff_options(classes: ClassTable) -> dict[str, Any]:
 def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats, classes: ClassTable,
                        path: str | Path, out_path: str | Path, *, tile: int | None = None,
                        overlap: float = 0.25, batch_size: int = 2, out_tile: int = 512,
+                       max_pixels: int | None = None,
                        preview: Callable[[np.ndarray, np.ndarray], None] | None = None,
                        show_progress: bool = True) -> None:
     """Predict a large TIFF band by band into a tiled, zlib-compressed BigTIFF of labels.
@@ -191,11 +192,12 @@ def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats, classes: Cla
             tiling` gives the one of in-memory prediction, and with it the same labels.
         out_path: the label TIFF to write (atomically).
         out_tile: side of the output file's TIFF tiles.
+        max_pixels: largest image accepted (see :class:`TiffBandReader`).
         preview: called once at the end with a decimated (C, h, w) image and (h, w) class ids
             whose longer side is at most 2048 pixels.
     """
     cfg = model_config(model)
-    with TiffBandReader(path) as reader:
+    with TiffBandReader(path, max_pixels=max_pixels) as reader:
         if reader.channels != cfg.in_channels:
             raise UserError(f"{path}: the model takes {cfg.in_channels}-channel images but this"
                             f" one has {reader.channels}; convert it")
