@@ -22,7 +22,7 @@ from unetseg.errors import UserError
 from unetseg.infer.tiling import reflect_indices
 
 MAX_CHUNK_BYTES = 64 * 2**20
-"""Largest decoded compressed strip or tile, bytes: each one is decoded whole."""
+"""Largest strip or tile, decoded bytes, that is decoded whole (all but uncompressed strips)."""
 
 
 class TiffBandReader:
@@ -78,9 +78,10 @@ class TiffBandReader:
                          f" {self.height * self.width}")
         chunk_bytes = int(np.prod(page.chunks)) * np.dtype(page.dtype).itemsize
         if chunk_bytes > MAX_CHUNK_BYTES and not _uncompressed_strips(page):
-            kind = "tile" if page.is_tiled else "strip"
+            kind = ("compressed " if page.compression != 1 else "") + (
+                "tile" if page.is_tiled else "strip")
             raise UserError(
-                f"{self.path}: one compressed {kind} holds {chunk_bytes / 2**20:.0f} MiB of"
+                f"{self.path}: one {kind} holds {chunk_bytes / 2**20:.0f} MiB of"
                 f" pixels, more than the {MAX_CHUNK_BYTES / 2**20:.0f} MiB decoded at a time;"
                 " re-save the image tiled, e.g. in Python: tifffile.imwrite('tiled.tif',"
                 f" tifffile.imread('{self.path}'), tile=(512, 512), compression='zlib'), or"
