@@ -3,13 +3,16 @@
 Builds a SIDE x SIDE 8-bit tiled TIFF from the bundled ISBI 2012 slices (mirrored tiles of EM
 texture), a model file with random weights (memory does not depend on the weights), and runs
 
-* ``unetseg predict MODEL big.tif --out DIR`` (streams automatically above 64 MP), and
+* ``unetseg predict MODEL big.tif --out DIR`` (streams automatically above 64 MP),
+* with ``--single-strip``, the same on a copy stored as one uncompressed strip (the layout many
+  writers use for uncompressed images, which a naive reader decodes whole for the first band),
 * MONAI ``sliding_window_inference`` with the same network over the whole image read into memory
   (``--peer``; skipped when MONAI is not installed),
 
 each under ``/usr/bin/time -v``, and prints wall time and peak RSS ("Maximum resident set size").
 
     python benchmarks/gigapixel.py --side 20000 --width 16 --peer
+    python benchmarks/gigapixel.py --side 8000 --width 4 --single-strip
 """
 
 from __future__ import annotations
@@ -42,6 +45,32 @@ def write_big_tiff(path: Path, side: int, tile: int = 512) -> None:
 
     tifffile.imwrite(path, tiles(), shape=(side, side), dtype=np.uint8, tile=(tile, tile),
                      bigtiff=True, compression="zlib")
+
+
+def write_single_strip(path: Path, source: Path, band: int = 512) -> None:
+    """Copy ``source`` into one uncompressed strip, band by band: the header is written first
+    (a sparse file), then rows through a memory map, so the copy never holds the image."""
+    import tifffile
+
+    with tifffile.TiffFile(source) as tif:
+        page = tif.pages.first
+        height, width = page.shape[:2]
+        tifffile.imwrite(path, shape=page.shape, dtype=page.dtype, rowsperstrip=height,
+                         bigtiff=True)
+        out = tifffile.memmap(path, mode="r+")
+        tiles = int(page.chunked[1])
+        for top in range(0, height, band):  # a band is a whole number of source tile rows
+            rows = []
+            for index in range(top // page.chunks[0] * tiles,
+                               min(-(-(top + band) // page.chunks[0]), page.chunked[0]) * tiles):
+                tif.filehandle.seek(page.dataoffsets[index])
+                data = tif.filehandle.read(page.databytecounts[index])
+                rows.append(page.decode(data, index)[0].reshape(page.chunks))
+            grid = [np.concatenate(rows[i : i + tiles], axis=1)
+                    for i in range(0, len(rows), tiles)]
+            out[top : top + band] = np.concatenate(grid)[:, :width][: height - top]
+        out.flush()
+        del out
 
 
 def write_model(path: Path, width: int) -> None:
@@ -90,6 +119,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="U-Net width of the model")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--peer", action="store_true", help="also run MONAI's sliding window")
+    parser.add_argument("--single-strip", action="store_true",
+                        help="also stream a copy stored as one uncompressed strip")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="unetseg-giga-"))
@@ -106,6 +137,14 @@ def main() -> None:
                        "--out", str(work / "pred"), "--tile", str(args.tile), "--stream",
                        "--batch-size", "2"])
     rows.append(("unetseg predict (streaming)", wall, rss))
+    if args.single_strip:
+        strip = work / f"big{args.side}_strip.tif"
+        if not strip.exists():
+            write_single_strip(strip, image)
+        wall, rss = timed([sys.executable, "-m", "unetseg.cli", "predict", str(model),
+                           str(strip), "--out", str(work / "pred_strip"), "--tile",
+                           str(args.tile), "--stream", "--batch-size", "2"])
+        rows.append(("  same, one uncompressed strip", wall, rss))
     if args.peer:
         try:
             import monai  # noqa: F401
@@ -115,8 +154,8 @@ def main() -> None:
             wall, rss = timed([sys.executable, "-c", MONAI_RUNNER, str(model), str(image)])
             rows.append(("MONAI sliding_window_inference", wall, rss))
     mp = args.side**2 / 1e6
-    print(f"\n{args.side} x {args.side} ({mp:.0f} MP) uint8 TIFF, U-Net width {args.width},"
-          f" tile {args.tile}\n")
+    print(f"\n{args.side} x {args.side} ({mp:.0f} MP) uint8 TIFF ({args.side**2 / 2**20:.0f} MiB"
+          f" decoded), U-Net width {args.width}, tile {args.tile}\n")
     print(f"| {'method':<32} | {'wall s':>8} | {'MP/s':>6} | {'peak RSS MiB':>12} |")
     print(f"|{'-' * 34}|{'-' * 10}|{'-' * 8}|{'-' * 14}|")
     for name, wall, rss in rows:

@@ -26,7 +26,7 @@ from unetseg.errors import UserError
 from unetseg.files import output_folder, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.infer.evaluate import Truth, score_images
-from unetseg.infer.predict import DEFAULT_TILE, logits_to_labels
+from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.modelfile import ModelCard, load_model
@@ -77,7 +77,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
             tile: int | None = None, overlap: float | None = None, batch_size: int = 4,
             probabilities: bool = False, overlays: bool = True, device: str = "auto",
             stream: bool | None = None, tta: str | None = None, backend: str = "torch",
-            show_progress: bool = True) -> list[Path]:
+            max_pixels: int | None = None, show_progress: bool = True) -> list[Path]:
     """Predict label images for images of any size and write them into ``out``.
 
     For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own
@@ -86,7 +86,9 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     ``probabilities`` ``<stem>_probs.tif`` the class probabilities (K, H, W) float32.
     TIFFs of more than :data:`STREAM_PIXELS` pixels (or any TIFF with ``stream=True``) are
     streamed: read band by band and written as a tiled BigTIFF ``<stem>.tif`` with a
-    downsampled overlay, in memory that grows with the image width only.
+    downsampled overlay, in memory that grows with the image width only, with the same labels
+    as in memory. Streamed TIFFs of more than ``max_pixels`` pixels (default
+    :data:`~unetseg.data.io.MAX_PIXELS`) are refused from their header as likely bombs.
     ``tta`` augments every tile at test time (``flip``, ``d4``, ``rot:N``; not for streamed
     TIFFs). ``backend="onnxruntime"`` runs a ``.onnx`` file written by ``unetseg export`` with
     ONNX Runtime on the CPU, through the same tiling and blending. Returns the label image paths.
@@ -103,6 +105,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
                                                  batch_size=batch_size, device=device, tta=tta,
                                                  streamed=to_stream)
     _check_readable(paths)
+    _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
     streamed = [p for p in paths if _streams(p, stream)] if tta else []
     if streamed:
         raise UserError(f"{streamed[0]}: --tta does not apply to streamed TIFFs; drop --tta"
@@ -118,6 +121,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     for path in tqdm(paths, desc="predict", unit="image", disable=not show_progress):
         if _streams(path, stream):
             written.append(_predict_streamed(predictor, card, path, out, overlays=overlays,
+                                             max_pixels=max_pixels,
                                              show_progress=show_progress))
             continue
         image = read_image(path)
@@ -143,8 +147,22 @@ def _streams(path: Path, stream: bool | None) -> bool:
     return bool(stream) or height * width > STREAM_PIXELS
 
 
+def _check_streamable(paths: Sequence[Path], max_pixels: int | None) -> None:
+    """Open every TIFF to be streamed before any output is written: a pixel count over
+    ``max_pixels`` or a layout that cannot be read band by band stops the run early."""
+    if max_pixels is not None and max_pixels < 1:
+        raise UserError(f"--max-pixels {max_pixels}: not a pixel count; give a positive"
+                        " number, e.g. --max-pixels 2000000000")
+    from unetseg.infer.tiff_bands import TiffBandReader
+
+    for path in paths:
+        TiffBandReader(path, max_pixels=max_pixels).close()
+
+
 def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, out: Path, *,
-                      overlays: bool, show_progress: bool) -> Path:
+                      overlays: bool, max_pixels: int | None, show_progress: bool) -> Path:
+    """Stream ``path`` into ``out/<stem>.tif`` with the tiling that in-memory prediction plans
+    for an image of its size (:meth:`ImagePredictor.tiling`), so the labels are the same."""
     from unetseg.infer.stream import predict_large_tiff
 
     palette = class_colours(card.classes)
@@ -153,10 +171,9 @@ def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, ou
         write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
 
     target = out / f"{path.stem}.tif"
-    predict_large_tiff(predictor.model, card.stats, card.classes.decode, path, target,
-                       tile=predictor.tile or DEFAULT_TILE,
-                       overlap=0.25 if predictor.overlap is None else predictor.overlap,
-                       batch_size=predictor.batch_size,
+    tile, overlap, batch = predictor.tiling(*image_size(path))
+    predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
+                       overlap=overlap, batch_size=batch, max_pixels=max_pixels,
                        preview=save_preview if overlays else None, show_progress=show_progress)
     return target
 

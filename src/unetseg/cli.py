@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", default=None,
                    help="stream TIFFs band by band into a tiled BigTIFF (automatic above 64 MP)")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="largest streamed TIFF, height x width pixels (default: the limit of"
+                        " every image read); larger ones are refused from their header as"
+                        " likely decompression bombs")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="torch (default; MODEL is a .safetensors) or onnxruntime (MODEL is a"
                         " .onnx from unetseg export; CPU)")
@@ -354,7 +358,8 @@ def _predict(args: argparse.Namespace) -> int:
     written = predict(args.model, args.images, args.out, tile=args.tile, overlap=args.overlap,
                       batch_size=args.batch_size, probabilities=args.probabilities,
                       overlays=not args.no_overlay, device=args.device, stream=args.stream,
-                      tta=args.tta, backend=args.backend, show_progress=not args.quiet)
+                      tta=args.tta, backend=args.backend, max_pixels=args.max_pixels,
+                      show_progress=not args.quiet)
     print(f"wrote {len(written)} label image(s) to {args.out}")
     return 0
 

@@ -576,6 +576,33 @@ def _(e: Env) -> list[str]:
     return e.predict(None, e.tmp / "bomb.png")
 
 
+@case("predict/bomb-tiff-streamed", "--max-pixels 1600000000")
+def _(e: Env) -> list[str]:
+    # a header of 40000 x 40000 pixels over a sparse file: streamed, refused before decoding
+    tifffile.imwrite(e.tmp / "bomb.tif", shape=(40_000, 40_000), dtype=np.uint8)
+    return e.predict(None, e.tmp / "bomb.tif")
+
+
+@case("predict/max-pixels-below-the-image", "img.tif")
+def _(e: Env) -> list[str]:
+    tifffile.imwrite(e.tmp / "img.tif", np.zeros((32, 32), np.uint8))
+    return e.predict(None, e.tmp / "img.tif", "--stream", "--max-pixels", "1000")
+
+
+@case("predict/max-pixels-not-positive", "--max-pixels")
+def _(e: Env) -> list[str]:
+    tifffile.imwrite(e.tmp / "img.tif", np.zeros((32, 32), np.uint8))
+    return e.predict(None, e.tmp / "img.tif", "--stream", "--max-pixels", "0")
+
+
+@case("predict/streamed-single-compressed-strip", "tifffile.imwrite")
+def _(e: Env) -> list[str]:
+    # 70 MP in one zlib strip: streaming would have to decode it whole
+    tifffile.imwrite(e.tmp / "strip.tif", np.zeros((8400, 8400), np.uint8),
+                     rowsperstrip=8400, compression="zlib")
+    return e.predict(None, e.tmp / "strip.tif")
+
+
 @case("predict/tile-too-small", "--tile")
 def _(e: Env) -> list[str]:
     return e.predict(None, None, "--tile", "4")

@@ -116,3 +116,94 @@ def test_colour_rows_become_rgb_tiles():
     grid = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)])
     np.testing.assert_array_equal(grid[:20, :30], rgb)
     assert not grid[20:].any() and not grid[:, 30:].any()
+
+
+def _save(path: Path, model: UNet, classes) -> Path:
+    from unetseg.modelfile import ModelCard, save_model
+
+    save_model(path, model, ModelCard(model.config, classes, STATS))
+    return path
+
+
+def _both_ways(tmp_path: Path, model_path: Path, image: Path) -> tuple[Path, Path]:
+    """Predict ``image`` streamed and in memory with the default (planned) tiling."""
+    from unetseg.api import predict
+
+    (streamed,) = predict(model_path, [image], tmp_path / "streamed", stream=True,
+                          overlays=False, show_progress=False)
+    (whole,) = predict(model_path, [image], tmp_path / "whole", stream=False, overlays=False,
+                       show_progress=False)
+    return streamed, whole
+
+
+def test_streamed_labels_equal_in_memory_labels_with_instance_norm(tmp_path: Path,
+                                                                    monkeypatch):
+    from PIL import Image
+
+    import unetseg.api
+    from unetseg.data.classes import ClassTable
+
+    torch.manual_seed(0)
+    model = UNet(1, 3, depth=2, width=4, norm="instance").eval()
+    classes = ClassTable.from_values((0, 7, 42))
+    image = (np.random.default_rng(5).random((1200, 700)) * 255).astype(np.uint8)
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), compression="zlib")
+    monkeypatch.setattr(unetseg.api, "STREAM_PIXELS", 1200 * 700 - 1)  # just above: streamed
+    from unetseg.api import predict
+
+    (streamed,) = predict(_save(tmp_path / "m.safetensors", model, classes), [path],
+                          tmp_path / "streamed", overlays=False, show_progress=False)
+    assert streamed.suffix == ".tif"
+    monkeypatch.setattr(unetseg.api, "STREAM_PIXELS", 1200 * 700)  # not above: in memory
+    (whole,) = predict(tmp_path / "m.safetensors", [path], tmp_path / "whole", overlays=False,
+                       show_progress=False)
+    assert whole.suffix == ".png"
+    labels = tifffile.imread(streamed)
+    np.testing.assert_array_equal(labels, np.array(Image.open(whole)))
+    assert set(np.unique(labels)) == {0, 7, 42}, "the test needs every class to appear"
+
+
+def test_a_palette_model_streams_a_palette_tiff(tmp_path: Path):
+    from PIL import Image
+
+    from unetseg.data.classes import ClassTable
+
+    torch.manual_seed(1)
+    model = UNet(1, 3, depth=2, width=4).eval()
+    palette = (0, 0, 0, 200, 30, 40, 10, 220, 90, 5, 6, 250)  # indices 0..3; class values 1, 2, 3
+    classes = ClassTable((1, 2, 3), ("a", "b", "c"), encoding="palette", palette=palette)
+    image = (np.random.default_rng(6).random((150, 170)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image, tile=(32, 32))
+    streamed, whole = _both_ways(tmp_path, _save(tmp_path / "m.safetensors", model, classes),
+                                 tmp_path / "img.tif")
+    png = Image.open(whole)
+    assert png.mode == "P"
+    with tifffile.TiffFile(streamed) as tif:
+        page = tif.pages.first
+        assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
+        values = page.asarray()
+        colormap = np.asarray(page.colormap)  # (3, 256) uint16
+    np.testing.assert_array_equal(values, np.array(png))
+    assert set(np.unique(values)) == {1, 2, 3}
+    png_palette = np.array(png.getpalette()[: len(palette)]).reshape(-1, 3)
+    np.testing.assert_array_equal(png_palette, np.reshape(palette, (-1, 3)))
+    np.testing.assert_array_equal(colormap[:, : len(png_palette)].T // 257, png_palette)
+
+
+def test_a_colour_model_streams_an_rgb_tiff_in_its_colours(tmp_path: Path):
+    from PIL import Image
+
+    from unetseg.data.classes import ClassTable
+
+    torch.manual_seed(2)
+    model = UNet(1, 2, depth=2, width=4).eval()
+    colours = ((0, 0, 255), (255, 0, 0))
+    classes = ClassTable((0x0000FF, 0xFF0000), ("blue", "red"), encoding="rgb", colors=colours)
+    image = (np.random.default_rng(7).random((120, 90)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    streamed, whole = _both_ways(tmp_path, _save(tmp_path / "m.safetensors", model, classes),
+                                 tmp_path / "img.tif")
+    rgb = tifffile.imread(streamed)
+    np.testing.assert_array_equal(rgb, np.array(Image.open(whole)))
+    assert {tuple(c) for c in rgb.reshape(-1, 3)} == set(colours)

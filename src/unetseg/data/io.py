@@ -64,13 +64,17 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{path}: file is empty (0 bytes); replace it with a valid image")
 
 
-def _check_pixels(path: Path, height: int, width: int) -> None:
+def check_pixels(path: Path, height: int, width: int, *, limit: int | None = None,
+                 fix: str = "split it into smaller tiles") -> None:
+    """One-line :class:`UserError` for an empty image or one of more than ``limit`` pixels
+    (``height * width``; default :data:`MAX_PIXELS`), checked from the header before anything
+    is decoded; ``fix`` ends the message."""
+    limit = MAX_PIXELS if limit is None else limit
     if height <= 0 or width <= 0:
         raise UserError(f"{path}: image has zero size ({width}x{height}); replace the file")
-    if height * width > MAX_PIXELS:
+    if height * width > limit:
         raise UserError(
-            f"{path}: image is {width}x{height} pixels, more than the limit of {MAX_PIXELS}; "
-            "split it into smaller tiles"
+            f"{path}: image is {width}x{height} pixels, more than the limit of {limit}; {fix}"
         )
 
 
@@ -119,7 +123,7 @@ def _load_pil(path: Path, to_array: Callable[[Path, Image.Image], np.ndarray]) -
         im = Image.open(path)
     with im:
         width, height = im.size
-        _check_pixels(path, height, width)
+        check_pixels(path, height, width)
         im.load()
         if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             return to_array(path, ImageOps.exif_transpose(im))
@@ -166,7 +170,7 @@ def _pages_as_channels(path: Path, tif: tifffile.TiffFile) -> np.ndarray | None:
             f"{path}: multi-page TIFF with {len(series)} pages, more than the {MAX_PAGES} read "
             "as channels; save one 2-D image per file"
         )
-    _check_pixels(path, height, width)
+    check_pixels(path, height, width)
     return np.stack([s.asarray() for s in series])
 
 
@@ -192,7 +196,7 @@ def _read_tiff(path: Path, what: str) -> tuple[np.ndarray, bool]:
                 f"of at most {MAX_PAGES} pages (read as channels); save one 2-D {what} per file"
             )
         spatial = [n for i, n in enumerate(shape) if i != axis]
-        _check_pixels(path, spatial[0], spatial[1])
+        check_pixels(path, spatial[0], spatial[1])
         extra = tuple(getattr(tif.pages.first, "extrasamples", ()) or ())
         data = series.asarray().reshape(shape)
     if axis is None:

@@ -402,6 +402,12 @@ def class_colours(table: ClassTable) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
+def mask_palette(table: ClassTable) -> list[int]:
+    """Flat ``[r, g, b, ...]`` palette written with palette-encoded predictions (PNG and
+    streamed TIFF alike): the masks' own, else the class colours in class order."""
+    return list(table.palette) or [v for c in class_colours(table).tolist() for v in c]
+
+
 def write_mask(path: PathLike, ids: np.ndarray, table: ClassTable) -> None:
     """Write class ids ``(H, W)`` as a PNG in the table's encoding, atomically.
 
@@ -419,8 +425,7 @@ def write_mask(path: PathLike, ids: np.ndarray, table: ClassTable) -> None:
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path}: file name must end with .png")
     im = Image.fromarray(np.ascontiguousarray(values.astype(np.uint8)))
-    flat = list(table.palette) or [v for c in class_colours(table).tolist() for v in c]
-    im.putpalette(flat)
+    im.putpalette(mask_palette(table))
     with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
 

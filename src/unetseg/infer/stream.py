@@ -13,97 +13,27 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 import torch
 
-from unetseg.data.io import scale_to_float
+from unetseg.data.classes import ClassTable
+from unetseg.data.masks import mask_palette
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.blending import BlendMode, blend_weight
 from unetseg.infer.predict import DEFAULT_TILE, default_out_tile, logits_to_labels
+from unetseg.infer.tiff_bands import TiffBandReader
 from unetseg.infer.tiling import overlap_tile_input_size, reflect_indices, tile_starts
 from unetseg.model import model_config
 from unetseg.model.geometry import valid_margin
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
-
-class TiffBandReader:
-    """Horizontal bands of the first page of a TIFF, decoded on demand, in the read scale of
-    :func:`~unetseg.data.io.read_image` (uint8 / 255, uint16 / 65535, float as is).
-
-    Only the strips or tiles that a band touches are decoded; the last decoded row of chunks is
-    kept because neighbouring bands overlap.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        try:
-            self._tif = tifffile.TiffFile(self.path)
-            self._page = self._tif.pages.first
-        except Exception as exc:  # tifffile raises many types for damaged files
-            raise UserError(f"{self.path}: cannot read TIFF ({exc}); check the file") from None
-        page = self._page
-        shape = page.shape
-        if len(shape) == 2:
-            shape = (*shape, 1)
-        if len(shape) != 3 or page.planarconfig != 1 and shape[2] > 1:
-            raise UserError(f"{self.path}: only single-page gray or interleaved multi-channel"
-                            " TIFFs can be streamed; save it as an interleaved (chunky) TIFF")
-        self.height, self.width, self.channels = (int(s) for s in shape)
-        self.dtype = np.dtype(page.dtype)
-        self._chunk_rows = int(page.chunks[0])
-        self._chunks_per_row = int(page.chunked[1]) if len(page.chunked) > 1 else 1
-        self._cache: dict[int, np.ndarray] = {}
-
-    def close(self) -> None:
-        self._tif.close()
-
-    def __enter__(self) -> TiffBandReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _chunk_row(self, index: int) -> np.ndarray:
-        """Decoded chunk row ``index``: (rows, W, C) in the stored dtype."""
-        if index in self._cache:
-            return self._cache[index]
-        page, fh = self._page, self._tif.filehandle
-        rows = min(self._chunk_rows, self.height - index * self._chunk_rows)
-        out = np.empty((rows, self.width, self.channels), self.dtype)
-        for col in range(self._chunks_per_row):
-            seg_index = index * self._chunks_per_row + col
-            fh.seek(page.dataoffsets[seg_index])
-            data = fh.read(page.databytecounts[seg_index])
-            decoded, _, shape = page.decode(data, seg_index, jpegtables=page.jpegtables)
-            x = col * shape[-2]
-            w = min(shape[-2], self.width - x)
-            if decoded is None:  # an empty segment: the TIFF leaves it to the reader
-                out[:, x : x + w] = 0
-                continue
-            segment = np.asarray(decoded).reshape(tuple(shape[-3:]))
-            out[:, x : x + w] = segment[:rows, :w]
-        self._cache = {index: out}
-        return out
-
-    def rows(self, top: int, bottom: int) -> np.ndarray:
-        """Rows ``[top, bottom)`` as float32 ``(C, bottom - top, W)``; 0 <= top < bottom <= H."""
-        first, last = top // self._chunk_rows, (bottom - 1) // self._chunk_rows
-        parts = [self._chunk_row(i) for i in range(first, last + 1)]
-        block = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        offset = first * self._chunk_rows
-        band = block[top - offset : bottom - offset].transpose(2, 0, 1)
-        return scale_to_float(self.path, band)
-
-    def mirrored_rows(self, top: int, bottom: int) -> np.ndarray:
-        """Rows ``[top, bottom)`` where rows outside the image are mirrored (reflect)."""
-        before, after = max(0, -top), max(0, bottom - self.height)
-        idx = reflect_indices(self.height, before, after).numpy()[top + before : bottom + before]
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        return self.rows(lo, hi)[:, idx - lo]
+__all__ = ["TiffBandReader", "WindowPlan", "label_tiles", "plan_windows",
+           "predict_large_tiff", "stream_labels"]
 
 
 @dataclass(frozen=True)
@@ -212,10 +142,43 @@ def label_tiles(bands: Iterator[tuple[int, np.ndarray]], height: int, width: int
             pending, have, row = ([rest] if len(rest) else []), len(rest), row + take
 
 
-def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats,
-                       decode: Callable[[np.ndarray], np.ndarray], path: str | Path,
-                       out_path: str | Path, *, tile: int | None = None, overlap: float = 0.25,
-                       batch_size: int = 2, out_tile: int = 512,
+class _Thumbnail:
+    """Every ``step``-th row and column of the image and its class ids, for the overlay."""
+
+    def __init__(self, height: int, width: int, longest: int = 2048):
+        self.step = max(1, -(-max(height, width) // longest))
+        self.image: list[np.ndarray] = []
+        self.ids: list[np.ndarray] = []
+
+    def add(self, top: int, ids: np.ndarray, image_rows: np.ndarray) -> None:
+        """Keep the sampled part of label rows (rows, W) and image rows (C, rows, W)."""
+        keep = (np.arange(top, top + ids.shape[0]) % self.step) == 0
+        self.ids.append(ids[keep, :: self.step])
+        self.image.append(image_rows[:, keep, :: self.step])
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C, h, w) image and (h, w) class ids, the longer side at most ``longest``."""
+        return np.concatenate(self.image, axis=1), np.concatenate(self.ids)
+
+
+def label_tiff_options(classes: ClassTable) -> dict[str, Any]:
+    """``tifffile.imwrite`` keywords that store decoded labels in the encoding
+    :func:`~unetseg.data.masks.write_mask` gives a PNG: gray values, RGB colours, or palette
+    indices with the masks' palette as the TIFF's colour map ((3, 256) uint16, 0..65535)."""
+    if classes.encoding == "rgb":
+        return {"photometric": "rgb"}
+    if classes.encoding == "palette":
+        flat = np.array(mask_palette(classes), np.uint16).reshape(-1, 3)
+        colormap = np.zeros((3, 256), np.uint16)
+        colormap[:, : len(flat)] = flat.T * 257
+        return {"photometric": "palette", "colormap": colormap}
+    return {"photometric": "minisblack"}
+
+
+def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats, classes: ClassTable,
+                       path: str | Path, out_path: str | Path, *, tile: int | None = None,
+                       overlap: float = 0.25, batch_size: int = 2, out_tile: int = 512,
+                       max_pixels: int | None = None,
                        preview: Callable[[np.ndarray, np.ndarray], None] | None = None,
                        show_progress: bool = True) -> None:
     """Predict a large TIFF band by band into a tiled, zlib-compressed BigTIFF of labels.
@@ -223,51 +186,62 @@ def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats,
     Args:
         model: a :class:`~unetseg.model.UNet` in eval mode.
         stats: the model's normalisation.
-        decode: class ids (rows, W) -> label values in the dataset's encoding.
+        classes: the model's class table; labels are written in its encoding
+            (:func:`label_tiff_options`).
+        tile, overlap, batch_size: the tiling; :meth:`~unetseg.infer.engine.ImagePredictor.
+            tiling` gives the one of in-memory prediction, and with it the same labels.
         out_path: the label TIFF to write (atomically).
         out_tile: side of the output file's TIFF tiles.
+        max_pixels: largest image accepted (see :class:`TiffBandReader`).
         preview: called once at the end with a decimated (C, h, w) image and (h, w) class ids
             whose longer side is at most 2048 pixels.
     """
-    from tqdm.auto import tqdm
-
-    from unetseg.files import atomic_path
-
     cfg = model_config(model)
-    param = next(model.parameters())
-    with TiffBandReader(path) as reader:
+    with TiffBandReader(path, max_pixels=max_pixels) as reader:
         if reader.channels != cfg.in_channels:
             raise UserError(f"{path}: the model takes {cfg.in_channels}-channel images but this"
                             f" one has {reader.channels}; convert it")
-        h, w = reader.height, reader.width
-        plan = plan_windows(cfg.padding, cfg.depth, h, w, tile=tile, overlap=overlap)
-        step = max(1, -(-max(h, w) // 2048))
-        small_ids: list[np.ndarray] = []
-        small_image: list[np.ndarray] = []
+        plan = plan_windows(cfg.padding, cfg.depth, reader.height, reader.width, tile=tile,
+                            overlap=overlap)
+        thumbnail = _Thumbnail(reader.height, reader.width) if preview is not None else None
+        bands = _label_bands(reader, model, plan, stats, classes, batch_size=batch_size,
+                             thumbnail=thumbnail, show_progress=show_progress)
+        _write_label_tiff(out_path, bands, reader.height, reader.width, classes, out_tile)
+    if preview is not None and thumbnail is not None:
+        preview(*thumbnail.result())
 
-        @torch.inference_mode()
-        def predictor(batch: torch.Tensor) -> torch.Tensor:
-            return model(batch.to(param.device, param.dtype))
 
-        bar = tqdm(total=len(plan.ys) * len(plan.xs), desc=f"predict {Path(path).name}",
-                   unit="tile", disable=not show_progress)
+def _label_bands(reader: TiffBandReader, model: torch.nn.Module, plan: WindowPlan,
+                 stats: ChannelStats, classes: ClassTable, *, batch_size: int,
+                 thumbnail: _Thumbnail | None, show_progress: bool
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(top, label rows)`` in the table's encoding: (rows, W) values or (rows, W, 3) colours."""
+    from tqdm.auto import tqdm
 
-        def decoded() -> Iterator[tuple[int, np.ndarray]]:
-            for top, ids, image_rows in stream_labels(reader, predictor, plan, stats,
-                                                      batch_size=batch_size,
-                                                      device=param.device,
-                                                      on_window=lambda: bar.update(1)):
-                keep = (np.arange(top, top + ids.shape[0]) % step) == 0
-                small_ids.append(ids[keep, ::step])
-                small_image.append(image_rows[:, keep, ::step])
-                yield top, decode(ids)
+    param = next(model.parameters())
 
-        sample = decode(np.zeros((1, 1), np.int64))  # (1, 1) labels or (1, 1, 3) colours
-        with atomic_path(out_path) as tmp:
-            tifffile.imwrite(tmp, label_tiles(decoded(), h, w, out_tile, sample.dtype),
-                             shape=(h, w, *sample.shape[2:]), dtype=sample.dtype,
-                             tile=(out_tile, out_tile), bigtiff=True, compression="zlib",
-                             photometric="rgb" if sample.ndim == 3 else "minisblack")
-        bar.close()
-    if preview is not None:
-        preview(np.concatenate(small_image, axis=1), np.concatenate(small_ids))
+    @torch.inference_mode()
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        return model(batch.to(param.device, param.dtype))
+
+    with tqdm(total=len(plan.ys) * len(plan.xs), desc=f"predict {reader.path.name}",
+              unit="tile", disable=not show_progress) as bar:
+        for top, ids, image_rows in stream_labels(reader, predictor, plan, stats,
+                                                  batch_size=batch_size, device=param.device,
+                                                  on_window=lambda: bar.update(1)):
+            if thumbnail is not None:
+                thumbnail.add(top, ids, image_rows)
+            yield top, classes.decode(ids)
+
+
+def _write_label_tiff(out_path: str | Path, bands: Iterator[tuple[int, np.ndarray]],
+                      height: int, width: int, classes: ClassTable, out_tile: int) -> None:
+    """Write label rows as they come into a tiled BigTIFF of ``out_tile`` tiles, atomically."""
+    from unetseg.files import atomic_path
+
+    sample = classes.decode(np.zeros((1, 1), np.int64))  # (1, 1) values or (1, 1, 3) colours
+    with atomic_path(out_path) as tmp:
+        tifffile.imwrite(tmp, label_tiles(bands, height, width, out_tile, sample.dtype),
+                         shape=(height, width, *sample.shape[2:]), dtype=sample.dtype,
+                         tile=(out_tile, out_tile), bigtiff=True, compression="zlib",
+                         **label_tiff_options(classes))
