@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,44 @@ def test_a_resume_file_of_the_previous_format_resumes_exactly(disc_data: Path,
         for i, row in enumerate(full.history)]
     a, b = load_file(str(full.last_model)), load_file(str(resumed.last_model))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Clock:
+    """A ``time.perf_counter`` that advances one second a call: every epoch of a run, and of a
+    resumed one, takes the same time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def budgeted_cfg() -> RunConfig:
+    # width and epoch length left to the planner; 3 s an epoch by Clock: 8 of a 25 s budget
+    return RunConfig(model=ModelConfig(depth=2), data=DataConfig(patch_size=32, val_fraction=0.34),
+                     train=TrainConfig(epochs=20, batch_size=2, time_limit_s=25.0))
+
+
+def planned(run: Path) -> tuple:
+    saved = json.loads((run / "config.json").read_text())
+    return saved["planned_width"], saved["planned_epochs"]
+
+
+@pytest.mark.parametrize("stop", ["early", "last"])
+def test_a_budgeted_resume_follows_the_uninterrupted_schedule(
+        disc_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread, stop):
+    monkeypatch.setattr(time, "perf_counter", Clock())
+    full = fit(disc_data, tmp_path / "full", budgeted_cfg(), show_progress=False)
+    assert full.stopped == "time_limit" and 2 < len(full.history) < 20
+    epoch = 2 if stop == "early" else len(full.history)
+    monkeypatch.setattr(time, "perf_counter", Clock())
+    run = interrupted(disc_data, tmp_path / "run", budgeted_cfg(), epoch)
+    monkeypatch.setattr(time, "perf_counter", Clock())
+    resumed = fit(disc_data, run, resume=True, show_progress=False)
+    assert resumed.history == full.history  # epochs, steps, learning rates, seconds counted
+    assert resumed.stopped == full.stopped
+    assert planned(run) == planned(tmp_path / "full") != (None, None)
+    a, b = load_file(str(full.last_model)), load_file(str(resumed.last_model))
+    assert all(torch.equal(a[k], b[k]) for k in a)
