@@ -246,7 +246,8 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
     if env.is_main:
         write_manifest(out / "config.json", run_manifest(
             resolved, data, prepared.classes, prepared.stats, prepared.train, prepared.val,
-            patch_size=t.patch, steps_per_epoch=t.steps, processes=env.world_size))
+            patch_size=t.patch, steps_per_epoch=t.steps, processes=env.world_size,
+            device=device))
     dataset, loader = _data_loader(cfg, prepared, t, env, rows, device)
     card = ModelCard(cfg.model, prepared.classes, prepared.stats, cfg)
     return _Run(out, resolved, prepared, t, card, env, device, rows, net, dataset, loader,
