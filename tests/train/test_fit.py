@@ -193,3 +193,28 @@ def test_a_shortened_last_epoch_takes_its_steps_and_ends_the_schedule(
     assert [row["images_seen"] for row in result.history] == [6, 10]
     assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert result.stopped == "time_limit"
+
+
+def test_a_constant_schedule_trains_at_the_base_rate_after_warm_up(disc_data: Path,
+                                                                    tmp_path: Path):
+    result = fit(disc_data, tmp_path / "run",
+                 small_cfg(epochs=3, lr=2e-3, scheduler="constant", warmup_epochs=1),
+                 show_progress=False)
+    assert [row["lr"] for row in result.history] == [2e-3] * 3  # after each epoch's last step
+
+
+def test_early_stopping_ends_a_run_whose_validation_stops_improving(
+        disc_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import unetseg.train.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "_validate", lambda *args: {"val_mean_iou": 0.5})
+    run = tmp_path / "run"
+    result = fit(disc_data, run, small_cfg(epochs=10, early_stopping=2), show_progress=False)
+    # epoch 1 improves on nothing; epochs 2 and 3 do not improve on it
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.stopped == "early_stopping"
+    from unetseg.modelfile import read_card
+
+    assert read_card(result.best_model).info["epoch"] == 1
+    resumed = fit(disc_data, run, resume=True, show_progress=False)  # it ended: nothing more
+    assert resumed.stopped == "early_stopping" and resumed.history == result.history
