@@ -71,6 +71,9 @@ class PreparedData:
 
 @dataclass(frozen=True)
 class FitResult:
+    """The run folder, its model files, the metrics rows of every epoch and why it ended
+    (``"epochs"``, ``"early_stopping"`` or ``"time_limit"``)."""
+
     run_dir: Path
     best_model: Path
     last_model: Path
@@ -207,7 +210,7 @@ class _Run:
     out: Path
     resolved: ResolvedConfig
     data: PreparedData
-    t: Training
+    training: Training
     card: ModelCard
     env: DistEnv
     device: torch.device
@@ -288,7 +291,7 @@ def _run_epoch(run: _Run, state: RunState) -> tuple[dict[str, Any], bool]:
     """Train and validate the next epoch, count its time against the budget, re-plan the rest
     of a budgeted run and record the epoch in ``state``; return the epoch's metrics row and
     whether it scored best so far."""
-    cfg, t, env, epoch = run.resolved.cfg, run.t, run.env, state.epoch + 1
+    cfg, t, env, epoch = run.resolved.cfg, run.training, run.env, state.epoch + 1
     started = time.perf_counter()
     run.dataset.set_epoch(epoch)
     torch.manual_seed(cfg.train.seed * 100_003 + epoch + 7_919 * env.rank)  # dropout
@@ -316,7 +319,7 @@ def _run_epoch(run: _Run, state: RunState) -> tuple[dict[str, Any], bool]:
 
 def _save_epoch(run: _Run, state: RunState, row: dict[str, Any], improved: bool) -> None:
     """Write the epoch's files (:func:`~unetseg.train.rundir.save_epoch_files`)."""
-    t = run.t
+    t = run.training
     save_epoch_files(run.out, t.model, run.card, t.optimizer, state.history, row, improved, {
         **state.to_json(), **run.resolved.plans_json(),
         "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()})

@@ -15,6 +15,10 @@ of the budget on a CPU (CamVid: 194 steps of about half a second, against a 5-mi
 which leaves one or two epochs, the first all warm-up. :func:`plan_epochs` shortens the epochs
 of such a run so that the budget holds :data:`MIN_EPOCHS` of them, or as many as validation
 leaves room for.
+
+:func:`resolve_config` applies both plans to a run's configuration once, before training;
+:func:`fit_schedule_to_budget` re-plans the number of epochs after each epoch from the times
+measured so far.
 """
 
 from __future__ import annotations
