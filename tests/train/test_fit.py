@@ -10,6 +10,7 @@ from unetseg.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, Tr
 from unetseg.errors import UserError
 from unetseg.train.fit import fit
 from unetseg.train.optim import LrSchedule
+from unetseg.train.state import RunState
 
 NO_AUGMENT = AugmentConfig(flip=False, rot90=False, affine_p=0.0, elastic_p=0.0, intensity_p=0.0)
 
@@ -125,9 +126,9 @@ def test_workers_default_to_none_on_cpu():
     assert 1 <= loader_workers(TrainConfig(), torch.device("cuda")) <= 4
 
 
-def _budget_state(elapsed_s: float) -> dict:
+def _budget_state(elapsed_s: float) -> RunState:
     # two epochs of 10 steps: 1.5 s a step, 5 s of validation each
-    return {"epochs": 2, "elapsed_s": elapsed_s, "train_s": 30.0, "timed_steps": 20}
+    return RunState(epochs=2, epoch=2, elapsed_s=elapsed_s, train_s=30.0, timed_steps=20)
 
 
 @pytest.mark.parametrize("limit_s,epochs,last_steps,total_steps", [
@@ -138,56 +139,82 @@ def _budget_state(elapsed_s: float) -> dict:
 ])
 def test_the_budget_left_after_whole_epochs_buys_a_shorter_last_one(
         limit_s, epochs, last_steps, total_steps):
-    from unetseg.train.fit import _fit_schedule_to_budget
     from unetseg.train.optim import build_scheduler
+    from unetseg.train.plan import fit_schedule_to_budget
 
     train = TrainConfig(epochs=100, time_limit_s=limit_s)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = build_scheduler(train, optimizer, steps_per_epoch=10)
     state = _budget_state(40.0)
-    _fit_schedule_to_budget(state, scheduler, train, 2, 10)
-    assert (state["epochs"], state["last_epoch_steps"]) == (epochs, last_steps)
+    fit_schedule_to_budget(state, scheduler, train, 2, 10)
+    assert (state.epochs, state.last_epoch_steps) == (epochs, last_steps)
     assert scheduler.lr_lambdas[0].total_steps == total_steps
 
 
 def test_nothing_is_planned_after_the_shortened_last_epoch():
-    from unetseg.train.fit import _fit_schedule_to_budget, _set_epochs
     from unetseg.train.optim import build_scheduler
+    from unetseg.train.plan import fit_schedule_to_budget, set_epochs
 
     train = TrainConfig(epochs=100, time_limit_s=1000.0)  # plenty of budget left
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = build_scheduler(train, optimizer, steps_per_epoch=10)
     state = _budget_state(40.0)
-    _set_epochs(state, scheduler, 2, 10, 4)
-    _fit_schedule_to_budget(state, scheduler, train, 2, 10)
-    assert (state["epochs"], state["last_epoch_steps"]) == (2, 4)
+    set_epochs(state, scheduler, 2, 10, 4)
+    fit_schedule_to_budget(state, scheduler, train, 2, 10)
+    assert (state.epochs, state.last_epoch_steps) == (2, 4)
     assert scheduler.lr_lambdas[0].total_steps == 14
 
 
 def test_the_epoch_cap_leaves_no_shortened_epoch():
-    from unetseg.train.fit import _fit_schedule_to_budget
     from unetseg.train.optim import build_scheduler
+    from unetseg.train.plan import fit_schedule_to_budget
 
     train = TrainConfig(epochs=5, time_limit_s=118.0)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = build_scheduler(train, optimizer, steps_per_epoch=10)
     state = _budget_state(40.0)
-    _fit_schedule_to_budget(state, scheduler, train, 2, 10)
-    assert (state["epochs"], state["last_epoch_steps"]) == (5, None)
+    fit_schedule_to_budget(state, scheduler, train, 2, 10)
+    assert (state.epochs, state.last_epoch_steps) == (5, None)
 
 
 def test_a_shortened_last_epoch_takes_its_steps_and_ends_the_schedule(
         disc_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread):
     import unetseg.train.fit as fit_module
+    from unetseg.train.plan import set_epochs
 
     def shorten_after_the_first(state, scheduler, cfg, epoch, steps):
         if epoch == 1:
-            fit_module._set_epochs(state, scheduler, 2, steps, 2)
+            set_epochs(state, scheduler, 2, steps, 2)
 
-    monkeypatch.setattr(fit_module, "_fit_schedule_to_budget", shorten_after_the_first)
+    monkeypatch.setattr(fit_module, "fit_schedule_to_budget", shorten_after_the_first)
     result = fit(disc_data, tmp_path / "run", small_cfg(epochs=5, time_limit_s=1e6),
                  show_progress=False)
     assert [row["step"] for row in result.history] == [3, 5]
     assert [row["images_seen"] for row in result.history] == [6, 10]
     assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert result.stopped == "time_limit"
+
+
+def test_a_constant_schedule_trains_at_the_base_rate_after_warm_up(disc_data: Path,
+                                                                    tmp_path: Path):
+    result = fit(disc_data, tmp_path / "run",
+                 small_cfg(epochs=3, lr=2e-3, scheduler="constant", warmup_epochs=1),
+                 show_progress=False)
+    assert [row["lr"] for row in result.history] == [2e-3] * 3  # after each epoch's last step
+
+
+def test_early_stopping_ends_a_run_whose_validation_stops_improving(
+        disc_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import unetseg.train.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "_validate", lambda *args: {"val_mean_iou": 0.5})
+    run = tmp_path / "run"
+    result = fit(disc_data, run, small_cfg(epochs=10, early_stopping=2), show_progress=False)
+    # epoch 1 improves on nothing; epochs 2 and 3 do not improve on it
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.stopped == "early_stopping"
+    from unetseg.modelfile import read_card
+
+    assert read_card(result.best_model).info["epoch"] == 1
+    resumed = fit(disc_data, run, resume=True, show_progress=False)  # it ended: nothing more
+    assert resumed.stopped == "early_stopping" and resumed.history == result.history

@@ -44,6 +44,13 @@ def save_training_state(path: str | Path, model: torch.nn.Module, card: ModelCar
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def read_loop_state(path: str | Path) -> dict[str, Any]:
+    """The JSON loop state of :func:`save_training_state` alone, without loading any tensor."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return json.loads(meta["state"])
+
+
 def load_training_state(path: str | Path, model: torch.nn.Module,
                         optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimiser and RNG from :func:`save_training_state`; return the loop state."""

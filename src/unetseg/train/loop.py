@@ -78,17 +78,11 @@ def train_one_epoch(
     for batch in batches:
         if done == steps:
             break
-        x, y, *extra = prepare(*batch)
-        pixel_weights = extra[0] if extra else None
+        x, *targets = prepare(*batch)
         with torch.autocast(device.type, dtype=precision.dtype or torch.float32,
                             enabled=precision.dtype is not None):
             logits = model(x)
-        if logits.shape[-2:] != y.shape[-2:]:
-            y = center_crop(y, logits.shape[-2], logits.shape[-1])
-            if pixel_weights is not None:
-                pixel_weights = center_crop(pixel_weights, logits.shape[-2], logits.shape[-1])
-        loss = (loss_fn(logits.float(), y) if pixel_weights is None
-                else loss_fn(logits.float(), y, pixel_weights))
+        loss = loss_fn(logits.float(), *_crop_to(logits, targets))
         value = float(loss.detach())
         if not math.isfinite(value):
             bar.close()
@@ -111,3 +105,10 @@ def train_one_epoch(
         raise UserError("training diverged: the weights became NaN or infinite in this epoch;"
                         " lower --lr (the last good checkpoint is kept)")
     return EpochStats(total / max(done, 1), done, seen, time.perf_counter() - start)
+
+
+def _crop_to(logits: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The class ids ``(N, H, W)`` and any pixel weights, centre-cropped to the logits'
+    ``(h, w)`` (smaller than the input with valid padding)."""
+    h, w = logits.shape[-2:]
+    return [t if t.shape[-2:] == (h, w) else center_crop(t, h, w) for t in targets]

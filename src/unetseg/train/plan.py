@@ -15,6 +15,10 @@ of the budget on a CPU (CamVid: 194 steps of about half a second, against a 5-mi
 which leaves one or two epochs, the first all warm-up. :func:`plan_epochs` shortens the epochs
 of such a run so that the budget holds :data:`MIN_EPOCHS` of them, or as many as validation
 leaves room for.
+
+:func:`resolve_config` applies both plans to a run's configuration once, before training;
+:func:`fit_schedule_to_budget` re-plans the number of epochs after each epoch from the times
+measured so far.
 """
 
 from __future__ import annotations
@@ -22,16 +26,25 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from unetseg.config import RunConfig
-from unetseg.model import build_model
+from unetseg.config import RunConfig, TrainConfig
+from unetseg.model import build_model, nearest_legal_input_size
 from unetseg.model.layout import fastest_memory_format
+from unetseg.train import distributed
+from unetseg.train.distributed import DistEnv
 from unetseg.train.loop import Precision
 from unetseg.train.optim import build_optimizer
+from unetseg.train.state import RunState
+
+if TYPE_CHECKING:
+    from unetseg.data.classes import ClassTable
+    from unetseg.data.dataset import LoadedPair
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +214,120 @@ def estimate_validation_s(step_s: float, rows: int, patch: int, val_pixels: int)
     patches of ``patch`` x ``patch`` pixels: a forward pass costs about a third of a step
     (forward, then backward at twice the forward's cost)."""
     return step_s * val_pixels / (3 * rows * patch * patch)
+
+
+def patch_size_for(cfg: RunConfig) -> int:
+    """The training crop side: as configured, or the nearest legal size for valid padding."""
+    if cfg.model.padding == "valid":
+        return nearest_legal_input_size(cfg.data.patch_size, cfg.model.depth)
+    return cfg.data.patch_size
+
+
+def steps_per_epoch(cfg: RunConfig, train: list[LoadedPair], patch: int) -> int:
+    """Configured, or enough patches to cover the training images' area once (>= 8 steps)."""
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch
+    area = sum(p.ids.shape[0] * p.ids.shape[1] for p in train)
+    return max(8, math.ceil(area / (patch * patch) / cfg.train.batch_size))
+
+
+def plan_run_epochs(cfg: RunConfig, width_plan: WidthPlan | None, train: list[LoadedPair],
+                    val_pixels: int, rows: int, device: torch.device) -> EpochPlan:
+    """The epoch length for ``cfg.train.time_limit_s`` (:func:`plan_epochs`), from the width
+    probe's step time when the width was planned, else from a timed step of the model.
+    ``rows`` is this process's share of a batch, ``val_pixels`` the validation images' area."""
+    assert cfg.train.time_limit_s is not None
+    patch = patch_size_for(cfg)
+    if width_plan is not None and not math.isnan(width_plan.probe_step_s):
+        step_s = width_plan.probe_step_s * (width_plan.width / width_plan.probe_width) ** 2
+    else:
+        step_s = time_train_step(cfg, rows, patch, device)
+    return plan_epochs(cfg.train.time_limit_s, step_s, steps_per_epoch(cfg, train, patch),
+                       estimate_validation_s(step_s, rows, patch, val_pixels))
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A run's configuration in its final form (channels, classes, width and epoch length
+    set) and the plans that set them, None where the user did."""
+
+    cfg: RunConfig
+    width_plan: WidthPlan | None
+    epoch_plan: EpochPlan | None
+
+    def plans_json(self) -> dict[str, Any]:
+        """The plans as ``config.json`` and ``resume.safetensors`` store them."""
+        width = None if self.width_plan is None else asdict(self.width_plan)
+        epochs = None if self.epoch_plan is None else asdict(self.epoch_plan)
+        return {"planned_width": width, "planned_epochs": epochs}
+
+    @classmethod
+    def from_json(cls, cfg: RunConfig, data: dict[str, Any]) -> ResolvedConfig:
+        """The resolved ``cfg`` of a stored run with the plans of :meth:`plans_json` (None
+        where a file from an older unetseg lacks them)."""
+        width, epochs = data.get("planned_width"), data.get("planned_epochs")
+        return cls(cfg, None if width is None else WidthPlan(**width),
+                   None if epochs is None else EpochPlan(**epochs))
+
+
+def resolve_config(cfg: RunConfig, classes: ClassTable, train: list[LoadedPair],
+                   val: list[LoadedPair], rows: int, device: torch.device, env: DistEnv, *,
+                   show_progress: bool) -> ResolvedConfig:
+    """The configuration in its final form, in one step: the data's channels and classes,
+    the width planned where ``cfg.model.width`` is None and the epoch length planned for a
+    time budget without ``steps_per_epoch``. ``rows`` is this process's share of a batch;
+    every process takes rank 0's plans."""
+    cfg = replace(cfg, model=replace(cfg.model, in_channels=train[0].image.shape[0],
+                                     num_classes=classes.num_classes))
+    width_plan: WidthPlan | None = None
+    if cfg.model.width is None and cfg.model.arch == "unet":
+        width_plan = distributed.broadcast_object(
+            plan_width(cfg, rows, patch_size_for(cfg), device), env)
+        cfg = replace(cfg, model=replace(cfg.model, width=width_plan.width,
+                                         top_width=width_plan.top_width))
+        if show_progress:
+            tqdm.write(f"planned {width_plan.reason}")
+    epoch_plan: EpochPlan | None = None
+    if cfg.train.time_limit_s is not None and cfg.train.steps_per_epoch is None:
+        val_pixels = sum(p.ids.shape[0] * p.ids.shape[1] for p in val)
+        epoch_plan = distributed.broadcast_object(
+            plan_run_epochs(cfg, width_plan, train, val_pixels, rows, device), env)
+        cfg = replace(cfg, train=replace(cfg.train, steps_per_epoch=epoch_plan.steps_per_epoch))
+        if show_progress:
+            tqdm.write(f"planned {epoch_plan.reason}")
+    return ResolvedConfig(cfg, width_plan, epoch_plan)
+
+
+def fit_schedule_to_budget(state: RunState, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                           cfg: TrainConfig, epoch: int, steps: int) -> None:
+    """Re-plan the rest of the run (its epochs and the cosine schedule's length) after
+    ``epoch`` so that it ends within ``cfg.time_limit_s``, from the mean times so far.
+
+    The budget left after the whole epochs that fit goes to one shorter last epoch when it buys
+    at least :data:`MIN_STEPS_PER_EPOCH` steps besides that epoch's validation; otherwise up to
+    an epoch of the budget would stay unused (a quarter of it when validation limits a run to
+    4 epochs).
+    """
+    assert cfg.time_limit_s is not None
+    if state.last_epoch_steps is not None and epoch == state.epochs:
+        return  # the shortened last epoch has run: the schedule has ended
+    per_epoch = state.elapsed_s / epoch
+    step_s = state.train_s / max(state.timed_steps, 1)
+    overhead_s = max(0.0, per_epoch - step_s * steps)  # validation and saving, per epoch
+    left = max(0.0, cfg.time_limit_s - state.elapsed_s)
+    whole = int(left // max(per_epoch, 1e-6))
+    planned, last_steps = max(epoch, min(cfg.epochs, epoch + whole)), None
+    extra = int((left - whole * per_epoch - overhead_s) // max(step_s, 1e-9))
+    if planned == epoch + whole < cfg.epochs and extra >= MIN_STEPS_PER_EPOCH:
+        planned, last_steps = planned + 1, min(extra, steps)
+    if (planned, last_steps) != (state.epochs, state.last_epoch_steps):
+        set_epochs(state, scheduler, planned, steps, last_steps)
+        log.info("time budget %.0f s: planning %d epochs", cfg.time_limit_s, planned)
+
+
+def set_epochs(state: RunState, scheduler: torch.optim.lr_scheduler.LambdaLR,
+               epochs: int, steps: int, last_steps: int | None = None) -> None:
+    """Make the run ``epochs`` long, the last of ``last_steps`` steps (None: ``steps``, like the
+    others): the loop's end and the cosine schedule's length."""
+    state.epochs, state.last_epoch_steps = epochs, last_steps
+    scheduler.lr_lambdas[0].total_steps = state.total_steps(steps)  # type: ignore[attr-defined]
