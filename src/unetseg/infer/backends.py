@@ -19,9 +19,9 @@ import torch
 
 from unetseg.data.normalize import normalize
 from unetseg.errors import UserError
-from unetseg.export.meta import ExportInfo, from_props
 from unetseg.infer.blending import BlendMode
 from unetseg.infer.engine import check_channels
+from unetseg.infer.exported import ExportInfo, from_props
 from unetseg.infer.predict import tiled_logits
 from unetseg.modelfile import ModelCard
 
@@ -155,7 +155,7 @@ def load_backend_predictor(model: str | Path, backend: str, *, tile: int | None 
                            overlap: float | None = None, batch_size: int | None = None,
                            device: str = "auto", tta: str | None = None,
                            streamed: Sequence[Path] = ()) -> tuple[Any, ModelCard]:
-    """The image predictor of :func:`unetseg.api.predict` for a backend other than ``torch``:
+    """The image predictor of a model file for a backend other than ``torch``:
     an :class:`OnnxImagePredictor`, with the model card.
 
     Raises:

@@ -116,7 +116,7 @@ def load_served_model(path: str | Path, *, backend: str = "auto", tile: int | No
         predictor, card = load_backend_predictor(path, backend, tile=tile,
                                                  batch_size=batch_size, device=device)
         return ServedModel(path, backend, predictor, card)
-    from unetseg.api import load_predictor
+    from unetseg.infer.load import load_predictor
 
     torch_predictor, card = load_predictor(path, tile=tile, batch_size=batch_size, device=device)
     return ServedModel(path, "torch", torch_predictor, card)

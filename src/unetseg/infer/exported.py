@@ -6,6 +6,9 @@ needs to run it on images travels in the file: the :class:`~unetseg.modelfile.Mo
 safetensors model file) and :class:`ExportInfo` (tiling parameters, legal input sizes,
 exporter) under ``"unetseg.export"``. ONNX files keep both in ``metadata_props``, TorchScript
 files as ``_extra_files`` (``unetseg.json`` and ``unetseg.export.json``).
+
+The format lives in ``infer/`` because both sides read it: :mod:`unetseg.export` writes it and
+:mod:`unetseg.infer.backends` runs the files. ``export`` depends on ``infer``, never the reverse.
 """
 
 from __future__ import annotations
