@@ -19,6 +19,15 @@ LossName = Literal["dice_ce", "ce", "dice", "focal", "weighted-ce"]
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]
 ImageInterpolation = Literal["bilinear", "bicubic"]
+Backend = Literal["auto", "torch", "onnxruntime"]
+
+DEFAULT_TILE = 512
+"""Tile side in pixels where none is planned: a given ``overlap``, valid-padding models, the
+tiling stored in exported files."""
+DEFAULT_OVERLAP = 0.25
+"""Share of a tile's side that overlaps its neighbour where the overlap is not planned."""
+DEFAULT_BATCH_SIZE = 4
+"""Tiles per forward pass."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,69 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How a model predicts images: the options of ``predict``, ``evaluate``, ``serve`` and the
+    tiling ``export`` stores, stated once.
+
+    ``tile`` None plans the tiling per image for same-padding models (the whole image up to
+    1088 pixels, else the fewest tiles overlapping by 64 pixels; see
+    :class:`~unetseg.infer.engine.ImagePredictor`) and is :data:`DEFAULT_TILE` otherwise;
+    ``overlap`` None is planned with the tile, or :data:`DEFAULT_OVERLAP` with a given tile.
+    ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``) or None.
+    ``backend`` ``auto`` runs ``.onnx`` files on ONNX Runtime and anything else on PyTorch.
+    """
+
+    tile: int | None = None
+    overlap: float | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = "auto"
+    tta: str | None = None
+    backend: Backend = "auto"
+
+    @property
+    def fixed_tile(self) -> int:
+        """The tile side where none is planned."""
+        return self.tile or DEFAULT_TILE
+
+    @property
+    def fixed_overlap(self) -> float:
+        """The overlap where none is planned."""
+        return DEFAULT_OVERLAP if self.overlap is None else self.overlap
+
+    def check(self) -> None:
+        """One-line :class:`~unetseg.errors.UserError` for options no prediction can use (the
+        test-time augmentation mode is parsed where it is used, in :mod:`unetseg.infer.tta`)."""
+        from unetseg.errors import UserError
+
+        if self.tile is not None and self.tile < 16:
+            raise UserError(f"--tile {self.tile}: tiles must be at least 16 pixels; e.g."
+                            " --tile 512")
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise UserError(f"--overlap {self.overlap}: must be a fraction in [0, 1); e.g. 0.25")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: give at least 1 tile per batch")
+        backends = typing.get_args(Backend)
+        if self.backend not in backends:
+            raise UserError(f"--backend {self.backend}: unknown backend; use"
+                            f" {', '.join(backends)}")
+
+
+def predict_config(config: PredictConfig | None = None, **options: Any) -> PredictConfig:
+    """``config`` (default :class:`PredictConfig`) with ``options`` on top: what functions that
+    take both ``config=`` and the options as keywords (``predict(..., tile=256)``) predict with.
+
+    Raises:
+        TypeError: an option that is not a :class:`PredictConfig` field.
+    """
+    names = [f.name for f in dataclasses.fields(PredictConfig)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise TypeError(f"unknown prediction option {', '.join(unknown)}; the options are"
+                        f" {', '.join(names)}")
+    return dataclasses.replace(config or PredictConfig(), **options)
 
 
 T = TypeVar("T")

@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE, PredictConfig
 from unetseg.errors import UserError
 from unetseg.model.geometry import min_legal_input_size
 from unetseg.modelfile import FORMAT, ModelCard
@@ -33,11 +34,18 @@ class Tiling:
     ``overlap`` and ``blend`` (Gaussian, ``sigma_scale`` of the side) apply to same padding.
     """
 
-    tile: int = 512
-    overlap: float = 0.25
-    batch_size: int = 4
+    tile: int = DEFAULT_TILE
+    overlap: float = DEFAULT_OVERLAP
+    batch_size: int = DEFAULT_BATCH_SIZE
     blend: str = "gaussian"
     sigma_scale: float = 0.125
+
+    @classmethod
+    def from_config(cls, config: PredictConfig) -> Tiling:
+        """The tiling of ``config`` as a file stores it: an exported graph plans nothing, so a
+        tile or overlap left None is the fixed default."""
+        return cls(tile=config.fixed_tile, overlap=config.fixed_overlap,
+                   batch_size=config.batch_size)
 
 
 @dataclass(frozen=True)

@@ -1,48 +1,66 @@
 """Model files to ready image predictors: the one place that loads a model for prediction.
 
 Prediction, evaluation and the server all load their models here, so they check options and
-pick devices and memory layouts the same way. This module knows the floors below it (the model
-file, the engine) and nothing above.
+pick backends, devices and memory layouts the same way. This module knows the floors below it
+(the model file, the engine, the backends) and nothing above.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from unetseg.config import PredictConfig, predict_config
 from unetseg.errors import UserError
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.modelfile import ModelCard, load_model
 
 
-def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float | None = None,
-                   batch_size: int = 4, device: str = "auto", tta: str | None = None
+def resolve_backend(model: str | Path, backend: str) -> str:
+    """``auto``: ONNX Runtime for ``.onnx`` files, PyTorch for anything else."""
+    if backend == "auto":
+        return "onnxruntime" if Path(model).suffix.lower() == ".onnx" else "torch"
+    return backend
+
+
+def load_predictor(model: str | Path, config: PredictConfig | None = None, **options: Any
                    ) -> tuple[ImagePredictor, ModelCard]:
-    """A ready :class:`ImagePredictor` for a model file, with its card.
+    """A ready PyTorch :class:`ImagePredictor` for a model file, with its card.
 
-    ``tile`` and ``overlap`` None plan the tiling per image (see :class:`ImagePredictor`);
-    the model runs in its fastest memory layout (channels-last for most).
-
-    ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``; see
-    :mod:`unetseg.infer.tta`) applied to every tile, or None.
+    ``config`` and ``options`` (its fields as keywords, on top) give the tiling, device and
+    test-time augmentation; a tile and overlap left None are planned per image (see
+    :class:`ImagePredictor`). The model runs in its fastest memory layout (channels-last for
+    most).
     """
     from unetseg.infer.tta import parse_tta
 
+    cfg = predict_config(config, **options)
     try:
-        parse_tta(tta)
+        parse_tta(cfg.tta)
     except ValueError as exc:
-        raise UserError(f"--tta {tta}: {exc}") from None
-    check_prediction_options(tile, overlap, batch_size)
-    net, card = load_model(model, resolve_device(device))
-    predictor = ImagePredictor(net, card.stats, tile=tile, overlap=overlap,
-                               batch_size=batch_size, tta=tta, fast_layout=True)
+        raise UserError(f"--tta {cfg.tta}: {exc}") from None
+    cfg.check()
+    net, card = load_model(model, resolve_device(cfg.device))
+    predictor = ImagePredictor(net, card.stats, tile=cfg.tile, overlap=cfg.overlap,
+                               batch_size=cfg.batch_size, tta=cfg.tta, fast_layout=True)
     return predictor, card
 
 
-def check_prediction_options(tile: int | None, overlap: float | None, batch_size: int) -> None:
-    """One-line :class:`UserError` for tiling options no prediction can use."""
-    if tile is not None and tile < 16:
-        raise UserError(f"--tile {tile}: tiles must be at least 16 pixels; e.g. --tile 512")
-    if overlap is not None and not 0.0 <= overlap < 1.0:
-        raise UserError(f"--overlap {overlap}: must be a fraction in [0, 1); e.g. 0.25")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: give at least 1 tile per batch")
+def load_image_predictor(model: str | Path, config: PredictConfig, *,
+                         streamed: Sequence[Path] = ()) -> tuple[Any, ModelCard]:
+    """The image predictor of ``config.backend`` for a model file, with its card: an
+    :class:`ImagePredictor` (PyTorch) or an :class:`~unetseg.infer.backends.OnnxImagePredictor`.
+    Both have ``check_channels`` and ``logits``.
+
+    ``streamed`` are the images that will be streamed, which only the PyTorch backend can do.
+    """
+    config.check()
+    backend = resolve_backend(model, config.backend)
+    if backend == "torch":
+        return load_predictor(model, config)
+    from unetseg.infer.backends import load_backend_predictor
+
+    return load_backend_predictor(model, backend, tile=config.tile, overlap=config.overlap,
+                                  batch_size=config.batch_size, device=config.device,
+                                  tta=config.tta, streamed=streamed)

@@ -1,0 +1,110 @@
+"""The ``unetseg`` command line: ``train``, ``predict``, ``evaluate``, ``check``, ``demo``, ...
+
+Each command parses its flags into the same keywords and config dataclasses as the Python
+function it calls (:func:`unetseg.fit`, :func:`unetseg.predict`, ...); :data:`API_ONLY` lists
+the few options that exist on one side only, and ``tests/test_cli_mirror.py`` holds both sides
+to it. torch is imported inside the commands so ``unetseg --help`` answers at once. A
+:class:`~unetseg.errors.UserError` ends the command with one line on stderr and exit status 2.
+
+The commands live in one module per group: :mod:`.train`, :mod:`.predict` (predict, evaluate,
+demo), :mod:`.ship` (export, serve) and :mod:`.data` (check, convert-checkpoint, previews);
+their flag tables in :mod:`.flags`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from unetseg.cli.data import add_data_commands
+from unetseg.cli.flags import PREDICT_FLAGS, TRAIN_FLAGS
+from unetseg.cli.predict import add_predict_commands
+from unetseg.cli.ship import add_ship_commands
+from unetseg.cli.train import add_train_command, run_config_from_args
+from unetseg.errors import UserError
+
+__all__ = ["API_ONLY", "PREDICT_FLAGS", "TRAIN_FLAGS", "build_parser", "main",
+           "run_config_from_args"]
+
+API_ONLY: dict[str, str] = {
+    # RunConfig fields without a train flag
+    "model.in_channels": "read from the images by fit",
+    "model.num_classes": "read from the masks (or --classes) by fit",
+    "model.arch": "a registered architecture is Python code; set it in a --config file",
+    "augment.flip": "augmentation strengths are tuned in a --config file or a --preset",
+    "augment.rot90": "as augment.flip",
+    "augment.rotate_deg": "as augment.flip",
+    "augment.scale": "as augment.flip",
+    "augment.shift": "as augment.flip",
+    "augment.affine_p": "as augment.flip",
+    "augment.elastic_p": "as augment.flip",
+    "augment.elastic_grid": "as augment.flip",
+    "augment.elastic_sigma": "as augment.flip",
+    "augment.brightness": "as augment.flip",
+    "augment.contrast": "as augment.flip",
+    "augment.gamma": "as augment.flip",
+    "augment.intensity_p": "as augment.flip",
+    "train.momentum": "SGD momentum, with --optimizer sgd; set it in a --config file",
+    "train.warmup_epochs": "schedule detail; set it in a --config file",
+    "train.val_tile": "validation tiling; set it in a --config file",
+    "train.amp": "on by default; the flag is --no-amp",
+    "train.sync_batchnorm": "a switch: the flag is --sync-batchnorm",
+    # keywords of fit, predict and evaluate without a flag of their own
+    "fit.cfg": "the RunConfig that --config, --preset and the train flags build",
+    "fit.show_progress": "the top-level -q/--quiet",
+    "predict.config": "the PredictConfig that the prediction flags build",
+    "predict.overlays": "the flag is --no-overlay",
+    "predict.show_progress": "the top-level -q/--quiet",
+    "evaluate.config": "the PredictConfig that the prediction flags build",
+    "evaluate.show_progress": "the top-level -q/--quiet",
+}
+"""Options that exist on one side only, with the reason: ``section.field`` of RunConfig, or
+``function.keyword`` of :func:`unetseg.fit`, :func:`unetseg.predict`,
+:func:`unetseg.evaluate`."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unetseg", description="Train U-Nets, predict images of any size, evaluate.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_train_command(sub)
+    add_predict_commands(sub)
+    add_data_commands(sub)
+    add_ship_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unetseg`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for train --nproc
+    if args.version:
+        from unetseg import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="unetseg: %(levelname)s: %(message)s")
+    from unetseg.runtime import tune_allocator
+
+    tune_allocator()
+    try:
+        return int(args.run(args))
+    except UserError as exc:
+        print(f"unetseg: error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("unetseg: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # stdout piped into a reader that stopped (``| head``)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141
