@@ -290,6 +290,21 @@ _RANGES: dict[tuple[str, str], tuple[float, float | None, bool]] = {
 }
 
 
+FLAG_NAMES: dict[str, str | None] = {
+    "train.time_limit_s": "--time-limit",
+    "data.class_values": "--classes",
+    "train.val_tile": None,
+}
+"""``train`` flags whose names are not their field's name (None: the field has no flag)."""
+
+
+def flag_hint(dotted: str) -> str:
+    """Where a user sets the RunConfig field ``dotted`` (``train.epochs``): its ``train`` flag,
+    or the config file."""
+    flag = FLAG_NAMES.get(dotted, "--" + dotted.rsplit(".", 1)[-1].replace("_", "-"))
+    return flag if flag is not None else f"{dotted} in a --config file"
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """Refuse option values no run can use, with a one-line :class:`UserError` naming the
     option (``train.batch_size`` is the flag ``--batch-size``) and the allowed values.
@@ -306,7 +321,7 @@ def check_run_config(cfg: RunConfig) -> None:
         hints = typing.get_type_hints(type(part))
         for f in dataclasses.fields(part):
             value, name = getattr(part, f.name), f"{section.name}.{f.name}"
-            flag = "--" + f.name.replace("_", "-")
+            flag = flag_hint(name)
             choices = _literal_choices(hints[f.name])
             if choices and value not in choices:
                 raise UserError(f"{name} {value!r} is not an option; choose one of"

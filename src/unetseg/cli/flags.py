@@ -91,6 +91,9 @@ TRAIN_FLAGS: dict[str, Flag] = {
     "--dropout": ("model.dropout", float, "drop-out at the end of the contracting path"),
     "--patch-size": ("data.patch_size", int, "training crop side in pixels"),
     "--val-fraction": ("data.val_fraction", float, "share of pairs held out"),
+    "--foreground-fraction": ("data.foreground_fraction", float, "share of crops centred on a"
+                              " pixel of a class present in the image, so rare classes are"
+                              " seen often"),
     "--classes": ("data.class_values", _ints, "mask values of the classes, e.g. 0,255"),
     "--class-names": ("data.class_names", _names, "names of the classes, e.g. membrane,cell"),
     "--ignore-value": ("data.ignore_value", _ignore_value, "mask value to ignore, e.g. 11 for"

@@ -24,7 +24,7 @@ def add_train_command(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPUs")
     p.add_argument("--nproc", type=int, default=1, help="train data-parallel in N local"
-                   " processes, e.g. one per GPU (--batch-size is split over them; default"
+                   " processes, e.g. one per GPU; --batch-size is split over them (default"
                    " %(default)s)")
     p.add_argument("--sync-batchnorm", action="store_true",
                    help="batch-norm statistics over all processes' samples (GPUs only)")
