@@ -1,10 +1,11 @@
 """The ``unetseg`` command line: ``train``, ``predict``, ``evaluate``, ``check``, ``demo``, ...
 
 Each command parses its flags into the same keywords and config dataclasses as the Python
-function it calls (:func:`unetseg.fit`, :func:`unetseg.predict`, ...); :data:`API_ONLY` lists
-the few options that exist on one side only, and ``tests/test_cli_mirror.py`` holds both sides
-to it. torch is imported inside the commands so ``unetseg --help`` answers at once. A
-:class:`~unetseg.errors.UserError` ends the command with one line on stderr and exit status 2.
+function it calls (:func:`unetseg.fit`, :func:`unetseg.predict`, ...);
+:data:`MIRROR_EXCEPTIONS` lists the few options that exist on one side only, and
+``tests/test_cli_mirror.py`` holds both sides to it. torch is imported inside the commands so
+``unetseg --help`` answers at once. A :class:`~unetseg.errors.UserError` ends the command with
+one line on stderr and exit status 2.
 
 The commands live in one module per group: :mod:`.train`, :mod:`.predict` (predict, evaluate,
 demo), :mod:`.ship` (export, serve) and :mod:`.data` (check, convert-checkpoint, previews);
@@ -26,44 +27,45 @@ from unetseg.cli.ship import add_ship_commands
 from unetseg.cli.train import add_train_command, run_config_from_args
 from unetseg.errors import UserError
 
-__all__ = ["API_ONLY", "PREDICT_FLAGS", "TRAIN_FLAGS", "build_parser", "main",
+__all__ = ["MIRROR_EXCEPTIONS", "PREDICT_FLAGS", "TRAIN_FLAGS", "build_parser", "main",
            "run_config_from_args"]
 
-API_ONLY: dict[str, str] = {
-    # RunConfig fields without a train flag
+MIRROR_EXCEPTIONS: dict[str, str] = {
+    # RunConfig fields without a train flag of their own
     "model.in_channels": "read from the images by fit",
     "model.num_classes": "read from the masks (or --classes) by fit",
     "model.arch": "a registered architecture is Python code; set it in a --config file",
-    "augment.flip": "augmentation strengths are tuned in a --config file or a --preset",
-    "augment.rot90": "as augment.flip",
-    "augment.rotate_deg": "as augment.flip",
-    "augment.scale": "as augment.flip",
-    "augment.shift": "as augment.flip",
-    "augment.affine_p": "as augment.flip",
-    "augment.elastic_p": "as augment.flip",
-    "augment.elastic_grid": "as augment.flip",
-    "augment.elastic_sigma": "as augment.flip",
-    "augment.brightness": "as augment.flip",
-    "augment.contrast": "as augment.flip",
-    "augment.gamma": "as augment.flip",
-    "augment.intensity_p": "as augment.flip",
-    "train.momentum": "SGD momentum, with --optimizer sgd; set it in a --config file",
-    "train.warmup_epochs": "schedule detail; set it in a --config file",
-    "train.val_tile": "validation tiling; set it in a --config file",
-    "train.amp": "on by default; the flag is --no-amp",
-    "train.sync_batchnorm": "a switch: the flag is --sync-batchnorm",
-    # keywords of fit, predict and evaluate without a flag of their own
-    "fit.cfg": "the RunConfig that --config, --preset and the train flags build",
-    "fit.show_progress": "the top-level -q/--quiet",
-    "predict.config": "the PredictConfig that the prediction flags build",
-    "predict.overlays": "the flag is --no-overlay",
-    "predict.show_progress": "the top-level -q/--quiet",
-    "evaluate.config": "the PredictConfig that the prediction flags build",
-    "evaluate.show_progress": "the top-level -q/--quiet",
+    **{f"augment.{name}": "augmentation strengths come from a --preset or a --config file"
+       for name in ("flip", "rot90", "rotate_deg", "scale", "shift", "affine_p", "elastic_p",
+                    "elastic_grid", "elastic_sigma", "brightness", "contrast", "gamma",
+                    "intensity_p")},
+    "train.momentum": "SGD only, tuned with the recipe; set it in a --config file",
+    "train.warmup_epochs": "a schedule detail; set it in a --config file",
+    "train.val_tile": "the validation tiling; set it in a --config file",
+    "train.amp": "on unless the switch --no-amp",
+    "train.sync_batchnorm": "off unless the switch --sync-batchnorm",
+    # keywords of fit, predict and evaluate without a flag of the same name
+    "fit:cfg": "the RunConfig that --preset or --config and the train flags build",
+    "fit:show_progress": "the top-level -q/--quiet",
+    "fit:callbacks": "Python callables",
+    "fit:loss_fn": "a Python callable",
+    "predict:config": "the PredictConfig that the prediction flags build",
+    "predict:overlays": "on unless the switch --no-overlay",
+    "predict:show_progress": "the top-level -q/--quiet",
+    "evaluate:config": "the PredictConfig that the prediction flags build",
+    "evaluate:show_progress": "the top-level -q/--quiet",
+    # flags without a keyword or config field of the same name
+    "train --config": "read into fit's cfg",
+    "train --preset": "unetseg.presets.preset(NAME), fit's cfg",
+    "train --no-amp": "sets train.amp to False",
+    "train --sync-batchnorm": "sets train.sync_batchnorm",
+    "train --nproc": "starts N processes; in Python, start them with torchrun",
+    "predict --no-overlay": "sets overlays=False",
 }
-"""Options that exist on one side only, with the reason: ``section.field`` of RunConfig, or
-``function.keyword`` of :func:`unetseg.fit`, :func:`unetseg.predict`,
-:func:`unetseg.evaluate`."""
+"""Where the command line and the Python API differ, with the reason: ``section.field`` of
+RunConfig, ``function:keyword`` of :func:`unetseg.fit`, :func:`unetseg.predict` and
+:func:`unetseg.evaluate`, or ``command --flag``. ``tests/test_cli_mirror.py`` holds everything
+else to mirror, and refuses entries that are no longer needed."""
 
 
 def build_parser() -> argparse.ArgumentParser:
