@@ -32,6 +32,7 @@ from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.modelfile import ModelCard
+from unetseg.progress import progress
 from unetseg.viz import overlay
 
 
@@ -80,7 +81,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
                         " choose another --out")
     palette = class_colours(card.classes)
     written = []
-    for path in tqdm(paths, desc="predict", unit="image", disable=not show_progress):
+    for path in progress(paths, desc="predict", unit="image", disable=not show_progress):
         if _streams(path, stream):
             written.append(_predict_streamed(predictor, card, path, out, overlays=overlays,
                                              show_progress=show_progress))
