@@ -322,7 +322,7 @@ def check_run_config(cfg: RunConfig) -> None:
         for f in dataclasses.fields(part):
             value, name = getattr(part, f.name), f"{section.name}.{f.name}"
             flag = flag_hint(name)
-            choices = _literal_choices(hints[f.name])
+            choices = literal_choices(hints[f.name])
             if choices and value not in choices:
                 raise UserError(f"{name} {value!r} is not an option; choose one of"
                                 f" {', '.join(map(str, choices))} ({flag})")
@@ -343,7 +343,7 @@ def check_run_config(cfg: RunConfig) -> None:
                         " fix --class-weights")
 
 
-def _literal_choices(tp: Any) -> tuple[Any, ...]:
+def literal_choices(tp: Any) -> tuple[Any, ...]:
     """The choices of a ``Literal`` type (also inside ``X | None``), else ()."""
     if typing.get_origin(tp) is Literal:
         return typing.get_args(tp)

@@ -22,7 +22,7 @@ from unetseg.config import (
     PredictConfig,
     RunConfig,
     TrainConfig,
-    _literal_choices,
+    literal_choices,
 )
 
 
@@ -141,7 +141,7 @@ def choices_of(owner: type, dotted: str) -> tuple[Any, ...]:
     """The choices of a ``Literal`` field, else ()."""
     head = owner if "." not in dotted else SECTIONS[dotted.split(".", 1)[0]]
     name = dotted.rsplit(".", 1)[-1]
-    return _literal_choices(typing.get_type_hints(head)[name])
+    return literal_choices(typing.get_type_hints(head)[name])
 
 
 def format_default(value: Any) -> str:
