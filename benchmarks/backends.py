@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    from unetseg.api import load_predictor
     from unetseg.data.io import read_image
     from unetseg.export import export_model
     from unetseg.infer.backends import load_onnx_image_predictor
+    from unetseg.infer.load import load_predictor
 
     if args.threads:
         torch.set_num_threads(args.threads)

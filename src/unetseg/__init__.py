@@ -18,6 +18,7 @@ _LAZY = {
     "AugmentConfig": "unetseg.config",
     "TrainConfig": "unetseg.config",
     "RunConfig": "unetseg.config",
+    "PredictConfig": "unetseg.config",
     "UserError": "unetseg.errors",
     "ClassTable": "unetseg.data.classes",
     "fit": "unetseg.train.fit",
@@ -27,6 +28,11 @@ _LAZY = {
     "demo": "unetseg.api",
     "check_data": "unetseg.data.doctor",
     "convert_checkpoint": "unetseg.train.convert",
+    "export_model": "unetseg.export",
+    "create_app": "unetseg.serve.app",
+    "run_server": "unetseg.serve.app",
+    "preview_augment": "unetseg.preview",
+    "preview_weights": "unetseg.preview",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

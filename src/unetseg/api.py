@@ -18,53 +18,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unetseg.config import PredictConfig, predict_config
 from unetseg.data.classes import ClassTable
 from unetseg.data.io import image_size, read_image, read_mask, write_rgb, write_tiff
 from unetseg.data.masks import class_colours, encode_mask, write_mask
 from unetseg.data.pairs import Pair, check_same_size, find_pairs, list_images, read_pair_mask
 from unetseg.errors import UserError
 from unetseg.files import output_folder, write_bytes_atomic, write_csv_atomic, write_text_atomic
-from unetseg.infer.engine import ImagePredictor, resolve_device
+from unetseg.infer.engine import ImagePredictor
 from unetseg.infer.evaluate import Truth, score_images
+from unetseg.infer.load import load_image_predictor, resolve_backend
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
-from unetseg.modelfile import ModelCard, load_model
+from unetseg.modelfile import ModelCard
+from unetseg.progress import progress
 from unetseg.viz import overlay
-
-
-def load_predictor(model: str | Path, *, tile: int | None = None, overlap: float | None = None,
-                   batch_size: int = 4, device: str = "auto", tta: str | None = None
-                   ) -> tuple[ImagePredictor, ModelCard]:
-    """A ready :class:`ImagePredictor` for a model file, with its card.
-
-    ``tile`` and ``overlap`` None plan the tiling per image (see :class:`ImagePredictor`);
-    the model runs in its fastest memory layout (channels-last for most).
-
-    ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``; see
-    :mod:`unetseg.infer.tta`) applied to every tile, or None.
-    """
-    from unetseg.infer.tta import parse_tta
-
-    try:
-        parse_tta(tta)
-    except ValueError as exc:
-        raise UserError(f"--tta {tta}: {exc}") from None
-    check_prediction_options(tile, overlap, batch_size)
-    net, card = load_model(model, resolve_device(device))
-    predictor = ImagePredictor(net, card.stats, tile=tile, overlap=overlap,
-                               batch_size=batch_size, tta=tta, fast_layout=True)
-    return predictor, card
-
-
-def check_prediction_options(tile: int | None, overlap: float | None, batch_size: int) -> None:
-    """One-line :class:`UserError` for tiling options no prediction can use."""
-    if tile is not None and tile < 16:
-        raise UserError(f"--tile {tile}: tiles must be at least 16 pixels; e.g. --tile 512")
-    if overlap is not None and not 0.0 <= overlap < 1.0:
-        raise UserError(f"--overlap {overlap}: must be a fraction in [0, 1); e.g. 0.25")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: give at least 1 tile per batch")
 
 
 def _check_readable(paths: Sequence[Path]) -> None:
@@ -73,11 +42,10 @@ def _check_readable(paths: Sequence[Path]) -> None:
         image_size(path)
 
 
-def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: str | Path, *,
-            tile: int | None = None, overlap: float | None = None, batch_size: int = 4,
-            probabilities: bool = False, overlays: bool = True, device: str = "auto",
-            stream: bool | None = None, tta: str | None = None, backend: str = "torch",
-            max_pixels: int | None = None, show_progress: bool = True) -> list[Path]:
+def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: str | Path,
+            config: PredictConfig | None = None, *, probabilities: bool = False,
+            overlays: bool = True, stream: bool | None = None, max_pixels: int | None = None,
+            show_progress: bool = True, **options: Any) -> list[Path]:
     """Predict label images for images of any size and write them into ``out``.
 
     For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own
@@ -89,24 +57,22 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     downsampled overlay, in memory that grows with the image width only, with the same labels
     as in memory. Streamed TIFFs of more than ``max_pixels`` pixels (default
     :data:`~unetseg.data.io.MAX_PIXELS`) are refused from their header as likely bombs.
-    ``tta`` augments every tile at test time (``flip``, ``d4``, ``rot:N``; not for streamed
-    TIFFs). ``backend="onnxruntime"`` runs a ``.onnx`` file written by ``unetseg export`` with
-    ONNX Runtime on the CPU, through the same tiling and blending. Returns the label image paths.
-    """
-    paths = list_images([images] if isinstance(images, str | Path) else images)
-    if backend == "torch":
-        predictor, card = load_predictor(model, tile=tile, overlap=overlap,
-                                         batch_size=batch_size, device=device, tta=tta)
-    else:  # an exported model (``backend="onnxruntime"``: a .onnx file) through the same tiling
-        from unetseg.infer.backends import load_backend_predictor
 
-        to_stream = [p for p in paths if _streams(p, stream)]
-        predictor, card = load_backend_predictor(model, backend, tile=tile, overlap=overlap,
-                                                 batch_size=batch_size, device=device, tta=tta,
-                                                 streamed=to_stream)
+    ``config`` (a :class:`~unetseg.config.PredictConfig`) and ``options`` (its fields as
+    keywords, on top: ``tile``, ``overlap``, ``batch_size``, ``device``, ``tta``, ``backend``)
+    say how to predict. ``tta`` augments every tile at test time (``flip``, ``d4``, ``rot:N``;
+    not for streamed TIFFs). The ``onnxruntime`` backend (``auto`` picks it for ``.onnx``
+    files) runs a file written by ``unetseg export`` with ONNX Runtime on the CPU, through the
+    same tiling and blending. Returns the label image paths.
+    """
+    cfg = predict_config(config, **options)
+    paths = list_images([images] if isinstance(images, str | Path) else images)
+    exported = resolve_backend(model, cfg.backend) != "torch"
+    to_stream = [p for p in paths if _streams(p, stream)] if exported else []
+    predictor, card = load_image_predictor(model, cfg, streamed=to_stream)
     _check_readable(paths)
     _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
-    streamed = [p for p in paths if _streams(p, stream)] if tta else []
+    streamed = [p for p in paths if _streams(p, stream)] if cfg.tta else []
     if streamed:
         raise UserError(f"{streamed[0]}: --tta does not apply to streamed TIFFs; drop --tta"
                         " (or --stream)")
@@ -118,7 +84,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
                         " choose another --out")
     palette = class_colours(card.classes)
     written = []
-    for path in tqdm(paths, desc="predict", unit="image", disable=not show_progress):
+    for path in progress(paths, desc="predict", unit="image", disable=not show_progress):
         if _streams(path, stream):
             written.append(_predict_streamed(predictor, card, path, out, overlays=overlays,
                                              max_pixels=max_pixels,
@@ -206,25 +172,25 @@ def _truths(pairs: Sequence[Pair], predictor: ImagePredictor, classes: ClassTabl
         yield pair.stem, image, torch.from_numpy(encode_mask(mask, classes)).long()
 
 
-def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None, *,
-             tile: int | None = None, overlap: float | None = None, batch_size: int = 4,
-             device: str = "auto", tta: str | None = None, isbi: bool = False,
-             show_progress: bool = True) -> Evaluation:
+def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
+             config: PredictConfig | None = None, *, isbi: bool = False,
+             show_progress: bool = True, **options: Any) -> Evaluation:
     """Predict every image of ``data`` (``images/`` + ``masks/``) and score it against its mask.
 
     One confusion matrix per image and their sum give per-class IoU, Dice, precision, recall,
     pixel accuracy and mean IoU (a class absent from both prediction and truth is undefined and
     left out of the means; see :mod:`unetseg.metrics`). With ``out``, writes ``metrics.json``
-    and ``per_image.csv`` there. ``tta`` augments every tile at test time (see
-    :mod:`unetseg.infer.tta`).
+    and ``per_image.csv`` there. ``config`` and ``options`` say how to predict, as for
+    :func:`predict`; ``tta`` augments every tile at test time (see :mod:`unetseg.infer.tta`).
 
     ``isbi=True`` (2-class models: class 0 the boundaries, class 1 the objects, as ISBI 2012's
     0 = membrane, 255 = cell) adds the ISBI 2012 challenge's pixel, Rand and warping errors of
     the class-1 probability over thresholds 0.0..0.9 (:mod:`unetseg.metrics_isbi`), pooled over
     the images, as ``summary["isbi"]``.
     """
-    predictor, card = load_predictor(model, tile=tile, overlap=overlap, batch_size=batch_size,
-                                     device=device, tta=tta)
+    cfg = predict_config(config, **options)
+    tta = cfg.tta
+    predictor, card = load_image_predictor(model, cfg)
     if isbi and card.classes.num_classes != 2:
         raise UserError(f"{model}: --isbi needs a 2-class model (boundary, object) but this one"
                         f" has {card.classes.num_classes} classes; drop --isbi")

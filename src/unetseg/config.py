@@ -19,6 +19,15 @@ LossName = Literal["dice_ce", "ce", "dice", "focal", "weighted-ce"]
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]
 ImageInterpolation = Literal["bilinear", "bicubic"]
+Backend = Literal["auto", "torch", "onnxruntime"]
+
+DEFAULT_TILE = 512
+"""Tile side in pixels where none is planned: a given ``overlap``, valid-padding models, the
+tiling stored in exported files."""
+DEFAULT_OVERLAP = 0.25
+"""Share of a tile's side that overlaps its neighbour where the overlap is not planned."""
+DEFAULT_BATCH_SIZE = 4
+"""Tiles per forward pass."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,69 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass(frozen=True)
+class PredictConfig:
+    """How a model predicts images: the options of ``predict``, ``evaluate``, ``serve`` and the
+    tiling ``export`` stores, stated once.
+
+    ``tile`` None plans the tiling per image for same-padding models (the whole image up to
+    1088 pixels, else the fewest tiles overlapping by 64 pixels; see
+    :class:`~unetseg.infer.engine.ImagePredictor`) and is :data:`DEFAULT_TILE` otherwise;
+    ``overlap`` None is planned with the tile, or :data:`DEFAULT_OVERLAP` with a given tile.
+    ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``) or None.
+    ``backend`` ``auto`` runs ``.onnx`` files on ONNX Runtime and anything else on PyTorch.
+    """
+
+    tile: int | None = None
+    overlap: float | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = "auto"
+    tta: str | None = None
+    backend: Backend = "auto"
+
+    @property
+    def fixed_tile(self) -> int:
+        """The tile side where none is planned."""
+        return self.tile or DEFAULT_TILE
+
+    @property
+    def fixed_overlap(self) -> float:
+        """The overlap where none is planned."""
+        return DEFAULT_OVERLAP if self.overlap is None else self.overlap
+
+    def check(self) -> None:
+        """One-line :class:`~unetseg.errors.UserError` for options no prediction can use (the
+        test-time augmentation mode is parsed where it is used, in :mod:`unetseg.infer.tta`)."""
+        from unetseg.errors import UserError
+
+        if self.tile is not None and self.tile < 16:
+            raise UserError(f"--tile {self.tile}: tiles must be at least 16 pixels; e.g."
+                            " --tile 512")
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise UserError(f"--overlap {self.overlap}: must be a fraction in [0, 1); e.g. 0.25")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: give at least 1 tile per batch")
+        backends = typing.get_args(Backend)
+        if self.backend not in backends:
+            raise UserError(f"--backend {self.backend}: unknown backend; use"
+                            f" {', '.join(backends)}")
+
+
+def predict_config(config: PredictConfig | None = None, **options: Any) -> PredictConfig:
+    """``config`` (default :class:`PredictConfig`) with ``options`` on top: what functions that
+    take both ``config=`` and the options as keywords (``predict(..., tile=256)``) predict with.
+
+    Raises:
+        TypeError: an option that is not a :class:`PredictConfig` field.
+    """
+    names = [f.name for f in dataclasses.fields(PredictConfig)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise TypeError(f"unknown prediction option {', '.join(unknown)}; the options are"
+                        f" {', '.join(names)}")
+    return dataclasses.replace(config or PredictConfig(), **options)
+
+
 T = TypeVar("T")
 
 
@@ -218,6 +290,21 @@ _RANGES: dict[tuple[str, str], tuple[float, float | None, bool]] = {
 }
 
 
+FLAG_NAMES: dict[str, str | None] = {
+    "train.time_limit_s": "--time-limit",
+    "data.class_values": "--classes",
+    "train.val_tile": None,
+}
+"""``train`` flags whose names are not their field's name (None: the field has no flag)."""
+
+
+def flag_hint(dotted: str) -> str:
+    """Where a user sets the RunConfig field ``dotted`` (``train.epochs``): its ``train`` flag,
+    or the config file."""
+    flag = FLAG_NAMES.get(dotted, "--" + dotted.rsplit(".", 1)[-1].replace("_", "-"))
+    return flag if flag is not None else f"{dotted} in a --config file"
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """Refuse option values no run can use, with a one-line :class:`UserError` naming the
     option (``train.batch_size`` is the flag ``--batch-size``) and the allowed values.
@@ -234,8 +321,8 @@ def check_run_config(cfg: RunConfig) -> None:
         hints = typing.get_type_hints(type(part))
         for f in dataclasses.fields(part):
             value, name = getattr(part, f.name), f"{section.name}.{f.name}"
-            flag = "--" + f.name.replace("_", "-")
-            choices = _literal_choices(hints[f.name])
+            flag = flag_hint(name)
+            choices = literal_choices(hints[f.name])
             if choices and value not in choices:
                 raise UserError(f"{name} {value!r} is not an option; choose one of"
                                 f" {', '.join(map(str, choices))} ({flag})")
@@ -256,7 +343,7 @@ def check_run_config(cfg: RunConfig) -> None:
                         " fix --class-weights")
 
 
-def _literal_choices(tp: Any) -> tuple[Any, ...]:
+def literal_choices(tp: Any) -> tuple[Any, ...]:
     """The choices of a ``Literal`` type (also inside ``X | None``), else ()."""
     if typing.get_origin(tp) is Literal:
         return typing.get_args(tp)

@@ -141,8 +141,8 @@ def test_labels_of_an_exported_model_are_not_trivial(model: Path) -> None:
     """The fixture model gives both classes on real images (so label equality means something)."""
     from shipping import sample_images
 
-    from unetseg.api import load_predictor
     from unetseg.data.io import read_image
+    from unetseg.infer.load import load_predictor
 
     predictor, _ = load_predictor(model, device="cpu")
     ids = predictor.logits(read_image(sample_images()[-1])).argmax(0).numpy()

@@ -7,8 +7,8 @@ import torch
 
 from unetseg.config import ModelConfig
 from unetseg.export.graph import ExportableUNet, pad_to_multiple_indexed
-from unetseg.export.meta import ExportInfo, Tiling, export_info
 from unetseg.export.verify import FP32_TOLERANCE, compare, parity_shapes
+from unetseg.infer.exported import ExportInfo, Tiling, export_info
 from unetseg.model import UNet, is_legal_input_size, legal_input_sizes
 from unetseg.model.blocks import pad_to_multiple
 from unetseg.modelfile import ModelCard

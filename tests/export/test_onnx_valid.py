@@ -54,9 +54,9 @@ def test_valid_predictor_refuses_illegal_sizes_and_matches_eager(valid_export) -
 def test_valid_tiled_prediction_matches_pytorch(valid_export) -> None:
     from shipping import sample_images
 
-    from unetseg.api import load_predictor
     from unetseg.data.io import read_image
     from unetseg.infer.backends import load_onnx_image_predictor
+    from unetseg.infer.load import load_predictor
 
     model, path = valid_export
     image = read_image(sample_images()[3])[:, :150, :170]

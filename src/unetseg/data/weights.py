@@ -239,9 +239,9 @@ def attach_weight_maps(pairs: Sequence[LoadedPair], classes: ClassTable, cfg: Da
     objects = object_class_ids(classes, cfg.weight_objects)
     items: Iterable[LoadedPair] = pairs
     if progress:
-        from tqdm.auto import tqdm
+        from unetseg.progress import progress as progress_bar
 
-        items = tqdm(pairs, desc="weight maps", unit="mask", leave=False)
+        items = progress_bar(pairs, desc="weight maps", unit="mask", leave=False)
     for pair in items:
         if pair.weights is not None:
             continue

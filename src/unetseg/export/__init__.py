@@ -4,9 +4,9 @@
 normalisation, tiling) and whose logits match the eager model; see :mod:`.pipeline`.
 """
 
-from unetseg.export.meta import ExportInfo, Tiling
 from unetseg.export.pipeline import ExportError, ExportResult, export_model
 from unetseg.export.verify import FP32_TOLERANCE, ParityError, ParityReport
+from unetseg.infer.exported import ExportInfo, Tiling
 
 __all__ = [
     "FP32_TOLERANCE",

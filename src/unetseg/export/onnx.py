@@ -10,7 +10,8 @@ Two exporters, both ``torch.onnx.export``:
   upstream; kept as the fallback. Its dims are plain names (``"height"``).
 
 Either way ONNX Runtime does not enforce the valid-padding sizes: an illegal side can run and
-give wrong logits, so callers check the side first (see :class:`~unetseg.export.meta.ExportInfo`).
+give wrong logits, so callers check the side first (see
+:class:`~unetseg.infer.exported.ExportInfo`).
 The graph is :class:`~unetseg.export.graph.ExportableUNet`, the model's layers with a forward
 free of size-dependent Python branches.
 """
@@ -30,8 +31,8 @@ import torch
 
 from unetseg.config import ModelConfig
 from unetseg.export.graph import ExportableUNet
-from unetseg.export.meta import Tiling, export_info, to_props
 from unetseg.files import atomic_path
+from unetseg.infer.exported import Tiling, export_info, to_props
 from unetseg.model import UNet
 from unetseg.model.geometry import min_legal_input_size
 from unetseg.modelfile import ModelCard

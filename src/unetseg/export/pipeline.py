@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.errors import UserError
-from unetseg.export.meta import Tiling
 from unetseg.export.verify import (
     FP32_TOLERANCE,
     ParityError,
@@ -31,6 +30,7 @@ from unetseg.export.verify import (
     exported_predictor,
     parity_shapes,
 )
+from unetseg.infer.exported import Tiling
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}

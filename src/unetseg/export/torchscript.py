@@ -16,9 +16,9 @@ from typing import Literal
 import torch
 
 from unetseg.export.graph import ExportableUNet
-from unetseg.export.meta import EXPORT_KEY, ExportInfo, Tiling, export_info, from_props, to_props
 from unetseg.export.onnx import example_input
 from unetseg.files import atomic_path
+from unetseg.infer.exported import EXPORT_KEY, ExportInfo, Tiling, export_info, from_props, to_props
 from unetseg.model import UNet
 from unetseg.modelfile import FORMAT, ModelCard
 

@@ -12,21 +12,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from unetseg.data.normalize import normalize
 from unetseg.errors import UserError
-from unetseg.export.meta import ExportInfo, from_props
 from unetseg.infer.blending import BlendMode
 from unetseg.infer.engine import check_channels
+from unetseg.infer.exported import ExportInfo, from_props
 from unetseg.infer.predict import tiled_logits
 from unetseg.modelfile import ModelCard
 
-Backend = Literal["torch", "onnxruntime"]
-BACKENDS: tuple[Backend, ...] = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime")
 INSTALL_HINT = "install the export extra: pip install 'unetseg[export]'"
 
 
@@ -120,9 +120,9 @@ class OnnxImagePredictor:
     predictor: OnnxPredictor
     card: ModelCard
     info: ExportInfo
-    tile: int = 512
-    overlap: float = 0.25
-    batch_size: int = 4
+    tile: int = DEFAULT_TILE
+    overlap: float = DEFAULT_OVERLAP
+    batch_size: int = DEFAULT_BATCH_SIZE
 
     def check_channels(self, image: np.ndarray, source: str | Path) -> None:
         """:class:`UserError` when ``image`` (C,H,W) has another channel count than the model."""
@@ -155,7 +155,7 @@ def load_backend_predictor(model: str | Path, backend: str, *, tile: int | None 
                            overlap: float | None = None, batch_size: int | None = None,
                            device: str = "auto", tta: str | None = None,
                            streamed: Sequence[Path] = ()) -> tuple[Any, ModelCard]:
-    """The image predictor of :func:`unetseg.api.predict` for a backend other than ``torch``:
+    """The image predictor of a model file for a backend other than ``torch``:
     an :class:`OnnxImagePredictor`, with the model card.
 
     Raises:

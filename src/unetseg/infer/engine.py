@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.fast import plan_tile
-from unetseg.infer.predict import DEFAULT_TILE, logits_to_labels, predict_logits
+from unetseg.infer.predict import logits_to_labels, predict_logits
 from unetseg.model import model_config
 from unetseg.model.layout import fastest_memory_format
 
@@ -64,9 +65,10 @@ class ImagePredictor:
         tile: tile side in pixels (input tile for same padding; bounds the input tile for
             valid). None plans it per image for same padding (:meth:`tiling`: the
             whole image up to :data:`AUTO_MAX_TILE` pixels, else the fewest tiles overlapping
-            by :data:`AUTO_MIN_OVERLAP` pixels) and is 512 for valid padding.
+            by :data:`AUTO_MIN_OVERLAP` pixels) and is :data:`~unetseg.config.DEFAULT_TILE` for
+            valid padding.
         overlap: fraction of a tile shared with its neighbour (same-padding models); None is
-            planned with the tile, or 0.25 with a given tile.
+            planned with the tile, or :data:`~unetseg.config.DEFAULT_OVERLAP` with a given tile.
         batch_size: most tiles per forward pass; planned tiles larger than 512 pixels go in
             fewer, so a batch never holds more pixels than ``batch_size`` 512-pixel tiles.
         tta: test-time augmentation of every tile (``"flip"``, ``"d4"``, ``"rot:N"``) or None.
@@ -80,7 +82,7 @@ class ImagePredictor:
     stats: ChannelStats
     tile: int | None = None
     overlap: float | None = None
-    batch_size: int = 4
+    batch_size: int = DEFAULT_BATCH_SIZE
     tta: str | None = None
     fast_layout: bool = False
 
@@ -107,7 +109,7 @@ class ImagePredictor:
                                       multiple=2**config.depth)
         else:
             tile = self.tile or DEFAULT_TILE
-            overlap = 0.25 if self.overlap is None else self.overlap
+            overlap = DEFAULT_OVERLAP if self.overlap is None else self.overlap
         side = min(tile, max(height, width))
         batch = max(1, min(self.batch_size, self.batch_size * DEFAULT_TILE**2 // side**2))
         return tile, overlap, batch

@@ -21,6 +21,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from unetseg.infer.blending import BlendMode, blend_weight
 from unetseg.infer.tiling import (
     iter_windows,
@@ -33,8 +34,6 @@ from unetseg.model.geometry import valid_margin
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
-#: Default window side (same padding) or input-window budget (valid padding), in pixels.
-DEFAULT_TILE = 512
 
 _T = TypeVar("_T")
 
@@ -44,8 +43,8 @@ def sliding_window_logits(
     image: torch.Tensor,
     *,
     tile: int,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     blend: BlendMode = "gaussian",
     out_device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -183,8 +182,8 @@ def predict_logits(
     image: torch.Tensor,
     *,
     tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     blend: BlendMode = "gaussian",
     tta: str | None = None,
 ) -> torch.Tensor:
@@ -238,8 +237,8 @@ def tiled_logits(
     padding: str,
     depth: int,
     tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     blend: BlendMode = "gaussian",
 ) -> torch.Tensor:
     """The tiling of :func:`predict_logits` for any predictor of a U-Net with ``padding`` and
@@ -264,8 +263,8 @@ def predict_labels(
     image: torch.Tensor,
     *,
     tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     blend: BlendMode = "gaussian",
 ) -> torch.Tensor:
     """Class index per pixel, ``(H, W)`` int64: the argmax of :func:`predict_logits`.

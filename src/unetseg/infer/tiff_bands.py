@@ -85,8 +85,7 @@ class TiffBandReader:
                 f" pixels, more than the {MAX_CHUNK_BYTES / 2**20:.0f} MiB decoded at a time;"
                 " re-save the image tiled, e.g. in Python: tifffile.imwrite('tiled.tif',"
                 f" tifffile.imread('{self.path}'), tile=(512, 512), compression='zlib'), or"
-                f" with libvips: vips tiffsave '{self.path}' tiled.tif --tile --compression"
-                " deflate")
+                f" with libvips: vips copy '{self.path}' 'tiled.tif[tile,compression=deflate]'")
 
     def close(self) -> None:
         self._tif.close()

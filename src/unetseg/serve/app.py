@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from unetseg.config import PredictConfig
 from unetseg.errors import UserError
 from unetseg.serve.codec import BadUpload, class_counts, decode, label_png, sniff
 from unetseg.serve.worker import InferenceQueue, QueueFull, ServedModel, load_served_model
@@ -141,10 +142,9 @@ def _inference_job(served: ServedModel, data: bytes, suffix: str, name: str,
     return body, time.perf_counter() - started
 
 
-def create_app(model_path: str | Path, *, max_upload_bytes: int = 32 * 2**20,
-               max_pixels: int = 16 * 2**20, queue_size: int = 8, workers: int = 1,
-               backend: str = "auto", tile: int | None = None, batch_size: int = 4,
-               device: str = "auto") -> Any:
+def create_app(model_path: str | Path, config: PredictConfig | None = None, *,
+               max_upload_bytes: int = 32 * 2**20, max_pixels: int = 16 * 2**20,
+               queue_size: int = 8, workers: int = 1, **options: Any) -> Any:
     """The FastAPI app serving one model file, loaded here, once.
 
     Args:
@@ -153,9 +153,10 @@ def create_app(model_path: str | Path, *, max_upload_bytes: int = 32 * 2**20,
         max_pixels: largest image height x width; larger ones get 413.
         queue_size: requests that may wait for a worker; beyond them, 503.
         workers: inference threads.
-        backend: ``auto`` (by the file suffix), ``torch`` or ``onnxruntime``.
-        tile: tile side in pixels (default 512); batch_size: tiles per forward pass.
-        device: PyTorch device (``auto``, ``cpu``, ``cuda``, ...).
+        config: how to predict (:class:`~unetseg.config.PredictConfig`: tiling, device,
+            test-time augmentation, backend; ``auto`` picks the backend by the file suffix).
+        options: :class:`~unetseg.config.PredictConfig` fields as keywords, on top of
+            ``config``.
 
     Raises:
         UserError: an unreadable model file, or fastapi missing.
@@ -168,8 +169,7 @@ def create_app(model_path: str | Path, *, max_upload_bytes: int = 32 * 2**20,
         raise UserError("--max-upload-mb and --max-pixels must be positive")
     if queue_size < 0:
         raise UserError(f"--queue-size {queue_size}: give 0 or more")
-    served = load_served_model(model_path, backend=backend, tile=tile, batch_size=batch_size,
-                               device=device)
+    served = load_served_model(model_path, config, **options)
     queue = InferenceQueue(workers=workers, queue_size=queue_size)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
               "queue_size": queue_size, "workers": workers}
@@ -243,13 +243,14 @@ def _add_routes(app: Any, served: ServedModel, queue: InferenceQueue,
     app.mount("/static", StaticFiles(directory=static), name="static")
 
 
-def run_server(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
-               **options: Any) -> None:
-    """Load the model, build the app and serve it with uvicorn until interrupted."""
+def run_server(model_path: str | Path, config: PredictConfig | None = None, *,
+               host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Load the model, build the app and serve it with uvicorn until interrupted; ``config``
+    and ``options`` are those of :func:`create_app`."""
     try:
         import uvicorn
     except ImportError:
         raise UserError(f"unetseg serve needs uvicorn; {INSTALL_HINT}") from None
-    app = create_app(model_path, **options)
+    app = create_app(model_path, config, **options)
     print(f"serving {Path(model_path).name} on http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

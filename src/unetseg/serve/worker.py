@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from unetseg.config import PredictConfig, predict_config
+from unetseg.infer.load import load_image_predictor, resolve_backend
 from unetseg.modelfile import ModelCard
 
 T = TypeVar("T")
@@ -103,20 +105,11 @@ class ServedModel:
         return logits_to_labels(self.predictor.logits(image)).numpy()
 
 
-def load_served_model(path: str | Path, *, backend: str = "auto", tile: int | None = None,
-                      batch_size: int = 4, device: str = "auto") -> ServedModel:
-    """Load a model file once for serving: ``.onnx`` runs on ONNX Runtime, anything else
-    (``.safetensors``) on PyTorch, unless ``backend`` says which."""
-    path = Path(path)
-    if backend == "auto":
-        backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch"
-    if backend == "onnxruntime":
-        from unetseg.infer.backends import load_backend_predictor
-
-        predictor, card = load_backend_predictor(path, backend, tile=tile,
-                                                 batch_size=batch_size, device=device)
-        return ServedModel(path, backend, predictor, card)
-    from unetseg.api import load_predictor
-
-    torch_predictor, card = load_predictor(path, tile=tile, batch_size=batch_size, device=device)
-    return ServedModel(path, "torch", torch_predictor, card)
+def load_served_model(path: str | Path, config: PredictConfig | None = None, **options: Any
+                      ) -> ServedModel:
+    """Load a model file once for serving, as ``config`` and ``options`` (its fields as
+    keywords, on top) say: with the default backend ``auto``, ``.onnx`` files run on ONNX
+    Runtime and anything else (``.safetensors``) on PyTorch."""
+    cfg = predict_config(config, **options)
+    predictor, card = load_image_predictor(path, cfg)
+    return ServedModel(Path(path), resolve_backend(path, cfg.backend), predictor, card)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from unetseg.errors import UserError
 from unetseg.model.blocks import center_crop
+from unetseg.progress import progress
 
 Batch = tuple[torch.Tensor, ...]  # (images, masks) or (images, masks, pixel weights)
 LossFn = Callable[..., torch.Tensor]
@@ -72,8 +72,8 @@ def train_one_epoch(
     model.train()
     device = next(model.parameters()).device
     total, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=steps, desc=description, leave=False, disable=not show_progress,
-               dynamic_ncols=True)
+    bar = progress(total=steps, desc=description, unit="step", leave=False,
+                   disable=not show_progress, every=100.0, dynamic_ncols=True)
     done = 0
     for batch in batches:
         if done == steps:

@@ -6,6 +6,9 @@ needs to run it on images travels in the file: the :class:`~unetseg.modelfile.Mo
 safetensors model file) and :class:`ExportInfo` (tiling parameters, legal input sizes,
 exporter) under ``"unetseg.export"``. ONNX files keep both in ``metadata_props``, TorchScript
 files as ``_extra_files`` (``unetseg.json`` and ``unetseg.export.json``).
+
+The format lives in ``infer/`` because both sides read it: :mod:`unetseg.export` writes it and
+:mod:`unetseg.infer.backends` runs the files. ``export`` depends on ``infer``, never the reverse.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE, PredictConfig
 from unetseg.errors import UserError
 from unetseg.model.geometry import min_legal_input_size
 from unetseg.modelfile import FORMAT, ModelCard
@@ -30,11 +34,18 @@ class Tiling:
     ``overlap`` and ``blend`` (Gaussian, ``sigma_scale`` of the side) apply to same padding.
     """
 
-    tile: int = 512
-    overlap: float = 0.25
-    batch_size: int = 4
+    tile: int = DEFAULT_TILE
+    overlap: float = DEFAULT_OVERLAP
+    batch_size: int = DEFAULT_BATCH_SIZE
     blend: str = "gaussian"
     sigma_scale: float = 0.125
+
+    @classmethod
+    def from_config(cls, config: PredictConfig) -> Tiling:
+        """The tiling of ``config`` as a file stores it: an exported graph plans nothing, so a
+        tile or overlap left None is the fixed default."""
+        return cls(tile=config.fixed_tile, overlap=config.fixed_overlap,
+                   batch_size=config.batch_size)
 
 
 @dataclass(frozen=True)

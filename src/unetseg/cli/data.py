@@ -1,0 +1,98 @@
+"""``unetseg check``, ``convert-checkpoint``, ``preview-augment`` and ``preview-weights``:
+commands about data and model files that train nothing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from unetseg.cli.flags import TRAIN_FLAGS, add_train_flags, dest
+
+CHECK_FLAGS = ("--classes", "--class-names", "--ignore-value", "--palette")
+PREVIEW_FLAGS = tuple(flag for flag, (key, _, _) in TRAIN_FLAGS.items()
+                      if key.startswith(("data.", "augment.")))
+
+
+def add_data_commands(sub: Any) -> None:
+    p = sub.add_parser("check", help="check a data folder: pairs, unreadable files, sizes, mask"
+                       " values, channels, class balance and suggested class weights")
+    p.add_argument("data", help="folder with images/ and masks/")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_train_flags(p, CHECK_FLAGS)
+    p.set_defaults(run=_check)
+
+    p = sub.add_parser("convert-checkpoint", help="convert a TRUSTED pickled PyTorch"
+                       " checkpoint (.pt, .pth, .ckpt) of a unetseg U-Net to a model file")
+    p.add_argument("checkpoint", help="the trusted .pt/.pth/.ckpt file (a state_dict)")
+    p.add_argument("--config", required=True, help="the run's config.json (model, classes and"
+                   " normalisation)")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.set_defaults(run=_convert_checkpoint)
+
+    p = sub.add_parser("preview-augment", help="picture of images beside augmented copies")
+    _add_preview_flags(p)
+    p.add_argument("--samples", type=int, default=3,
+                   help="augmented copies per image (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the augmentation (default %(default)s)")
+    p.set_defaults(run=_preview_augment)
+
+    p = sub.add_parser("preview-weights", help="heat maps of the paper's border weight maps")
+    _add_preview_flags(p)
+    p.set_defaults(run=_preview_weights)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from unetseg.config import DataConfig
+    from unetseg.data.doctor import check_data
+    from unetseg.data.report import format_report
+
+    cfg = DataConfig(class_values=args.classes, class_names=args.class_names,
+                     ignore_value=args.ignore_value, palette=args.palette)
+    report = check_data(args.data, cfg, progress=not args.quiet and not args.json)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.clean else 1
+
+
+def _convert_checkpoint(args: argparse.Namespace) -> int:
+    from unetseg.train.convert import convert_checkpoint
+
+    convert_checkpoint(args.checkpoint, args.config, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_preview_flags(p: argparse.ArgumentParser) -> None:
+    """DATA, --out PNG, --images, --preset, and the data/augmentation flags of ``train``."""
+    p.add_argument("data", help="folder with images/ and masks/")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--images", type=int, default=3, help="how many images (default %(default)s)")
+    p.add_argument("--preset", default=None, metavar="NAME", help="recipe: default or paper")
+    add_train_flags(p, PREVIEW_FLAGS)
+
+
+def _preview_config(args: argparse.Namespace) -> Any:
+    from unetseg.config import RunConfig, replace
+    from unetseg.presets import preset
+
+    cfg = preset(args.preset) if args.preset else RunConfig()
+    changes = {TRAIN_FLAGS[flag][0]: getattr(args, dest(flag)) for flag in PREVIEW_FLAGS}
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _preview_augment(args: argparse.Namespace) -> int:
+    from unetseg.preview import preview_augment
+
+    path = preview_augment(args.data, args.out, cfg=_preview_config(args), images=args.images,
+                           samples=args.samples, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def _preview_weights(args: argparse.Namespace) -> int:
+    from unetseg.preview import preview_weights
+
+    path = preview_weights(args.data, args.out, cfg=_preview_config(args), images=args.images)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,97 @@
+"""``unetseg predict``, ``evaluate`` and ``demo``: the commands of :mod:`unetseg.api`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from unetseg.cli.flags import add_prediction_flags, predict_config_from_args
+
+
+def add_predict_commands(sub: Any) -> None:
+    p = sub.add_parser("predict", help="predict label images for images of any size")
+    p.add_argument("model", help="model file (RUN/best.safetensors, or a .onnx from export)")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="folder for labels and overlays")
+    p.add_argument("--probabilities", action="store_true", help="also write <stem>_probs.tif")
+    p.add_argument("--stream", action="store_true", default=None,
+                   help="stream TIFFs band by band into a tiled BigTIFF (automatic above 64 MP)")
+    p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="largest streamed TIFF, height x width pixels (default: the limit of"
+                        " every image read); larger ones are refused from their header as"
+                        " likely decompression bombs")
+    add_prediction_flags(p)
+    p.set_defaults(run=_predict)
+
+    p = sub.add_parser("evaluate", help="score a model on DATA/images + DATA/masks")
+    p.add_argument("model", help="model file (RUN/best.safetensors, or a .onnx from export)")
+    p.add_argument("data", help="folder with images/ and masks/")
+    p.add_argument("--out", default=None, help="folder for metrics.json and per_image.csv")
+    p.add_argument("--isbi", action="store_true",
+                   help="also the ISBI 2012 pixel, Rand and warping errors (2-class models:"
+                        " class 0 boundaries, class 1 objects)")
+    add_prediction_flags(p)
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("demo", help="train, predict and evaluate on bundled ISBI 2012 data")
+    p.add_argument("--out", default="unetseg-demo", help="folder for everything (default"
+                   " %(default)s)")
+    p.add_argument("--time-budget", type=float, default=420.0,
+                   help="training seconds (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default %(default)s)")
+    p.set_defaults(run=_demo)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from unetseg.api import predict
+
+    written = predict(args.model, args.images, args.out, predict_config_from_args(args),
+                      probabilities=args.probabilities, overlays=not args.no_overlay,
+                      stream=args.stream, max_pixels=args.max_pixels,
+                      show_progress=not args.quiet)
+    print(f"wrote {len(written)} label image(s) to {args.out}")
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"{'class':<20}{'IoU':>8}{'Dice':>8}{'prec.':>8}{'recall':>8}")
+    for name, m in summary["per_class"].items():
+        cells = "".join(f"{m[k]:>8.4f}" if m[k] is not None else f"{'-':>8}"
+                        for k in ("iou", "dice", "precision", "recall"))
+        print(f"{name:<20}{cells}")
+    print(f"mean IoU {summary['mean_iou']:.4f}   pixel accuracy {summary['pixel_accuracy']:.4f}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from unetseg.api import evaluate
+
+    result = evaluate(args.model, args.data, args.out, predict_config_from_args(args),
+                      isbi=args.isbi, show_progress=not args.quiet)
+    print_summary(result.summary)
+    if "isbi" in result.summary:
+        scores = result.summary["isbi"]
+        print("ISBI 2012 (best over thresholds): " + "   ".join(
+            f"{name.replace('_', ' ')} {scores[name]['value']:.5f} (t={scores[name]['threshold']})"
+            for name in ("pixel_error", "rand_error", "warping_error")))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'per_image.csv'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from unetseg.api import demo
+
+    result = demo(args.out, time_budget_s=args.time_budget, device=args.device,
+                  show_progress=not args.quiet)
+    print_summary(result.summary)
+    f = result.folder
+    print(f"\ndemo finished in {result.seconds:.0f} s; everything is in {f}/")
+    for what, path in [("training curves", f / "run" / "curves.png"),
+                       ("examples", f / "examples.png"),
+                       ("overlays", f / "predictions"),
+                       ("metrics", f / "evaluation" / "metrics.json"),
+                       ("model", f / "run" / "best.safetensors")]:
+        print(f"  {what:<16}{path}")
+    return 0

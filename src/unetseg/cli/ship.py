@@ -1,0 +1,68 @@
+"""``unetseg export`` and ``serve``: shipping a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from unetseg.cli.flags import add_prediction_flags, predict_config_from_args
+
+EXPORT_PREDICTION_FLAGS = ("--tile", "--overlap", "--batch-size")
+"""The prediction flags an exported file stores as its tiling."""
+
+
+def add_ship_commands(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a model as ONNX or TorchScript, verified against"
+                       " PyTorch")
+    p.add_argument("model", help="model file (RUN/best.safetensors)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx or torchscript (default %(default)s)")
+    p.add_argument("--out", required=True, help="file to write (.onnx; .pt/.ts for TorchScript)")
+    p.add_argument("--exporter", default="auto", help="auto (dynamo then legacy for ONNX,"
+                   " script then trace for TorchScript) or one of them (default %(default)s)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest accepted absolute logit difference (default %(default)s)")
+    add_prediction_flags(p, EXPORT_PREDICTION_FLAGS)
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP with a web page (extra: serve)")
+    p.add_argument("model", help="model file (.safetensors, or .onnx for ONNX Runtime)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=32.0,
+                   help="largest request body in MiB; larger: 413 (default %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=16 * 2**20,
+                   help="largest image height x width; larger: 413 (default %(default)s)")
+    p.add_argument("--queue-size", type=int, default=8,
+                   help="requests waiting for inference before 503 (default %(default)s)")
+    add_prediction_flags(p)
+    p.set_defaults(run=_serve)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from unetseg.export import ExportError, ParityError, Tiling, export_model
+
+    config = predict_config_from_args(args)
+    config.check()
+    tiling = Tiling.from_config(config)
+    try:
+        result = export_model(args.model, args.out, args.format, exporter=args.exporter,
+                              tolerance=args.tolerance, tiling=tiling)
+    except (ParityError, ExportError) as exc:
+        print(f"unetseg: export failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"exporter: {result.exporter} ({result.reason})")
+    print("parity with PyTorch (max |logit difference| per input N x C x H x W):")
+    print("\n".join(result.report.lines()))
+    print(f"wrote {result.path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from unetseg.serve.app import run_server
+
+    run_server(args.model, predict_config_from_args(args), host=args.host, port=args.port,
+               max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+               queue_size=args.queue_size)
+    return 0

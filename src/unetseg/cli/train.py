@@ -1,0 +1,91 @@
+"""``unetseg train``: flags to a :class:`~unetseg.config.RunConfig`, then
+:func:`unetseg.train.fit.fit`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from unetseg.cli.flags import TRAIN_FLAGS, add_train_flags, dest
+from unetseg.errors import UserError
+
+
+def add_train_command(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a U-Net on DATA/images + DATA/masks")
+    p.add_argument("data", help="folder with images/ and masks/ (paired by file stem)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--config", help="RunConfig JSON (flags override it)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="start from a recipe: default or paper (the U-Net paper's; flags"
+                        " override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPUs")
+    p.add_argument("--nproc", type=int, default=1, help="train data-parallel in N local"
+                   " processes, e.g. one per GPU; --batch-size is split over them (default"
+                   " %(default)s)")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="batch-norm statistics over all processes' samples (GPUs only)")
+    add_train_flags(p)
+    p.set_defaults(run=_train)
+
+
+def run_config_from_args(args: argparse.Namespace) -> Any:
+    """A RunConfig from ``--preset`` or ``--config`` (if any) with every given flag on top."""
+    from unetseg.config import RunConfig, from_dict, replace
+    from unetseg.presets import preset
+
+    if getattr(args, "preset", None) and args.config:
+        raise UserError(f"{args.config}: give either --config or --preset {args.preset}, not"
+                        " both (flags override either)")
+    cfg = preset(args.preset) if getattr(args, "preset", None) else RunConfig()
+    if args.config:
+        path = Path(args.config)
+        try:
+            cfg = from_dict(RunConfig, json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(f"{path}: not a readable RunConfig JSON ({exc}); fix the file (a"
+                            " run's config.json holds one under \"run\") or drop --config"
+                            ) from None
+    changes = {key: getattr(args, dest(flag)) for flag, (key, _, _) in TRAIN_FLAGS.items()}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.no_amp:
+        changes["train.amp"] = False
+    if getattr(args, "sync_batchnorm", False):
+        changes["train.sync_batchnorm"] = True
+    return replace(cfg, **changes)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from unetseg.train import distributed
+
+    if args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc}: give at least 1 process")
+    if args.nproc > 1 and not distributed.launched():  # under torchrun the processes exist
+        if not args.resume:  # say it once, before starting processes
+            distributed.batch_shard(run_config_from_args(args).train.batch_size,
+                                    distributed.DistEnv(world_size=args.nproc))
+        from unetseg.cli import main
+
+        return distributed.launch(args.nproc, main, args.argv)
+    from unetseg.train.fit import fit
+
+    main_process = distributed.DistEnv.from_environ().is_main
+    if not main_process:  # warnings once, from rank 0
+        logging.getLogger("unetseg").setLevel(logging.ERROR)
+    try:
+        result = fit(args.data, args.out, run_config_from_args(args), resume=args.resume,
+                     show_progress=not args.quiet)
+    finally:
+        distributed.cleanup()
+    if not main_process:
+        return 0
+    best = max((h for h in result.history if h.get("val_mean_iou") is not None),
+               key=lambda h: h["val_mean_iou"], default=None)
+    print(f"run folder: {result.run_dir}  (stopped: {result.stopped})")
+    if best:
+        print(f"best validation mean IoU {best['val_mean_iou']:.4f} at epoch {best['epoch']}")
+    print(f"model: {result.best_model}")
+    return 0
