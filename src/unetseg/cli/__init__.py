@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unetseg`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for train --nproc
+    args.entry, args.argv = main, list(sys.argv[1:] if argv is None else argv)  # train --nproc
     if args.version:
         from unetseg import __version__
 

@@ -67,9 +67,7 @@ def _train(args: argparse.Namespace) -> int:
         if not args.resume:  # say it once, before starting processes
             distributed.batch_shard(run_config_from_args(args).train.batch_size,
                                     distributed.DistEnv(world_size=args.nproc))
-        from unetseg.cli import main
-
-        return distributed.launch(args.nproc, main, args.argv)
+        return distributed.launch(args.nproc, args.entry, args.argv)
     from unetseg.train.fit import fit
 
     main_process = distributed.DistEnv.from_environ().is_main
