@@ -57,9 +57,25 @@ def test_predict_into_a_pipe_writes_no_frames(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-m", "unetseg.cli", "predict", str(model),
                            str(images), "--out", str(tmp_path / "out"), "--device", "cpu",
-                           "--tile", "256"], capture_output=True, text=True, env=env,
+                           "--tile", "256"], capture_output=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "\r" not in done.stderr
-    lines = done.stderr.splitlines()
+    assert b"\r" not in done.stderr  # bytes: text mode would turn carriage returns into newlines
+    lines = done.stderr.decode().splitlines()
     assert 1 <= len(lines) <= 4 and lines[-1].startswith("predict: 3/3 image (100%)")
+
+
+def test_training_into_a_pipe_writes_a_line_per_epoch(tmp_path: Path) -> None:
+    from conftest import write_dataset
+
+    data = write_dataset(tmp_path / "data", 3, size=(40, 48))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "unetseg.cli", "train", str(data), "--out",
+                           str(tmp_path / "run"), "--epochs", "3", "--steps-per-epoch", "4",
+                           "--width", "4", "--depth", "2", "--patch-size", "32",
+                           "--device", "cpu"], capture_output=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert b"\r" not in done.stderr + done.stdout  # bytes: text mode hides carriage returns
+    assert [line.split(":")[0] for line in done.stderr.decode().splitlines()
+            if line.startswith("epoch ")] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from unetseg.config import PredictConfig, predict_config
 from unetseg.data.classes import ClassTable
@@ -201,7 +200,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     counts: list[IsbiCounts] = []
     total = torch.zeros(k, k, dtype=torch.int64)
     scores = score_images(predictor.logits, _truths(pairs, predictor, card.classes), k)
-    for score in tqdm(scores, total=len(pairs), desc="evaluate", unit="image",
+    for score in progress(scores, total=len(pairs), desc="evaluate", unit="image",
                       disable=not show_progress):
         if isbi:
             counts.append(isbi_counts(torch.softmax(score.logits, 0)[1].numpy(),

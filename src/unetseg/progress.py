@@ -32,8 +32,8 @@ def _in_notebook() -> bool:
 class LineProgress:
     """A tqdm stand-in for streams that are no terminal: a line per ``every`` percent.
 
-    Supports what unetseg's call sites use: iteration, :meth:`update`, :meth:`set_postfix` and
-    :meth:`close`. Without a known total it prints one line, when closed.
+    Supports what unetseg's call sites use: iteration, :meth:`update`, :meth:`set_postfix`,
+    :meth:`close` and ``with``. Without a known total it prints one line, when closed.
     """
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None,
@@ -59,6 +59,12 @@ class LineProgress:
                 self.update(1)
         finally:
             self.close()
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def update(self, n: int = 1) -> None:
         self.n += n

@@ -31,7 +31,6 @@ import logging
 import os
 import statistics
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ from unetseg.data.pairs import (
 )
 from unetseg.data.report import ClassCount, Report
 from unetseg.errors import UserError
+from unetseg.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -331,11 +331,8 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
     report = Report(Path(root))
     pairs = _pair_files(report.root, report)
     report.pairs = len(pairs)
-    items: Iterable[Pair] = pairs
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(pairs, desc="checking data", unit="pair", leave=False)
+    items = progress_bar(pairs, desc="checking data", unit="pair", leave=False,
+                         disable=not progress)
     reads = [r for r in (_read_pair(p, report, keep) for p in items) if r is not None]
     reads = _check_consistency(reads, report)
     report.channels = dict(Counter(r.channels for r in reads))

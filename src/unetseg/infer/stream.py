@@ -29,6 +29,7 @@ from unetseg.infer.tiff_bands import TiffBandReader
 from unetseg.infer.tiling import overlap_tile_input_size, reflect_indices, tile_starts
 from unetseg.model import model_config
 from unetseg.model.geometry import valid_margin
+from unetseg.progress import progress
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -216,15 +217,13 @@ def _label_bands(reader: TiffBandReader, model: torch.nn.Module, plan: WindowPla
                  thumbnail: _Thumbnail | None, show_progress: bool
                  ) -> Iterator[tuple[int, np.ndarray]]:
     """``(top, label rows)`` in the table's encoding: (rows, W) values or (rows, W, 3) colours."""
-    from tqdm.auto import tqdm
-
     param = next(model.parameters())
 
     @torch.inference_mode()
     def predictor(batch: torch.Tensor) -> torch.Tensor:
         return model(batch.to(param.device, param.dtype))
 
-    with tqdm(total=len(plan.ys) * len(plan.xs), desc=f"predict {reader.path.name}",
+    with progress(total=len(plan.ys) * len(plan.xs), desc=f"predict {reader.path.name}",
               unit="tile", disable=not show_progress) as bar:
         for top, ids, image_rows in stream_labels(reader, predictor, plan, stats,
                                                   batch_size=batch_size, device=param.device,
