@@ -19,12 +19,13 @@ import numpy as np
 import tifffile
 import torch
 
+from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from unetseg.data.classes import ClassTable
 from unetseg.data.masks import mask_palette
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.blending import BlendMode, blend_weight
-from unetseg.infer.predict import DEFAULT_TILE, default_out_tile, logits_to_labels
+from unetseg.infer.predict import default_out_tile, logits_to_labels
 from unetseg.infer.tiff_bands import TiffBandReader
 from unetseg.infer.tiling import overlap_tile_input_size, reflect_indices, tile_starts
 from unetseg.model import model_config
@@ -35,6 +36,10 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = ["TiffBandReader", "WindowPlan", "label_tiles", "plan_windows",
            "predict_large_tiff", "stream_labels"]
+
+LABEL_TIFF_TILE = 512
+"""Side in pixels of the written label BigTIFF's own tiles (its storage layout, not the
+prediction's tiling)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class WindowPlan:
 
 
 def plan_windows(padding: str, depth: int, height: int, width: int, *, tile: int | None = None,
-                 overlap: float = 0.25, blend: BlendMode = "gaussian") -> WindowPlan:
+                 overlap: float = DEFAULT_OVERLAP, blend: BlendMode = "gaussian") -> WindowPlan:
     """The windows :func:`~unetseg.infer.predict.predict_logits` would use for this image."""
     tile = tile or DEFAULT_TILE
     if padding == "same":
@@ -78,7 +83,8 @@ def plan_windows(padding: str, depth: int, height: int, width: int, *, tile: int
 
 @torch.inference_mode()
 def stream_labels(reader: TiffBandReader, predictor: Predictor, plan: WindowPlan,
-                  stats: ChannelStats, *, batch_size: int = 4, device: torch.device | None = None,
+                  stats: ChannelStats, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                  device: torch.device | None = None,
                   on_window: Callable[[], None] | None = None
                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(top, labels (rows, W) int64, image rows (C, rows, W))`` for consecutive bands
@@ -178,7 +184,8 @@ def label_tiff_options(classes: ClassTable) -> dict[str, Any]:
 
 def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats, classes: ClassTable,
                        path: str | Path, out_path: str | Path, *, tile: int | None = None,
-                       overlap: float = 0.25, batch_size: int = 2, out_tile: int = 512,
+                       overlap: float = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
+                       out_tile: int = LABEL_TIFF_TILE,
                        max_pixels: int | None = None,
                        preview: Callable[[np.ndarray, np.ndarray], None] | None = None,
                        show_progress: bool = True) -> None:
