@@ -219,6 +219,18 @@ def predict_config(config: PredictConfig | None = None, **options: Any) -> Predi
     return dataclasses.replace(config or PredictConfig(), **options)
 
 
+@dataclass(frozen=True)
+class ServeLimits:
+    """What ``unetseg serve`` admits, stated once for the command line and :func:`~unetseg.serve.
+    app.create_app`: larger requests or images get HTTP 413, more requests than ``workers +
+    queue_size`` in inference get 503."""
+
+    max_upload_bytes: int = 32 * 2**20
+    max_pixels: int = 16 * 2**20
+    queue_size: int = 8
+    workers: int = 1
+
+
 T = TypeVar("T")
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from unetseg.cli.flags import add_prediction_flags, predict_config_from_args
+from unetseg.config import ServeLimits
 
 EXPORT_PREDICTION_FLAGS = ("--tile", "--overlap", "--batch-size")
 """The prediction flags an exported file stores as its tiling."""
@@ -30,11 +31,12 @@ def add_ship_commands(sub: Any) -> None:
     p.add_argument("model", help="model file (.safetensors, or .onnx for ONNX Runtime)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
-    p.add_argument("--max-upload-mb", type=float, default=32.0,
+    limits = ServeLimits()
+    p.add_argument("--max-upload-mb", type=float, default=limits.max_upload_bytes / 2**20,
                    help="largest request body in MiB; larger: 413 (default %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=16 * 2**20,
+    p.add_argument("--max-pixels", type=int, default=limits.max_pixels,
                    help="largest image height x width; larger: 413 (default %(default)s)")
-    p.add_argument("--queue-size", type=int, default=8,
+    p.add_argument("--queue-size", type=int, default=limits.queue_size,
                    help="requests waiting for inference before 503 (default %(default)s)")
     add_prediction_flags(p)
     p.set_defaults(run=_serve)

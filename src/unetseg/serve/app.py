@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from unetseg.config import PredictConfig
+from unetseg.config import PredictConfig, ServeLimits
 from unetseg.errors import UserError
 from unetseg.serve.codec import BadUpload, class_counts, decode, label_png, sniff
 from unetseg.serve.worker import InferenceQueue, QueueFull, ServedModel, load_served_model
@@ -35,6 +35,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 STATIC = resources.files("unetseg.serve") / "static"
 INSTALL_HINT = "install the serve extra: pip install 'unetseg[serve]'"
+LIMITS = ServeLimits()
 
 
 class BodyTooLarge(Exception):
@@ -143,8 +144,9 @@ def _inference_job(served: ServedModel, data: bytes, suffix: str, name: str,
 
 
 def create_app(model_path: str | Path, config: PredictConfig | None = None, *,
-               max_upload_bytes: int = 32 * 2**20, max_pixels: int = 16 * 2**20,
-               queue_size: int = 8, workers: int = 1, **options: Any) -> Any:
+               max_upload_bytes: int = LIMITS.max_upload_bytes,
+               max_pixels: int = LIMITS.max_pixels, queue_size: int = LIMITS.queue_size,
+               workers: int = LIMITS.workers, **options: Any) -> Any:
     """The FastAPI app serving one model file, loaded here, once.
 
     Args:
