@@ -77,13 +77,15 @@ class BodyLimit:
                 " sent); send a smaller image")
 
 
-def _mask_rgb(classes: Any, colours: list[list[int]]) -> list[list[int] | None]:
+def _mask_rgb(classes: Any) -> list[list[int] | None]:
     """The colour a browser shows for each class in the mask PNG (how the page reads it back):
     gray values (None above 255), the table's colours, or the palette's entries."""
+    from unetseg.data.masks import mask_palette
+
     if classes.encoding == "rgb":
         return [list(c) for c in classes.colors]
     if classes.encoding == "palette":
-        flat = list(classes.palette) or [x for c in colours for x in c]  # as write_mask does
+        flat = mask_palette(classes)  # as write_mask writes it
         return [flat[3 * v : 3 * v + 3] if len(flat) >= 3 * v + 3 else None
                 for v in classes.values]
     return [[v, v, v] if v <= 255 else None for v in classes.values]
@@ -95,7 +97,7 @@ def _model_info(served: ServedModel, limits: dict[str, int]) -> dict[str, Any]:
 
     card, predictor = served.card, served.predictor
     colours = class_colours(card.classes).tolist()
-    shown = _mask_rgb(card.classes, colours)
+    shown = _mask_rgb(card.classes)
     classes = [{"id": i, "value": v, "name": n, "color": colours[i], "mask_rgb": shown[i]}
                for i, (v, n) in enumerate(zip(card.classes.values, card.classes.names))]
     return {
