@@ -19,9 +19,10 @@ import torch
 
 from unetseg.config import PredictConfig, predict_config
 from unetseg.data.classes import ClassTable
-from unetseg.data.io import image_size, read_image, read_mask, write_rgb, write_tiff
+from unetseg.data.io import image_size, read_image, read_mask
 from unetseg.data.masks import class_colours, encode_mask, write_mask
 from unetseg.data.pairs import Pair, check_same_size, find_pairs, list_images, read_pair_mask
+from unetseg.data.write import write_rgb, write_tiff
 from unetseg.errors import UserError
 from unetseg.files import output_folder, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor

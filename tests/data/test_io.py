@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unetseg.data import io
+from unetseg.data import io, write
 from unetseg.errors import UserError
 
 RNG = np.random.default_rng(0)
@@ -256,12 +256,12 @@ def test_image_size_matches_read(tmp_path: Path) -> None:
 
 def test_write_label_bit_depth(tmp_path: Path) -> None:
     small = np.array([[0, 255], [3, 4]], np.int64)
-    io.write_label(tmp_path / "s.png", small)
+    write.write_label(tmp_path / "s.png", small)
     with Image.open(tmp_path / "s.png") as im:
         assert im.mode == "L"
     np.testing.assert_array_equal(io.read_mask(tmp_path / "s.png"), small)
     big = np.array([[0, 256], [65535, 4]], np.int32)
-    io.write_label(tmp_path / "b.png", big)
+    write.write_label(tmp_path / "b.png", big)
     with Image.open(tmp_path / "b.png") as im:
         assert im.mode == "I;16"
     np.testing.assert_array_equal(io.read_mask(tmp_path / "b.png"), big)
@@ -270,15 +270,15 @@ def test_write_label_bit_depth(tmp_path: Path) -> None:
 
 def test_write_label_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        io.write_label(tmp_path / "x.png", np.array([[70000]]))
+        write.write_label(tmp_path / "x.png", np.array([[70000]]))
     with pytest.raises(ValueError):
-        io.write_label(tmp_path / "x.tif", np.zeros((2, 2), np.uint8))
+        write.write_label(tmp_path / "x.tif", np.zeros((2, 2), np.uint8))
     assert not list(tmp_path.iterdir())
 
 
 def test_write_rgb_round_trip(tmp_path: Path) -> None:
     rgb = _noise((5, 6, 3))
-    io.write_rgb(tmp_path / "c.png", rgb)
+    write.write_rgb(tmp_path / "c.png", rgb)
     with Image.open(tmp_path / "c.png") as im:
         np.testing.assert_array_equal(np.asarray(im), rgb)
 
@@ -286,7 +286,7 @@ def test_write_rgb_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint8])
 def test_write_tiff_round_trip(tmp_path: Path, dtype: type) -> None:
     a = (RNG.random((3, 6, 5)) * 200).astype(dtype)
-    io.write_tiff(tmp_path / "p.tif", a)
+    write.write_tiff(tmp_path / "p.tif", a)
     back = tifffile.imread(tmp_path / "p.tif")
     assert back.shape == a.shape
     assert back.dtype == (np.uint8 if dtype == np.uint8 else np.float32)

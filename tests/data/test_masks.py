@@ -16,10 +16,10 @@ from unetseg.data.masks import (
     build_class_table,
     detect_encoding,
     read_mask_file,
-    read_palette_file,
     value_counts,
     write_mask,
 )
+from unetseg.data.palette_file import read_palette_file
 from unetseg.errors import UserError
 
 RNG = np.random.default_rng(7)

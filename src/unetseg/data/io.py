@@ -1,4 +1,4 @@
-"""Image and mask files to arrays and back.
+"""Image and mask files to arrays.
 
 Readers turn any supported file into a plain numpy array with a fixed layout, and turn every
 problem with the file into a one-line :class:`~unetseg.errors.UserError` that names it:
@@ -7,8 +7,7 @@ problem with the file into a one-line :class:`~unetseg.errors.UserError` that na
 * :func:`read_mask` -> the raw integer label values ``(H, W)``.
 * :func:`image_size` -> ``(H, W)`` from the header only.
 
-Writers (:func:`write_label`, :func:`write_rgb`, :func:`write_tiff`) are atomic: the file
-appears whole under its final name or not at all.
+The writers are in :mod:`unetseg.data.write`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import tifffile
 from PIL import Image, ImageOps
 
 from unetseg.errors import UserError
-from unetseg.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -415,73 +413,3 @@ def image_size(path: PathLike) -> tuple[int, int]:
             if _exif_swaps_axes(im):
                 width, height = height, width
     return height, width
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _require_suffix(path: Path, suffixes: tuple[str, ...]) -> None:
-    if path.suffix.lower() not in suffixes:
-        raise ValueError(f"{path}: file name must end with one of {', '.join(suffixes)}")
-
-
-def write_label(path: PathLike, values: np.ndarray) -> None:
-    """Write integer label values as a gray PNG, atomically.
-
-    Args:
-        path: destination, ending in ``.png``.
-        values: ``(H, W)`` non-negative integers (or bool); stored as 8-bit when the maximum is
-            at most 255, else 16-bit (at most 65535).
-    """
-    path = Path(path)
-    _require_suffix(path, (".png",))
-    values = np.asarray(values)
-    if values.ndim != 2 or values.size == 0:
-        raise ValueError(f"label image must be a non-empty (H, W) array, got {values.shape}")
-    if not (values.dtype == np.bool_ or np.issubdtype(values.dtype, np.integer)):
-        raise TypeError(f"label values must be integers, got {values.dtype}")
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or high > 65535:
-        raise ValueError(f"label values must lie in 0..65535, got {low}..{high}")
-    dtype = np.uint8 if high <= 255 else np.uint16
-    im = Image.fromarray(np.ascontiguousarray(values.astype(dtype)))
-    with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
-
-
-def write_rgb(path: PathLike, rgb: np.ndarray) -> None:
-    """Write an ``(H, W, 3)`` uint8 colour image as PNG, atomically."""
-    path = Path(path)
-    _require_suffix(path, (".png",))
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
-        raise ValueError(f"expected a non-empty (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
-    im = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
-    with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
-
-
-def write_tiff(path: PathLike, array: np.ndarray) -> None:
-    """Write an array (e.g. class probabilities ``(K, H, W)``) as a zlib-compressed TIFF.
-
-    Args:
-        path: destination, ending in ``.tif`` or ``.tiff``.
-        array: ``(H, W)`` or ``(K, H, W)``; float arrays are stored as float32, uint8 and bool
-            as uint8. Reading it back with ``tifffile.imread`` gives the same shape.
-    """
-    path = Path(path)
-    _require_suffix(path, TIFF_SUFFIXES)
-    array = np.asarray(array)
-    if array.ndim not in (2, 3) or array.size == 0:
-        raise ValueError(f"expected a non-empty (H, W) or (K, H, W) array, got {array.shape}")
-    if np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float32, copy=False)
-    elif array.dtype in (np.bool_, np.uint8):
-        array = array.astype(np.uint8, copy=False)
-    else:
-        raise TypeError(f"expected a float or uint8 array, got {array.dtype}")
-    planar = "separate" if array.ndim == 3 else None
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(
-            tmp, array, photometric="minisblack", planarconfig=planar, compression="zlib"
-        )
