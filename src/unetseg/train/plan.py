@@ -313,7 +313,7 @@ def fit_schedule_to_budget(state: RunState, scheduler: torch.optim.lr_scheduler.
         return  # the shortened last epoch has run: the schedule has ended
     per_epoch = state.elapsed_s / epoch
     step_s = state.train_s / max(state.timed_steps, 1)
-    overhead_s = max(0.0, per_epoch - step_s * steps)  # validation and saving, per epoch
+    overhead_s = max(0.0, per_epoch - step_s * steps)  # validation, per epoch (saving is not timed)
     left = max(0.0, cfg.time_limit_s - state.elapsed_s)
     whole = int(left // max(per_epoch, 1e-6))
     planned, last_steps = max(epoch, min(cfg.epochs, epoch + whole)), None
