@@ -303,8 +303,9 @@ def demo(out: str | Path = "unetseg-demo", *, time_budget_s: float = 420.0, epoc
     slices are used only for the final scores.
 
     Everything lands in ``out``: ``data/`` (the split), ``run/`` (models, metrics.csv,
-    curves.png), ``predictions/`` (labels and overlays), ``evaluation/`` (metrics.json,
-    per_image.csv) and ``examples.png`` (image, truth and prediction side by side).
+    curves.png, report.html), ``predictions/`` (labels and overlays), ``evaluation/``
+    (metrics.json, per_image.csv, report.html) and ``examples.png`` (image, truth and
+    prediction side by side).
     """
     from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from unetseg.train.fit import fit

@@ -94,6 +94,8 @@ def _demo(args: argparse.Namespace) -> int:
                        ("examples", f / "examples.png"),
                        ("overlays", f / "predictions"),
                        ("metrics", f / "evaluation" / "metrics.json"),
+                       ("reports", f / "evaluation" / "report.html"),
+                       ("", f / "run" / "report.html"),
                        ("model", f / "run" / "best.safetensors")]:
         print(f"  {what:<16}{path}")
     return 0
