@@ -226,11 +226,11 @@ def confusion_png(cm: np.ndarray, class_names: Sequence[str]) -> bytes:
         ax.set_xticklabels(class_names, rotation=60, ha="right", fontsize=8)
         ax.set_yticklabels(class_names, fontsize=8)
         if k <= 12:
-            limit = np.nanmax(values) if np.isfinite(values).any() else 1.0
             for (i, j), v in np.ndenumerate(values):
                 if np.isfinite(v):
+                    dark = (norm(max(v, 1.0)) if norm else v) > 0.5  # shade on the colour scale
                     ax.text(j, i, text.format(v), ha="center", va="center", fontsize=7,
-                            color="white" if v > 0.5 * limit else "black")
+                            color="white" if dark else "black")
     fig.tight_layout()
     return figure_png(fig)
 

@@ -53,6 +53,8 @@ def test_train_writes_a_self_contained_report(tmp_path: Path) -> None:
                  "data_sha256", "steps per epoch"):
         assert text in html
     assert html.count("<tr><td data-v=") >= 2  # the epochs
+    stamp = (run / "report.html").stat().st_mtime_ns  # written before the commit point
+    assert stamp <= (run / "resume.safetensors").stat().st_mtime_ns
 
 
 def test_the_training_report_gives_the_plans_reasons(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def _summary_section(summary: Mapping[str, Any]) -> str:
 def _class_section(summary: Mapping[str, Any]) -> str:
     names = ("iou", "dice", "precision", "recall", "hd95", "support")
     rows = [[name, *(m.get(k) for k in names)] for name, m in summary["per_class"].items()]
-    return page.table(["class", "IoU", "Dice", "precision", "recall", "HD95 (px)",
+    return page.table(["class", "IoU", "Dice", "precision", "recall", "HD95 (px, mean over images)",
                        "support (pixels)"], rows, sortable=True, table_id="per-class")
 
 

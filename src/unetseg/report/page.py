@@ -130,8 +130,10 @@ def legend(names: Sequence[str], colours: np.ndarray) -> str:
 
 
 def picture_row(pictures: Sequence[tuple[str, np.ndarray]], max_side: int = 320) -> str:
-    """Pictures (caption, (H, W, 3) uint8) side by side, each with its caption."""
-    cells = "".join(f"<td>{image(rgb_png(rgb, max_side, max_side // 2), caption)}<br>"
+    """Pictures (caption, (H, W, 3) uint8) side by side, each with its caption, each at most
+    ``max_side`` pixels and small enough that the row fits the page's 1168-pixel width."""
+    side = min(max_side, 1168 // max(1, len(pictures)) - 20)
+    cells = "".join(f"<td>{image(rgb_png(rgb, side, side // 2), caption)}<br>"
                     f"{text(caption)}</td>"
                     for caption, rgb in pictures)
     return f'<table class="pictures"><tr>{cells}</tr></table>'

@@ -29,16 +29,19 @@ def _plan_section(manifest: Mapping[str, Any]) -> str:
     """The planned width and epochs with their reasons; the chosen settings beside them."""
     run = manifest.get("run", {})
     model, train = run.get("model", {}), run.get("train", {})
+    epochs = manifest.get("planned_epochs") or {}
     rows: list[list[Any]] = [
         ["width", model.get("width"), "given" if not manifest.get("planned_width") else
          manifest["planned_width"].get("reason", "")],
         ["first-level width", model.get("top_width") or model.get("width"), ""],
         ["depth", model.get("depth"), ""],
-        ["epochs", train.get("epochs"), (manifest.get("planned_epochs") or {}).get("reason", "")],
+        ["epochs", epochs.get("epochs", train.get("epochs")),
+         f"{epochs['reason']} (at most {train.get('epochs')})" if epochs else "as configured"],
         ["steps per epoch", manifest.get("steps_per_epoch"), ""],
-        ["batch size", train.get("batch_size"), ""], ["crop side (pixels)",
-                                                      manifest.get("patch_size"), ""],
-        ["loss", train.get("loss"), ""], ["learning rate", train.get("lr"), ""],
+        ["batch size", train.get("batch_size"), ""],
+        ["crop side (pixels)", manifest.get("patch_size"), ""],
+        ["loss", train.get("loss"), ""],
+        ["learning rate", train.get("lr"), ""],
         ["time limit (s)", train.get("time_limit_s"), ""],
         ["device", manifest.get("device"), f"{manifest.get('processes', 1)} process(es),"
                                            f" {manifest.get('torch_threads')} torch threads"],
