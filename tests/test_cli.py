@@ -82,7 +82,8 @@ def test_evaluate_matches_a_count_from_the_written_predictions(trained, tmp_path
     assert fg == pytest.approx(inter / union if union else None)
     assert metrics["pixel_accuracy"] == pytest.approx(correct / total)
     rows = (ev / "per_image.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and rows[0].startswith("image,pixel_accuracy,mean_iou")
+    assert len(rows) == 1 + 4 and rows[0].startswith("image,pixel_accuracy,mean_iou,mean_hd95")
+    assert "Evaluation report" in (ev / "report.html").read_text()
 
 
 def test_missing_data_folder(capsys, tmp_path: Path):

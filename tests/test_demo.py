@@ -16,6 +16,7 @@ def test_demo_writes_everything_into_one_folder(tmp_path: Path):
     f = result.folder
     for path in ("run/best.safetensors", "run/curves.png", "run/metrics.csv",
                  "evaluation/metrics.json", "evaluation/per_image.csv", "examples.png",
+                 "run/report.html", "evaluation/report.html",
                  "predictions/29.png", "predictions/29_overlay.png"):
         assert (f / path).is_file(), path
     assert len(list((f / "data" / "test" / "images").glob("*.png"))) == 6

@@ -15,10 +15,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "unetseg"
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("files", "runtime", "config", "progress"),
-    ("viz", "metrics", "metrics_isbi"),
+    ("viz", "metrics", "metrics_isbi", "metrics_boundary"),
     ("data", "model", "losses"),
     ("modelfile",),
-    ("infer",),
+    ("infer", "report"),
     ("train", "export", "serve"),
     ("presets", "preview", "api"),
     ("cli", "__init__"),

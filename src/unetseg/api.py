@@ -30,9 +30,11 @@ from unetseg.infer.evaluate import Truth, score_images
 from unetseg.infer.load import load_image_predictor, resolve_backend
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
+from unetseg.metrics_boundary import hd95, mean_over_images
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.modelfile import ModelCard
 from unetseg.progress import progress
+from unetseg.report.evaluation import write_evaluation_report
 from unetseg.viz import overlay
 
 
@@ -153,12 +155,31 @@ class Evaluation:
     predictions: dict[str, np.ndarray]
 
 
-def _per_image_row(stem: str, cm: torch.Tensor, classes: ClassTable) -> dict[str, Any]:
+def _per_image_row(stem: str, cm: torch.Tensor, hd95s: np.ndarray, classes: ClassTable
+                   ) -> dict[str, Any]:
+    """One image's scores; ``hd95s`` (K,) are its per-class HD95s in pixels."""
+    defined = hd95s[~np.isnan(hd95s)]
     row: dict[str, Any] = {"image": stem, "pixel_accuracy": float(pixel_accuracy(cm)),
-                           "mean_iou": float(mean_iou(cm))}
+                           "mean_iou": float(mean_iou(cm)),
+                           "mean_hd95": float(defined.mean()) if defined.size else math.nan}
     for name, value in zip(classes.names, iou(cm).tolist()):
         row[f"iou/{name}"] = value
+    for name, value in zip(classes.names, hd95s.tolist()):
+        row[f"hd95/{name}"] = value
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+HD95_RULE = ("HD95: the larger of the two 95th percentiles of the distances (pixels) from each"
+             " boundary pixel of the predicted region of a class to the nearest of the true"
+             " region's, and back; null for a class absent from the prediction or the truth;"
+             " per class the mean over the images where it is defined")
+
+
+def _hd95_summary(per_image: list[np.ndarray], names: Sequence[str]) -> dict[str, Any]:
+    """``mean_hd95`` and each class's mean HD95 over the images (NaN as None)."""
+    per_class, overall = mean_over_images(np.array(per_image).reshape(len(per_image), len(names)))
+    return {"mean_hd95": None if math.isnan(overall) else overall,
+            "hd95": {n: None if math.isnan(v) else float(v) for n, v in zip(names, per_class)}}
 
 
 def _truths(pairs: Sequence[Pair], predictor: ImagePredictor, classes: ClassTable
@@ -179,8 +200,13 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
 
     One confusion matrix per image and their sum give per-class IoU, Dice, precision, recall,
     pixel accuracy and mean IoU (a class absent from both prediction and truth is undefined and
-    left out of the means; see :mod:`unetseg.metrics`). With ``out``, writes ``metrics.json``
-    and ``per_image.csv`` there. ``config`` and ``options`` say how to predict, as for
+    left out of the means; see :mod:`unetseg.metrics`). Each image's per-class HD95, the 95th
+    percentile Hausdorff distance between the predicted and true class boundaries in pixels
+    (:mod:`unetseg.metrics_boundary`), is in its row; the summary holds each class's mean over
+    the images (``per_class[name]["hd95"]``) and ``mean_hd95``. With ``out``, writes
+    ``metrics.json``, ``per_image.csv`` and ``report.html`` (a page to read: tables, the
+    confusion matrix, the worst images and their errors; :mod:`unetseg.report.evaluation`)
+    there. ``config`` and ``options`` say how to predict, as for
     :func:`predict`; ``tta`` augments every tile at test time (see :mod:`unetseg.infer.tta`).
 
     ``isbi=True`` (2-class models: class 0 the boundaries, class 1 the objects, as ISBI 2012's
@@ -200,6 +226,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     rows, predictions = [], {}
     counts: list[IsbiCounts] = []
     total = torch.zeros(k, k, dtype=torch.int64)
+    hd95s: list[np.ndarray] = []
     scores = score_images(predictor.logits, _truths(pairs, predictor, card.classes), k)
     for score in progress(scores, total=len(pairs), desc="evaluate", unit="image",
                       disable=not show_progress):
@@ -207,13 +234,18 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
             counts.append(isbi_counts(torch.softmax(score.logits, 0)[1].numpy(),
                                       score.truth.numpy() == 1))
         total += score.confusion
-        rows.append(_per_image_row(score.stem, score.confusion, card.classes))
         predictions[score.stem] = score.labels.numpy()
+        hd95s.append(hd95(predictions[score.stem], score.truth.numpy(), k))
+        rows.append(_per_image_row(score.stem, score.confusion, hd95s[-1], card.classes))
+    boundary = _hd95_summary(hd95s, card.classes.names)
     summary = {"model": str(model), "data": str(data), "images": len(pairs),
-               **summarize(total, card.classes.names),
+               **summarize(total, card.classes.names), "mean_hd95": boundary["mean_hd95"],
                "confusion_matrix": total.tolist(), "class_values": list(card.classes.values),
                "absent_class_rule": "a class absent from both prediction and truth scores null"
-                                    " (undefined) and is left out of the means"}
+                                    " (undefined) and is left out of the means",
+               "hd95_rule": HD95_RULE}
+    for name, value in boundary["hd95"].items():
+        summary["per_class"][name]["hd95"] = value
     if tta:
         summary["tta"] = tta
     if counts:
@@ -223,6 +255,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     if folder is not None:
         write_text_atomic(folder / "metrics.json", json.dumps(summary, indent=2))
         write_csv_atomic(folder / "per_image.csv", rows)
+        write_evaluation_report(folder / "report.html", summary, rows, pairs, predictions,
+                                card.classes)
     return Evaluation(summary, rows, predictions)
 
 
@@ -269,8 +303,9 @@ def demo(out: str | Path = "unetseg-demo", *, time_budget_s: float = 420.0, epoc
     slices are used only for the final scores.
 
     Everything lands in ``out``: ``data/`` (the split), ``run/`` (models, metrics.csv,
-    curves.png), ``predictions/`` (labels and overlays), ``evaluation/`` (metrics.json,
-    per_image.csv) and ``examples.png`` (image, truth and prediction side by side).
+    curves.png, report.html), ``predictions/`` (labels and overlays), ``evaluation/``
+    (metrics.json, per_image.csv, report.html) and ``examples.png`` (image, truth and
+    prediction side by side).
     """
     from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from unetseg.train.fit import fit

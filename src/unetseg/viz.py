@@ -184,3 +184,94 @@ def plot_weight_maps(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarra
             ax.axis("off")
     fig.tight_layout()
     _save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------ report pictures
+
+
+def figure_png(fig: Any) -> bytes:
+    """The figure as PNG bytes (to embed in a page), and closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def confusion_png(cm: np.ndarray, class_names: Sequence[str]) -> bytes:
+    """Two heat maps of a (K, K) confusion matrix (rows = truth, columns = prediction): the
+    pixel counts (log colour scale) and the rows normalised to sum to 1 (a row is the share
+    of that true class predicted as each class; empty rows stay blank). Cells are written in
+    for K <= 12. Returns PNG bytes."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    cm = np.asarray(cm, dtype=np.float64)
+    k = len(class_names)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rows = cm / cm.sum(axis=1, keepdims=True)
+    side = min(12.0, 2.5 + 0.45 * k)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side))
+    panels = ((cm, "pixels", LogNorm(vmin=1, vmax=max(2.0, cm.max())), "{:.0f}"),
+              (rows, "share of the true class", None, "{:.2f}"))
+    for ax, (values, title, norm, text) in zip(axes, panels):
+        shown = ax.imshow(np.where(values > 0, values, np.nan) if norm else values,
+                          cmap="Blues", norm=norm, vmin=None if norm else 0,
+                          vmax=None if norm else 1)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        ax.set(title=title, xlabel="predicted", ylabel="true", xticks=range(k), yticks=range(k))
+        ax.set_xticklabels(class_names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticklabels(class_names, fontsize=8)
+        if k <= 12:
+            for (i, j), v in np.ndenumerate(values):
+                if np.isfinite(v):
+                    dark = (norm(max(v, 1.0)) if norm else v) > 0.5  # shade on the colour scale
+                    ax.text(j, i, text.format(v), ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def class_bars_png(values: Sequence[float | None], class_names: Sequence[str],
+                   colours: np.ndarray, *, label: str = "IoU") -> bytes:
+    """Horizontal bars of one score per class in [0, 1] (None or NaN: written "undefined"),
+    in the classes' colours (K, 3) uint8. Returns PNG bytes."""
+    plt = _pyplot()
+    k = len(class_names)
+    scores = [np.nan if v is None else float(v) for v in values]
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.32 * k))
+    ax.barh(range(k), np.nan_to_num(scores), color=np.asarray(colours) / 255, edgecolor="black",
+            linewidth=0.5)
+    for i, v in enumerate(scores):
+        ax.text(0.01 if np.isnan(v) else v + 0.01, i,
+                "undefined" if np.isnan(v) else f"{v:.3f}", va="center", fontsize=8)
+    ax.set(xlim=(0, 1.12), xlabel=label, yticks=range(k))
+    ax.set_yticklabels(class_names, fontsize=8)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def error_maps(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+               palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a prediction is wrong, per class, over the image (C, H, W) dimmed to a third.
+
+    A wrong pixel is a false positive of the class predicted there and a false negative of its
+    true class, so two maps are drawn: the first paints each wrong pixel in the colour of the
+    class it was wrongly predicted as (false positives), the second in the colour of the class
+    it truly is (false negatives). Correct and ignored (negative truth) pixels stay dimmed.
+    ``truth``, ``pred``: (H, W) class ids; ``palette``: (K, 3) uint8.
+    Returns two (H, W, 3) uint8 pictures.
+    """
+    dim = (display_rgb(image).astype(np.float32) / 3).round().astype(np.uint8)
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    wrong = (truth >= 0) & (truth != pred)
+    top = len(palette) - 1
+    false_pos, false_neg = dim.copy(), dim.copy()
+    false_pos[wrong] = palette[np.clip(pred[wrong], 0, top)]
+    false_neg[wrong] = palette[np.clip(truth[wrong], 0, top)]
+    return false_pos, false_neg

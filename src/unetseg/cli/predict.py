@@ -28,7 +28,8 @@ def add_predict_commands(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="score a model on DATA/images + DATA/masks")
     p.add_argument("model", help="model file (RUN/best.safetensors, or a .onnx from export)")
     p.add_argument("data", help="folder with images/ and masks/")
-    p.add_argument("--out", default=None, help="folder for metrics.json and per_image.csv")
+    p.add_argument("--out", default=None,
+                   help="folder for metrics.json, per_image.csv and report.html")
     p.add_argument("--isbi", action="store_true",
                    help="also the ISBI 2012 pixel, Rand and warping errors (2-class models:"
                         " class 0 boundaries, class 1 objects)")
@@ -76,7 +77,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{name.replace('_', ' ')} {scores[name]['value']:.5f} (t={scores[name]['threshold']})"
             for name in ("pixel_error", "rand_error", "warping_error")))
     if args.out:
-        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'per_image.csv'}")
+        out = Path(args.out)
+        print(f"wrote {out / 'metrics.json'}, {out / 'per_image.csv'} and {out / 'report.html'}")
     return 0
 
 
@@ -92,6 +94,8 @@ def _demo(args: argparse.Namespace) -> int:
                        ("examples", f / "examples.png"),
                        ("overlays", f / "predictions"),
                        ("metrics", f / "evaluation" / "metrics.json"),
+                       ("reports", f / "evaluation" / "report.html"),
+                       ("", f / "run" / "report.html"),
                        ("model", f / "run" / "best.safetensors")]:
         print(f"  {what:<16}{path}")
     return 0

@@ -23,7 +23,7 @@ from unetseg.config import DataConfig
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.doctor import examine_data
 from unetseg.data.masks import encode_mask
-from unetseg.data.report import require_clean
+from unetseg.data.report import Report, require_clean
 from unetseg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,12 @@ class LoadedPair:
 
 @dataclass(frozen=True)
 class LoadedData:
-    """A checked data folder, decoded: its class table and every pair as class ids."""
+    """A checked data folder, decoded: its class table, every pair as class ids, and what the
+    check found (class counts and weights, warnings), for the training report."""
 
     classes: ClassTable
     pairs: list[LoadedPair]
+    report: Report | None = None
 
 
 def load_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
@@ -81,7 +83,7 @@ def load_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
     pairs = [LoadedPair(r.pair.stem, r.image, encode_mask(r.mask, classes), r.pair.image,
                         r.pair.mask) for r in reads]
     log.info("loaded %d image/mask pairs", len(pairs))
-    return LoadedData(classes, pairs)
+    return LoadedData(classes, pairs, report)
 
 
 # --------------------------------------------------------------------------- splitting

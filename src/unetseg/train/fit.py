@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import LoadedPair, PatchDataset, load_data, split_pairs
 from unetseg.data.normalize import ChannelStats, channel_stats, normalize
+from unetseg.data.report import Report
 from unetseg.data.weights import attach_weight_maps
 from unetseg.errors import UserError
 from unetseg.files import output_folder, remove_stale_temps
@@ -35,10 +36,11 @@ from unetseg.metrics import iou, mean_iou
 from unetseg.model import build_model
 from unetseg.model.layout import fastest_memory_format
 from unetseg.modelfile import ModelCard, read_card
+from unetseg.report.training import Example, training_report
 from unetseg.train import distributed
 from unetseg.train.checkpoint import load_training_state, read_loop_state
 from unetseg.train.distributed import DistEnv
-from unetseg.train.loop import Precision, train_one_epoch
+from unetseg.train.loop import Precision, keep_examples, train_one_epoch
 from unetseg.train.manifest import run_manifest, write_manifest
 from unetseg.train.optim import build_optimizer, build_scheduler
 from unetseg.train.plan import (
@@ -57,12 +59,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Decoded training and validation pairs with the class table and normalisation."""
+    """Decoded training and validation pairs with the class table, the normalisation and
+    what the data check found (for the run's report)."""
 
     classes: ClassTable
     train: list[LoadedPair]
     val: list[LoadedPair]
     stats: ChannelStats
+    check: Report | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True
     train, val = split_pairs(loaded.pairs, d.val_fraction, cfg.train.seed)
     if cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
         attach_weight_maps(train, classes, d, progress=show_progress)
-    return PreparedData(classes, train, val, channel_stats(p.image for p in train))
+    return PreparedData(classes, train, val, channel_stats(p.image for p in train),
+                        loaded.report)
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
@@ -125,10 +130,14 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
     return prepare
 
 
-def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: DistEnv
-              ) -> dict[str, Any]:
+def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: DistEnv,
+              examples: list[Example] | None = None) -> dict[str, Any]:
     """Validation scores; with several processes each counts every ``world_size``-th image and
-    the confusion matrices are summed over the processes (the same counts as one process)."""
+    the confusion matrices are summed over the processes (the same counts as one process).
+    ``examples`` is refilled with this process's first :data:`REPORT_EXAMPLES` images and
+    their predictions, for the report."""
+    if examples is not None:
+        examples.clear()
     if not data.val:
         return {"val_mean_iou": None}
     distributed.broadcast_buffers(model, env)
@@ -137,12 +146,16 @@ def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: D
     truths = ((p.stem, p.image, torch.from_numpy(p.ids))
               for p in data.val[env.rank::env.world_size])
     k = data.classes.num_classes
-    total = distributed.all_reduce_sum(
-        total_confusion(score_images(predictor.logits, truths, k), k), env)
+    scores = keep_examples(score_images(predictor.logits, truths, k), data.val,
+                           examples if examples is not None else [], REPORT_EXAMPLES)
+    total = distributed.all_reduce_sum(total_confusion(scores, k), env)
     row: dict[str, Any] = {"val_mean_iou": float(mean_iou(total))}
     for name, value in zip(data.classes.names, iou(total).tolist()):
         row[f"val_iou/{name}"] = None if math.isnan(value) else value
     return row
+
+
+REPORT_EXAMPLES = 3
 
 
 def _score(row: dict[str, Any]) -> float:
@@ -213,6 +226,7 @@ class _Run:
     dataset: PatchDataset
     loader: DataLoader
     show_progress: bool
+    examples: list[Example] = field(default_factory=list)  # the last validation's, refilled
 
 
 def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Path | None,
@@ -297,7 +311,7 @@ def _run_epoch(run: _Run, state: RunState) -> tuple[dict[str, Any], bool]:
         description=f"epoch {epoch}/{state.epochs}", show_progress=run.show_progress)
     train_s = distributed.broadcast_object(stats.seconds, env)
     loss = distributed.all_reduce_mean(stats.loss, env)
-    scores = _validate(t.model, run.data, cfg, env)
+    scores = _validate(t.model, run.data, cfg, env, run.examples)
     # rank 0's clock, so that every process plans the same number of epochs
     state.count_epoch(stats.steps, train_s,
                       distributed.broadcast_object(time.perf_counter() - started, env))
@@ -314,9 +328,14 @@ def _run_epoch(run: _Run, state: RunState) -> tuple[dict[str, Any], bool]:
 def _save_epoch(run: _Run, state: RunState, row: dict[str, Any], improved: bool) -> None:
     """Write the epoch's files (:func:`~unetseg.train.rundir.save_epoch_files`)."""
     t = run.training
+
+    def report() -> str:
+        return training_report(run.out, state.history, run.data.check, run.examples,
+                               run.data.classes)
+
     save_epoch_files(run.out, t.model, run.card, t.optimizer, state.history, row, improved, {
         **state.to_json(), **run.resolved.plans_json(),
-        "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()})
+        "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()}, report)
 
 
 def _stop_reason(state: RunState, cfg: TrainConfig) -> str | None:
@@ -335,10 +354,12 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     """Train a U-Net on ``data`` (``images/`` + ``masks/``) and write the run into ``out``.
 
     Writes ``best.safetensors`` and ``last.safetensors`` (model + JSON card),
-    ``resume.safetensors`` (everything to continue), ``config.json``, ``metrics.csv`` and
-    ``curves.png``. With ``resume=True`` the run continues from ``resume.safetensors`` with the
-    configuration and plans stored there, exactly as if it had not stopped (under a time
-    budget, see the README's "Crash safety"). Each callback is called with the epoch's metrics
+    ``resume.safetensors`` (everything to continue), ``config.json``, ``metrics.csv``,
+    ``curves.png`` and ``report.html`` (curves, plan, data check, validation examples; see
+    :mod:`unetseg.report.training`), each rewritten every epoch. With ``resume=True`` the run
+    continues from ``resume.safetensors`` with the configuration and plans stored there,
+    exactly as if it had not stopped (under a time budget, see the README's "Crash
+    safety"). Each callback is called with the epoch's metrics
     row after the epoch's files are written; an exception from it stops the run with
     everything up to that epoch saved. ``loss_fn`` replaces the loss that ``cfg.train.loss``
     names (to compare with another library's loss; it is not stored, so ``resume`` must be

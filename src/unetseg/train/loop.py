@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from unetseg.data.dataset import LoadedPair
 from unetseg.errors import UserError
+from unetseg.infer.evaluate import ImageScore
 from unetseg.model.blocks import center_crop
 from unetseg.progress import progress
+from unetseg.report.training import Example
 
 Batch = tuple[torch.Tensor, ...]  # (images, masks) or (images, masks, pixel weights)
 LossFn = Callable[..., torch.Tensor]
@@ -112,3 +115,16 @@ def _crop_to(logits: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Te
     ``(h, w)`` (smaller than the input with valid padding)."""
     h, w = logits.shape[-2:]
     return [t if t.shape[-2:] == (h, w) else center_crop(t, h, w) for t in targets]
+
+
+def keep_examples(scores: Iterable[ImageScore], pairs: Sequence[LoadedPair],
+                  examples: list[Example], count: int) -> Iterator[ImageScore]:
+    """Pass validation ``scores`` on, appending the first ``count`` to ``examples`` for the
+    run's report: the image and truth are the validation pair's own arrays (nothing copied),
+    the prediction its class ids (H, W) as a numpy array."""
+    by_stem = {p.stem: p for p in pairs}
+    for score in scores:
+        if len(examples) < count:
+            pair = by_stem[score.stem]
+            examples.append((score.stem, pair.image, pair.ids, score.labels.cpu().numpy()))
+        yield score

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 
 from unetseg.errors import UserError
-from unetseg.files import write_csv_atomic
+from unetseg.files import write_csv_atomic, write_text_atomic
 from unetseg.modelfile import ModelCard, save_model
 from unetseg.train.checkpoint import save_training_state
 from unetseg.viz import plot_curves
@@ -32,8 +33,10 @@ def check_run_folder(out: Path, resume: bool) -> Path | None:
 
 def save_epoch_files(out: Path, model: torch.nn.Module, card: ModelCard,
                      optimizer: torch.optim.Optimizer, history: list[dict[str, Any]],
-                     row: dict[str, Any], improved: bool, loop_state: dict[str, Any]) -> None:
-    """Write the epoch's model files, metrics table, curves and resume state (each atomic).
+                     row: dict[str, Any], improved: bool, loop_state: dict[str, Any],
+                     report: Callable[[], str] | None = None) -> None:
+    """Write the epoch's model files, metrics table, curves, ``report.html`` (the HTML that
+    ``report`` renders, after the curves it shows) and resume state (each atomic).
 
     ``resume.safetensors`` (the model, ``optimizer`` and the JSON ``loop_state``) is written
     last: it is the commit point. A run killed before it is replaced redoes the epoch from the
@@ -45,4 +48,6 @@ def save_epoch_files(out: Path, model: torch.nn.Module, card: ModelCard,
     save_model(out / "last.safetensors", model, replace(card, info={"epoch": row["epoch"]}))
     write_csv_atomic(out / "metrics.csv", history)
     plot_curves(history, out / "curves.png")
+    if report is not None:
+        write_text_atomic(out / "report.html", report())
     save_training_state(out / "resume.safetensors", model, card, optimizer, loop_state)
