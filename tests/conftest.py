@@ -58,3 +58,15 @@ def isbi_root() -> Path:
     if not (root / "images").is_dir():
         pytest.skip("../shared/data/isbi2012 is not present")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def machine_independent_choices(tmp_path_factory: pytest.TempPathFactory):
+    """``auto`` precision decides as on a CPU without native bf16, so every test predicts the
+    same in fp32 on every machine (the tests of that choice fake the machine they need).
+    Session-wide, so module-scoped fixtures (a served model) load under it too."""
+    import unetseg.infer.precision as precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_native_bf16", lambda: None)
+        yield

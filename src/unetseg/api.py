@@ -59,11 +59,13 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     :data:`~unetseg.data.io.MAX_PIXELS`) are refused from their header as likely bombs.
 
     ``config`` (a :class:`~unetseg.config.PredictConfig`) and ``options`` (its fields as
-    keywords, on top: ``tile``, ``overlap``, ``batch_size``, ``device``, ``tta``, ``backend``)
-    say how to predict. ``tta`` augments every tile at test time (``flip``, ``d4``, ``rot:N``;
-    not for streamed TIFFs). The ``onnxruntime`` backend (``auto`` picks it for ``.onnx``
-    files) runs a file written by ``unetseg export`` with ONNX Runtime on the CPU, through the
-    same tiling and blending. Returns the label image paths.
+    keywords, on top: ``tile``, ``overlap``, ``batch_size``, ``device``, ``tta``, ``backend``,
+    ``precision``) say how to predict. ``tta`` augments every tile at test time (``flip``,
+    ``d4``, ``rot:N``; not for streamed TIFFs). The ``onnxruntime`` backend (``auto`` picks it
+    for ``.onnx`` files) runs a file written by ``unetseg export`` with ONNX Runtime on the CPU,
+    through the same tiling and blending. ``precision`` ``auto`` predicts in bf16 on CPUs with
+    native bf16 when the model's labels agree with fp32 on the first image's centre (see
+    :mod:`unetseg.infer.precision`). Returns the label image paths.
     """
     cfg = predict_config(config, **options)
     paths = list_images([images] if isinstance(images, str | Path) else images)
@@ -137,11 +139,27 @@ def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, ou
         write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
 
     target = out / f"{path.stem}.tif"
-    tile, overlap, batch = predictor.tiling(*image_size(path))
-    predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
-                       overlap=overlap, batch_size=batch, max_pixels=max_pixels,
-                       preview=save_preview if overlays else None, show_progress=show_progress)
+    height, width = image_size(path)
+    tile, overlap, batch = predictor.tiling(height, width)
+    if predictor.choice is None:
+        predictor.choose_precision(_middle_band(path, height, max_pixels))
+    with predictor.autocast():
+        predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
+                           overlap=overlap, batch_size=batch, max_pixels=max_pixels,
+                           preview=save_preview if overlays else None,
+                           show_progress=show_progress)
     return target
+
+
+def _middle_band(path: Path, height: int, max_pixels: int | None) -> np.ndarray:
+    """The middle rows of a streamed TIFF (C, <=512, W): the sample on which ``auto`` precision
+    is checked (:func:`~unetseg.infer.precision.sample_window` takes its centre)."""
+    from unetseg.infer.precision import SAMPLE_SIDE
+    from unetseg.infer.tiff_bands import TiffBandReader
+
+    top = max(0, (height - SAMPLE_SIDE) // 2)
+    with TiffBandReader(path, max_pixels=max_pixels) as reader:
+        return reader.rows(top, min(height, top + SAMPLE_SIDE))
 
 
 @dataclass(frozen=True)

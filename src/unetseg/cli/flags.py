@@ -121,6 +121,9 @@ PREDICT_FLAGS: dict[str, Flag] = {
               " symmetries) or rot:N (N rotations, e.g. rot:7)"),
     "--backend": ("backend", str, "auto runs .onnx files (from unetseg export) on ONNX Runtime"
                   " (CPU), others on PyTorch"),
+    "--precision": ("precision", str, "number format on the CPU: auto runs bf16 where the CPU"
+                    " has native bf16 and the model's labels in bf16 agree with fp32 on a sample"
+                    " of the input, else fp32"),
 }
 
 

@@ -154,13 +154,14 @@ def load_onnx_image_predictor(path: str | Path, *, tile: int | None = None,
 def load_backend_predictor(model: str | Path, backend: str, *, tile: int | None = None,
                            overlap: float | None = None, batch_size: int | None = None,
                            device: str = "auto", tta: str | None = None,
-                           streamed: Sequence[Path] = ()) -> tuple[Any, ModelCard]:
+                           precision: str = "auto", streamed: Sequence[Path] = ()
+                           ) -> tuple[Any, ModelCard]:
     """The image predictor of a model file for a backend other than ``torch``:
     an :class:`OnnxImagePredictor`, with the model card.
 
     Raises:
         UserError: an unknown backend, or an option that only the PyTorch backend has (a GPU
-            device, test-time augmentation, streamed TIFFs).
+            device, test-time augmentation, bf16, streamed TIFFs).
     """
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: unknown backend; use {' or '.join(BACKENDS)}")
@@ -169,6 +170,9 @@ def load_backend_predictor(model: str | Path, backend: str, *, tile: int | None 
                         " --device or use --backend torch")
     if tta:
         raise UserError(f"--tta {tta}: test-time augmentation needs --backend torch")
+    if precision == "bf16":
+        raise UserError("--precision bf16: the onnxruntime backend runs fp32; drop --precision"
+                        " or use --backend torch")
     if streamed:
         raise UserError(f"{streamed[0]}: streamed TIFFs need --backend torch (or pass smaller"
                         " images)")
