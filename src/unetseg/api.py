@@ -24,10 +24,10 @@ from unetseg.data.io import image_size, read_image, read_mask, write_rgb, write_
 from unetseg.data.masks import class_colours, encode_mask, write_mask
 from unetseg.data.pairs import Pair, check_same_size, find_pairs, list_images, read_pair_mask
 from unetseg.errors import UserError
+from unetseg.export.fastest import load_fastest
 from unetseg.files import output_folder, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor
 from unetseg.infer.evaluate import Truth, score_images
-from unetseg.infer.load import load_image_predictor, resolve_backend
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
@@ -63,15 +63,17 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     ``precision``) say how to predict. ``tta`` augments every tile at test time (``flip``,
     ``d4``, ``rot:N``; not for streamed TIFFs). The ``onnxruntime`` backend (``auto`` picks it
     for ``.onnx`` files) runs a file written by ``unetseg export`` with ONNX Runtime on the CPU,
-    through the same tiling and blending. ``precision`` ``auto`` predicts in bf16 on CPUs with
+    through the same tiling and blending; for other files ``auto`` picks ONNX Runtime where it
+    was measured faster than PyTorch for the model on this machine
+    (:mod:`unetseg.export.fastest`). ``precision`` ``auto`` predicts in bf16 on CPUs with
     native bf16 when the model's labels agree with fp32 on the first image's centre (see
     :mod:`unetseg.infer.precision`). Returns the label image paths.
     """
     cfg = predict_config(config, **options)
     paths = list_images([images] if isinstance(images, str | Path) else images)
-    exported = resolve_backend(model, cfg.backend) != "torch"
-    to_stream = [p for p in paths if _streams(p, stream)] if exported else []
-    predictor, card = load_image_predictor(model, cfg, streamed=to_stream)
+    to_stream = [p for p in paths if _streams(p, stream)]
+    loaded = load_fastest(model, cfg, streamed=to_stream)
+    predictor, card = loaded.predictor, loaded.card
     _check_readable(paths)
     _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
     streamed = [p for p in paths if _streams(p, stream)] if cfg.tta else []
@@ -208,7 +210,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     """
     cfg = predict_config(config, **options)
     tta = cfg.tta
-    predictor, card = load_image_predictor(model, cfg)
+    loaded = load_fastest(model, cfg)
+    predictor, card = loaded.predictor, loaded.card
     if isbi and card.classes.num_classes != 2:
         raise UserError(f"{model}: --isbi needs a 2-class model (boundary, object) but this one"
                         f" has {card.classes.num_classes} classes; drop --isbi")

@@ -167,7 +167,9 @@ class PredictConfig:
     :class:`~unetseg.infer.engine.ImagePredictor`) and is :data:`DEFAULT_TILE` otherwise;
     ``overlap`` None is planned with the tile, or :data:`DEFAULT_OVERLAP` with a given tile.
     ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``) or None.
-    ``backend`` ``auto`` runs ``.onnx`` files on ONNX Runtime and anything else on PyTorch.
+    ``backend`` ``auto`` runs ``.onnx`` files on ONNX Runtime and a model file on the backend
+    measured faster for it on this machine (:mod:`unetseg.export.fastest`; PyTorch without ONNX
+    Runtime).
     ``precision`` is the PyTorch backend's number format on the CPU: ``auto`` is bf16 where the
     CPU computes bf16 natively and the model's labels in bf16 agree with fp32 on a sample of
     the input, else fp32 (:mod:`unetseg.infer.precision`); ``fp32`` and ``bf16`` force one.
