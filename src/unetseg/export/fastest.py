@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 TIMING_REPEATS = 3
-"""Timed runs per backend after one warm-up run; the fastest counts."""
+"""Timed rounds per backend after one warm-up run each; the fastest counts."""
 
 
 @dataclass(frozen=True)
@@ -151,14 +151,19 @@ def cached_onnx(model: Path, model_hash: str, folder: Path) -> Path:
     return target
 
 
-def seconds_per_run(run: Callable[[], object], repeats: int = TIMING_REPEATS) -> float:
-    """Fastest wall-clock seconds of ``repeats`` calls of ``run`` after one warm-up call."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
+def fastest_seconds(runs: Sequence[Callable[[], object]], repeats: int = TIMING_REPEATS
+                    ) -> list[float]:
+    """Fastest wall-clock seconds of each of ``runs`` over ``repeats`` rounds, after one
+    warm-up call each. The rounds interleave the runs, so a burst of load from another process
+    slows all of them rather than one."""
+    for run in runs:
         run()
-        best = min(best, time.perf_counter() - started)
+    best = [float("inf")] * len(runs)
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            started = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - started)
     return best
 
 
@@ -177,8 +182,7 @@ def measure(torch_predictor: ImagePredictor, onnx_predictor: OnnxImagePredictor,
         with torch.autocast("cpu", dtype=torch_dtype):
             return model(layout_x)
 
-    torch_s = seconds_per_run(run_torch)
-    onnx_s = seconds_per_run(lambda: onnx_predictor.predictor(x))
+    torch_s, onnx_s = fastest_seconds([run_torch, lambda: onnx_predictor.predictor(x)])
     return BackendTimings(torch_s, onnx_s, "bf16" if torch_dtype else "fp32", window)
 
 
