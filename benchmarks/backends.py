@@ -9,7 +9,10 @@ reports whether their label images are identical.
 
 Without ``--model`` a randomly initialised U-Net (``--width``, ``--depth``) is benchmarked;
 without ``--onnx`` the model is exported to a temporary file first (not timed). Images: the
-ISBI 2012 test images in ../shared/data, or the bundled demo images.
+ISBI 2012 test images in ../shared/data, or the bundled demo images. PyTorch predicts in fp32
+unless ``--precision`` says otherwise (``auto``: what ``unetseg predict`` does, bf16 on CPUs
+with native bf16 when the model passes its check), so by default the labels compare two fp32
+computations.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3, help="passes over the images")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="PyTorch's number format (default fp32)")
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -98,14 +103,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         onnx_path = Path(args.onnx) if args.onnx else export_model(
             model, Path(tmp) / "model.onnx", "onnx").path
         options = {"tile": args.tile, "batch_size": args.batch_size}
-        torch_predictor, card = load_predictor(model, device="cpu", **options)
+        torch_predictor, card = load_predictor(model, device="cpu", precision=args.precision,
+                                               **options)
         onnx_predictor, _ = load_onnx_image_predictor(onnx_path, threads=threads, **options)
         results: dict[str, Any] = {}
         labels = {}
+        torch_predictor.choose_precision(images[0])  # the bf16 check, if any, is not timed
         for name, predictor in (("torch", torch_predictor), ("onnxruntime", onnx_predictor)):
             seconds, labels[name] = _time(predictor, images, args.repeat)
             results[name] = {"images_per_s": len(images) * args.repeat / seconds,
                              "seconds": seconds}
+        assert torch_predictor.choice is not None
+        results["torch"]["precision"] = torch_predictor.choice.name
     differing = sum(int(np.sum(a != b)) for a, b in zip(labels["torch"], labels["onnxruntime"]))
     report = {
         "model": str(args.model or f"random UNet width {args.width} depth {args.depth}"),
@@ -127,7 +136,8 @@ def _print(report: dict[str, Any]) -> None:
           f" {report['tile']}, batch {report['batch_size']}, {report['threads']} threads,"
           f" torch {report['torch']}")
     for name, r in report["results"].items():
-        print(f"  {name:<12} {r['images_per_s']:8.2f} images/s  ({r['seconds']:.1f} s)")
+        precision = f" in {r['precision']}" if "precision" in r else ""
+        print(f"  {name:<12} {r['images_per_s']:8.2f} images/s  ({r['seconds']:.1f} s){precision}")
     speedup = (report["results"]["onnxruntime"]["images_per_s"]
                / report["results"]["torch"]["images_per_s"])
     print(f"  onnxruntime / torch: {speedup:.2f}x")

@@ -19,8 +19,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("data", "model", "losses"),
     ("modelfile",),
     ("infer", "report"),
-    ("train", "export", "serve"),
-    ("presets", "preview", "api"),
+    ("train", "export"),
+    ("serve", "presets", "preview", "api"),
     ("cli", "__init__"),
 )
 """Top-level modules and packages of ``unetseg``, lowest floor first."""

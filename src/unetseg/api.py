@@ -24,10 +24,10 @@ from unetseg.data.masks import class_colours, encode_mask, write_mask
 from unetseg.data.pairs import Pair, check_same_size, find_pairs, list_images, read_pair_mask
 from unetseg.data.write import write_rgb, write_tiff
 from unetseg.errors import UserError
+from unetseg.export.fastest import load_fastest
 from unetseg.files import output_folder, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor
 from unetseg.infer.evaluate import Truth, score_images
-from unetseg.infer.load import load_image_predictor, resolve_backend
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.metrics_boundary import hd95, mean_over_images
@@ -61,17 +61,21 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     :data:`~unetseg.data.io.MAX_PIXELS`) are refused from their header as likely bombs.
 
     ``config`` (a :class:`~unetseg.config.PredictConfig`) and ``options`` (its fields as
-    keywords, on top: ``tile``, ``overlap``, ``batch_size``, ``device``, ``tta``, ``backend``)
-    say how to predict. ``tta`` augments every tile at test time (``flip``, ``d4``, ``rot:N``;
-    not for streamed TIFFs). The ``onnxruntime`` backend (``auto`` picks it for ``.onnx``
-    files) runs a file written by ``unetseg export`` with ONNX Runtime on the CPU, through the
-    same tiling and blending. Returns the label image paths.
+    keywords, on top: ``tile``, ``overlap``, ``batch_size``, ``device``, ``tta``, ``backend``,
+    ``precision``) say how to predict. ``tta`` augments every tile at test time (``flip``,
+    ``d4``, ``rot:N``; not for streamed TIFFs). The ``onnxruntime`` backend (``auto`` picks it
+    for ``.onnx`` files) runs a file written by ``unetseg export`` with ONNX Runtime on the CPU,
+    through the same tiling and blending; for other files ``auto`` picks ONNX Runtime where it
+    was measured faster than PyTorch for the model on this machine
+    (:mod:`unetseg.export.fastest`). ``precision`` ``auto`` predicts in bf16 on CPUs with
+    native bf16 when the model's labels agree with fp32 on the first image's centre (see
+    :mod:`unetseg.infer.precision`). Returns the label image paths.
     """
     cfg = predict_config(config, **options)
     paths = list_images([images] if isinstance(images, str | Path) else images)
-    exported = resolve_backend(model, cfg.backend) != "torch"
-    to_stream = [p for p in paths if _streams(p, stream)] if exported else []
-    predictor, card = load_image_predictor(model, cfg, streamed=to_stream)
+    to_stream = [p for p in paths if _streams(p, stream)]
+    loaded = load_fastest(model, cfg, streamed=to_stream)
+    predictor, card = loaded.predictor, loaded.card
     _check_readable(paths)
     _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
     streamed = [p for p in paths if _streams(p, stream)] if cfg.tta else []
@@ -139,11 +143,27 @@ def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, ou
         write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
 
     target = out / f"{path.stem}.tif"
-    tile, overlap, batch = predictor.tiling(*image_size(path))
-    predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
-                       overlap=overlap, batch_size=batch, max_pixels=max_pixels,
-                       preview=save_preview if overlays else None, show_progress=show_progress)
+    height, width = image_size(path)
+    tile, overlap, batch = predictor.tiling(height, width)
+    if predictor.choice is None:
+        predictor.choose_precision(_middle_band(path, height, max_pixels))
+    with predictor.autocast():
+        predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
+                           overlap=overlap, batch_size=batch, max_pixels=max_pixels,
+                           preview=save_preview if overlays else None,
+                           show_progress=show_progress)
     return target
+
+
+def _middle_band(path: Path, height: int, max_pixels: int | None) -> np.ndarray:
+    """The middle rows of a streamed TIFF (C, <=512, W): the sample on which ``auto`` precision
+    is checked (:func:`~unetseg.infer.precision.sample_window` takes its centre)."""
+    from unetseg.infer.precision import SAMPLE_SIDE
+    from unetseg.infer.tiff_bands import TiffBandReader
+
+    top = max(0, (height - SAMPLE_SIDE) // 2)
+    with TiffBandReader(path, max_pixels=max_pixels) as reader:
+        return reader.rows(top, min(height, top + SAMPLE_SIDE))
 
 
 @dataclass(frozen=True)
@@ -216,7 +236,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     """
     cfg = predict_config(config, **options)
     tta = cfg.tta
-    predictor, card = load_image_predictor(model, cfg)
+    loaded = load_fastest(model, cfg)
+    predictor, card = loaded.predictor, loaded.card
     if isbi and card.classes.num_classes != 2:
         raise UserError(f"{model}: --isbi needs a 2-class model (boundary, object) but this one"
                         f" has {card.classes.num_classes} classes; drop --isbi")

@@ -20,6 +20,7 @@ OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]
 ImageInterpolation = Literal["bilinear", "bicubic"]
 Backend = Literal["auto", "torch", "onnxruntime"]
+PrecisionName = Literal["auto", "fp32", "bf16"]
 
 DEFAULT_TILE = 512
 """Tile side in pixels where none is planned: a given ``overlap``, valid-padding models, the
@@ -166,7 +167,12 @@ class PredictConfig:
     :class:`~unetseg.infer.engine.ImagePredictor`) and is :data:`DEFAULT_TILE` otherwise;
     ``overlap`` None is planned with the tile, or :data:`DEFAULT_OVERLAP` with a given tile.
     ``tta`` is a test-time augmentation mode (``flip``, ``d4``, ``rot:N``) or None.
-    ``backend`` ``auto`` runs ``.onnx`` files on ONNX Runtime and anything else on PyTorch.
+    ``backend`` ``auto`` runs ``.onnx`` files on ONNX Runtime and a model file on the backend
+    measured faster for it on this machine (:mod:`unetseg.export.fastest`; PyTorch without ONNX
+    Runtime).
+    ``precision`` is the PyTorch backend's number format on the CPU: ``auto`` is bf16 where the
+    CPU computes bf16 natively and the model's labels in bf16 agree with fp32 on a sample of
+    the input, else fp32 (:mod:`unetseg.infer.precision`); ``fp32`` and ``bf16`` force one.
     """
 
     tile: int | None = None
@@ -175,6 +181,7 @@ class PredictConfig:
     device: str = "auto"
     tta: str | None = None
     backend: Backend = "auto"
+    precision: PrecisionName = "auto"
 
     @property
     def fixed_tile(self) -> int:
@@ -202,6 +209,10 @@ class PredictConfig:
         if self.backend not in backends:
             raise UserError(f"--backend {self.backend}: unknown backend; use"
                             f" {', '.join(backends)}")
+        precisions = typing.get_args(PrecisionName)
+        if self.precision not in precisions:
+            raise UserError(f"--precision {self.precision}: unknown precision; use"
+                            f" {', '.join(precisions)}")
 
 
 def predict_config(config: PredictConfig | None = None, **options: Any) -> PredictConfig:

@@ -71,6 +71,22 @@ def test_onnxruntime_backend_user_errors(tmp_path: Path, capsys) -> None:
     model = tiny_model(tmp_path / "m.safetensors")
     image = str(sample_images()[0])
     assert main(["-q", "predict", str(model), image, "--out", str(tmp_path / "o"),
-                 "--backend", "onnxruntime"]) == 2
+                 "--backend", "onnxruntime", "--tta", "flip"]) == 2
     err = capsys.readouterr().err
-    assert "unetseg export" in err and "m.safetensors" in err and len(err.splitlines()) == 1
+    assert "--tta flip" in err and "--backend torch" in err and len(err.splitlines()) == 1
+    assert main(["-q", "predict", str(model), image, "--out", str(tmp_path / "o"),
+                 "--backend", "onnxruntime", "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision bf16" in err and len(err.splitlines()) == 1
+
+
+def test_a_forced_onnxruntime_backend_runs_a_model_file_through_its_cached_export(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipping import sample_images, tiny_model
+
+    monkeypatch.setenv("UNETSEG_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model(tmp_path / "m.safetensors")
+    image = str(sample_images()[0])
+    assert main(["-q", "predict", str(model), image, "--out", str(tmp_path / "o"),
+                 "--backend", "onnxruntime"]) == 0
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))

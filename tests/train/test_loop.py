@@ -11,6 +11,7 @@ from unetseg.data.normalize import ChannelStats
 from unetseg.model import UNet
 from unetseg.model.layout import fastest_memory_format
 from unetseg.modelfile import ModelCard, read_card
+from unetseg.train import loop
 from unetseg.train.checkpoint import load_training_state, read_loop_state, save_training_state
 from unetseg.train.fit import build_training, fit, prepare_data
 from unetseg.train.loop import Precision
@@ -65,6 +66,19 @@ def test_cpus_train_in_fp32_without_gradient_scaling():
     assert Precision.for_device(cpu, True) == Precision(None, False)
     assert Precision.for_device(cpu, False) == Precision(None, False)
     assert Precision.for_device(torch.device("cuda"), False) == Precision(None, False)
+
+
+def test_cpu_bf16_training_needs_asking_and_native_bf16(monkeypatch: pytest.MonkeyPatch):
+    """Off by default (it did not converge as well as fp32 at the same wall-clock; see
+    benchmarks/bf16_training.py), and never on a CPU that would emulate bf16."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "cpu_native_bf16", lambda: "avx512_bf16")
+    assert not loop.CPU_BF16_TRAINING
+    assert Precision.for_device(cpu, True) == Precision(None, False)
+    assert Precision.for_device(cpu, True, cpu_bf16=True) == Precision(torch.bfloat16, False)
+    assert Precision.for_device(cpu, False, cpu_bf16=True) == Precision(None, False)
+    monkeypatch.setattr(loop, "cpu_native_bf16", lambda: None)
+    assert Precision.for_device(cpu, True, cpu_bf16=True) == Precision(None, False)
 
 
 @pytest.mark.parametrize("bf16,expected", [

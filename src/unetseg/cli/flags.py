@@ -120,7 +120,11 @@ PREDICT_FLAGS: dict[str, Flag] = {
     "--tta": ("tta", str, "test-time augmentation of every tile: flip (4 flips), d4 (8"
               " symmetries) or rot:N (N rotations, e.g. rot:7)"),
     "--backend": ("backend", str, "auto runs .onnx files (from unetseg export) on ONNX Runtime"
-                  " (CPU), others on PyTorch"),
+                  " (CPU), other models on the backend measured faster for them on this"
+                  " machine (measured once, cached)"),
+    "--precision": ("precision", str, "number format on the CPU: auto runs bf16 where the CPU"
+                    " has native bf16 and the model's labels in bf16 agree with fp32 on a sample"
+                    " of the input, else fp32"),
 }
 
 

@@ -9,7 +9,7 @@ batches and blending of the PyTorch backend (:func:`~unetseg.infer.predict.tiled
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,10 @@ class OnnxImagePredictor:
         tile: tile side in pixels (as for :class:`~unetseg.infer.engine.ImagePredictor`).
         overlap: fraction of a tile shared with its neighbour (same padding).
         batch_size: tiles per session run.
+        plan: (height, width) -> (tile, overlap, tiles per batch) per image, replacing the
+            three fixed values: :meth:`~unetseg.infer.engine.ImagePredictor.tiling` of the
+            PyTorch predictor of the same model, so both backends cut an image into the same
+            windows and their labels differ by rounding only.
     """
 
     predictor: OnnxPredictor
@@ -123,6 +127,7 @@ class OnnxImagePredictor:
     tile: int = DEFAULT_TILE
     overlap: float = DEFAULT_OVERLAP
     batch_size: int = DEFAULT_BATCH_SIZE
+    plan: Callable[[int, int], tuple[int, float, int]] | None = None
 
     def check_channels(self, image: np.ndarray, source: str | Path) -> None:
         """:class:`UserError` when ``image`` (C,H,W) has another channel count than the model."""
@@ -133,9 +138,15 @@ class OnnxImagePredictor:
         """Logits (K, H, W) on the CPU for an image (C, H, W) in its read scale."""
         x = normalize(torch.as_tensor(image, dtype=torch.float32), self.card.stats)
         blend: BlendMode = "constant" if self.info.tiling.blend == "constant" else "gaussian"
+        tile, overlap, batch = self.tiling(x.shape[-2], x.shape[-1])
         return tiled_logits(self.predictor, x, padding=self.info.padding, depth=self.info.depth,
-                            tile=self.tile, overlap=self.overlap, batch_size=self.batch_size,
-                            blend=blend).float()
+                            tile=tile, overlap=overlap, batch_size=batch, blend=blend).float()
+
+    def tiling(self, height: int, width: int) -> tuple[int, float, int]:
+        """(tile, overlap, tiles per batch) for an image of ``height`` x ``width`` pixels."""
+        if self.plan is not None:
+            return self.plan(height, width)
+        return self.tile, self.overlap, self.batch_size
 
 
 def load_onnx_image_predictor(path: str | Path, *, tile: int | None = None,
@@ -151,16 +162,13 @@ def load_onnx_image_predictor(path: str | Path, *, tile: int | None = None,
                               batch_size=batch_size or tiling.batch_size), card
 
 
-def load_backend_predictor(model: str | Path, backend: str, *, tile: int | None = None,
-                           overlap: float | None = None, batch_size: int | None = None,
-                           device: str = "auto", tta: str | None = None,
-                           streamed: Sequence[Path] = ()) -> tuple[Any, ModelCard]:
-    """The image predictor of a model file for a backend other than ``torch``:
-    an :class:`OnnxImagePredictor`, with the model card.
+def check_backend_options(backend: str, *, device: str = "auto", tta: str | None = None,
+                          precision: str = "auto", streamed: Sequence[Path] = ()) -> None:
+    """Refuse options that the backend ``backend`` (other than ``torch``) cannot run.
 
     Raises:
         UserError: an unknown backend, or an option that only the PyTorch backend has (a GPU
-            device, test-time augmentation, streamed TIFFs).
+            device, test-time augmentation, bf16, streamed TIFFs).
     """
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: unknown backend; use {' or '.join(BACKENDS)}")
@@ -169,7 +177,25 @@ def load_backend_predictor(model: str | Path, backend: str, *, tile: int | None 
                         " --device or use --backend torch")
     if tta:
         raise UserError(f"--tta {tta}: test-time augmentation needs --backend torch")
+    if precision == "bf16":
+        raise UserError("--precision bf16: the onnxruntime backend runs fp32; drop --precision"
+                        " or use --backend torch")
     if streamed:
         raise UserError(f"{streamed[0]}: streamed TIFFs need --backend torch (or pass smaller"
                         " images)")
+
+
+def load_backend_predictor(model: str | Path, backend: str, *, tile: int | None = None,
+                           overlap: float | None = None, batch_size: int | None = None,
+                           device: str = "auto", tta: str | None = None,
+                           precision: str = "auto", streamed: Sequence[Path] = ()
+                           ) -> tuple[Any, ModelCard]:
+    """The image predictor of a model file for a backend other than ``torch``:
+    an :class:`OnnxImagePredictor`, with the model card.
+
+    Raises:
+        UserError: as :func:`check_backend_options`.
+    """
+    check_backend_options(backend, device=device, tta=tta, precision=precision,
+                          streamed=streamed)
     return load_onnx_image_predictor(model, tile=tile, overlap=overlap, batch_size=batch_size)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,12 @@ from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.fast import plan_tile
+from unetseg.infer.precision import (
+    PrecisionChoice,
+    check_bf16,
+    choice_without_check,
+    sample_window,
+)
 from unetseg.infer.predict import logits_to_labels, predict_logits
 from unetseg.model import model_config
 from unetseg.model.layout import fastest_memory_format
@@ -76,6 +84,10 @@ class ImagePredictor:
             fastest in on its device (:func:`~unetseg.model.layout.fastest_memory_format`:
             channels-last for most, which runs CPU and tensor-core convolutions faster); the
             model is then for inference only.
+        precision: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16 on a CPU with native bf16
+            when the model's bf16 labels agree with its fp32 labels on a sample of the first
+            image predicted (:mod:`unetseg.infer.precision`), else fp32. Decided once, on the
+            first image, and kept in :attr:`choice`.
     """
 
     model: nn.Module
@@ -85,6 +97,8 @@ class ImagePredictor:
     batch_size: int = DEFAULT_BATCH_SIZE
     tta: str | None = None
     fast_layout: bool = False
+    precision: str = "fp32"
+    choice: PrecisionChoice | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.fast_layout:
@@ -114,14 +128,56 @@ class ImagePredictor:
         batch = max(1, min(self.batch_size, self.batch_size * DEFAULT_TILE**2 // side**2))
         return tile, overlap, batch
 
-    @torch.inference_mode()
-    def device_logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Logits (K, H, W) on the model's device for an image (C, H, W) in its read scale."""
+    def choose_precision(self, image: np.ndarray | torch.Tensor) -> PrecisionChoice:
+        """The number format of every prediction of this predictor, decided on the first call
+        (``auto`` checks bf16 on the centre of ``image``, (C, H, W) in its read scale) and kept.
+
+        Two threads may both decide on their first images; they come to the same choice.
+
+        Raises:
+            UserError: ``bf16`` forced on a device that cannot run it.
+        """
+        if self.choice is None:
+            try:
+                choice = choice_without_check(self.precision, self.device)
+            except ValueError as exc:
+                raise UserError(f"--precision {self.precision}: {exc}") from None
+            if choice is None:
+                sample = self._normalized(sample_window(torch.as_tensor(image)))
+                choice = check_bf16(self._labels_in, sample, model_config(self.model).num_classes)
+            self.choice = choice
+        return self.choice
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Run the model in the chosen number format (:meth:`choose_precision` first)."""
+        assert self.choice is not None, "choose_precision before predicting"
+        with _autocast(self.device, self.choice.dtype):
+            yield
+
+    def _normalized(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(image, dtype=torch.float32).to(self.device)
-        x = normalize(x, self.stats)
+        return normalize(x, self.stats)
+
+    def _tiled_logits(self, x: torch.Tensor) -> torch.Tensor:
         tile, overlap, batch = self.tiling(x.shape[-2], x.shape[-1])
         return predict_logits(self.model, x, tile=tile, overlap=overlap, batch_size=batch,
                               tta=self.tta).float()
+
+    @torch.inference_mode()
+    def _labels_in(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        """Labels of a normalised image under autocast to ``dtype`` (None: fp32)."""
+        with _autocast(self.device, dtype):
+            return logits_to_labels(self._tiled_logits(x)).cpu()
+
+    @torch.inference_mode()
+    def device_logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits (K, H, W) float32 on the model's device for an image (C, H, W) in its read
+        scale, computed in the chosen number format (:meth:`choose_precision`)."""
+        self.choose_precision(image)
+        x = self._normalized(image)
+        with self.autocast():
+            return self._tiled_logits(x)
 
     def logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits (K, H, W) on the CPU for an image (C, H, W) in its read scale."""
@@ -132,3 +188,11 @@ class ImagePredictor:
         """Class ids (H, W) int64 on the CPU, computed on the model's device
         (:func:`~unetseg.infer.predict.logits_to_labels`)."""
         return logits_to_labels(self.device_logits(image)).cpu()
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None
+              ) -> contextlib.AbstractContextManager[object]:
+    """``torch.autocast`` to ``dtype`` on ``device``; nothing for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

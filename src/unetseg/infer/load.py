@@ -31,7 +31,9 @@ def load_predictor(model: str | Path, config: PredictConfig | None = None, **opt
     ``config`` and ``options`` (its fields as keywords, on top) give the tiling, device and
     test-time augmentation; a tile and overlap left None are planned per image (see
     :class:`ImagePredictor`). The model runs in its fastest memory layout (channels-last for
-    most).
+    most) and in the number format ``config.precision`` asks for (``auto``: bf16 where the CPU
+    has it natively and the model's labels agree, decided on the first image; see
+    :mod:`unetseg.infer.precision`).
     """
     from unetseg.infer.tta import parse_tta
 
@@ -43,7 +45,8 @@ def load_predictor(model: str | Path, config: PredictConfig | None = None, **opt
     cfg.check()
     net, card = load_model(model, resolve_device(cfg.device))
     predictor = ImagePredictor(net, card.stats, tile=cfg.tile, overlap=cfg.overlap,
-                               batch_size=cfg.batch_size, tta=cfg.tta, fast_layout=True)
+                               batch_size=cfg.batch_size, tta=cfg.tta, fast_layout=True,
+                               precision=cfg.precision)
     return predictor, card
 
 
@@ -63,4 +66,5 @@ def load_image_predictor(model: str | Path, config: PredictConfig, *,
 
     return load_backend_predictor(model, backend, tile=config.tile, overlap=config.overlap,
                                   batch_size=config.batch_size, device=config.device,
-                                  tta=config.tta, streamed=streamed)
+                                  tta=config.tta, precision=config.precision,
+                                  streamed=streamed)

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from unetseg.config import PredictConfig, predict_config
-from unetseg.infer.load import load_image_predictor, resolve_backend
 from unetseg.modelfile import ModelCard
 
 T = TypeVar("T")
@@ -109,7 +108,9 @@ def load_served_model(path: str | Path, config: PredictConfig | None = None, **o
                       ) -> ServedModel:
     """Load a model file once for serving, as ``config`` and ``options`` (its fields as
     keywords, on top) say: with the default backend ``auto``, ``.onnx`` files run on ONNX
-    Runtime and anything else (``.safetensors``) on PyTorch."""
-    cfg = predict_config(config, **options)
-    predictor, card = load_image_predictor(path, cfg)
-    return ServedModel(Path(path), resolve_backend(path, cfg.backend), predictor, card)
+    Runtime and a ``.safetensors`` model on the backend measured faster for it on this machine
+    (:mod:`unetseg.export.fastest`)."""
+    from unetseg.export.fastest import load_fastest
+
+    loaded = load_fastest(path, predict_config(config, **options))
+    return ServedModel(Path(path), loaded.backend, loaded.predictor, loaded.card)

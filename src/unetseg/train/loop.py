@@ -16,6 +16,7 @@ from unetseg.infer.evaluate import ImageScore
 from unetseg.model.blocks import center_crop
 from unetseg.progress import progress
 from unetseg.report.training import Example
+from unetseg.runtime import cpu_native_bf16
 
 Batch = tuple[torch.Tensor, ...]  # (images, masks) or (images, masks, pixel weights)
 LossFn = Callable[..., torch.Tensor]
@@ -31,6 +32,14 @@ class EpochStats:
     seconds: float
 
 
+CPU_BF16_TRAINING = False
+"""Whether training autocasts to bf16 on CPUs with native bf16. Off: trained on the demo's
+ISBI 2012 split for the same wall-clock on an AVX512-BF16 CPU (``benchmarks/bf16_training.py``,
+2 shared cores, width 16), bf16 took fewer steps than fp32 (24 against 40 in 150 s, 16 against
+32 in 120 s) and reached a lower validation mean IoU (0.700 against 0.744, 0.682 against
+0.728); see the README's "Precision and backend"."""
+
+
 @dataclass(frozen=True)
 class Precision:
     """Mixed precision for one device: autocast dtype (None = fp32) and whether to scale grads."""
@@ -39,10 +48,19 @@ class Precision:
     scale_gradients: bool
 
     @classmethod
-    def for_device(cls, device: torch.device, enabled: bool) -> Precision:
-        """bf16 on GPUs that support it, fp16 + gradient scaling on older ones, fp32 on CPU
-        (CPUs without native bf16 run autocast far slower than fp32)."""
-        if not enabled or device.type != "cuda":
+    def for_device(cls, device: torch.device, enabled: bool, *, cpu_bf16: bool | None = None
+                   ) -> Precision:
+        """bf16 on GPUs that support it, fp16 + gradient scaling on older ones. On a CPU, bf16
+        only where ``cpu_bf16`` (default :data:`CPU_BF16_TRAINING`) and the CPU computes bf16
+        natively (:func:`~unetseg.runtime.cpu_native_bf16`; CPUs without run autocast far
+        slower than fp32), else fp32."""
+        if not enabled:
+            return cls(None, False)
+        if device.type == "cpu":
+            wanted = CPU_BF16_TRAINING if cpu_bf16 is None else cpu_bf16
+            native = wanted and cpu_native_bf16() is not None
+            return cls(torch.bfloat16 if native else None, False)
+        if device.type != "cuda":
             return cls(None, False)
         if torch.cuda.is_bf16_supported():
             return cls(torch.bfloat16, False)
