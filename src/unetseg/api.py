@@ -30,7 +30,6 @@ from unetseg.infer.evaluate import Truth, score_images
 from unetseg.infer.load import load_image_predictor, resolve_backend
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
-from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.modelfile import ModelCard
 from unetseg.progress import progress
 from unetseg.viz import overlay
@@ -188,6 +187,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     the class-1 probability over thresholds 0.0..0.9 (:mod:`unetseg.metrics_isbi`), pooled over
     the images, as ``summary["isbi"]``.
     """
+    from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary  # scipy: not for predict
+
     cfg = predict_config(config, **options)
     tta = cfg.tta
     predictor, card = load_image_predictor(model, cfg)
