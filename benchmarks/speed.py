@@ -82,6 +82,17 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def native_bf16(flags: set[str]) -> bool:
     """Whether the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16)."""
     return bool(flags & set(BF16_KERNELS))
@@ -143,7 +154,8 @@ def measure_gpu_peak() -> dict[str, Any]:
     torch.cuda.synchronize()
     name = torch.cuda.get_device_name()
     rate = 10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e9
-    return {"fp32": rate, "fp32_how": f"bf16 matmul on {name}", "kernels": {}}
+    return {"fp32": rate, "fp32_how": f"bf16 matmul on {name}", "kernels": {}, "cpu": name,
+            "torch": torch.__version__}
 
 
 def measure_peak(threads: int) -> dict[str, Any]:
@@ -162,7 +174,8 @@ def measure_peak(threads: int) -> dict[str, Any]:
     bf16 = native_bf16(flags)
     bf16_names = [k for flag, names in BF16_KERNELS.items() if flag in flags for k in names]
     kernels = run_kernels(fp32_names + bf16_names, threads)
-    result: dict[str, Any] = {"kernels": kernels, "threads": threads,
+    result: dict[str, Any] = {"kernels": kernels, "threads": threads, "cpu": cpu_name(),
+                              "torch": torch.__version__,
                               "matmul_fp32": matmul_rate(torch.float32)}
     fp32 = {k: v for k, v in kernels.items() if k in fp32_names}
     if fp32:
@@ -632,9 +645,15 @@ def report(results: list[dict[str, Any]], peaks: dict[str, Any], device: str,
             return f"{gflops:.0f}"
         return f"{gflops:.0f} ({100 * gflops / peaks[kind]:.0f} %)"
 
+    def share(gflops: float, kind: str) -> str:
+        if gflops > peaks[kind]:
+            return " (ABOVE the peak)"
+        return f" ({100 * gflops / peaks[kind]:.0f} % of the peak)" if bounded[kind] else ""
+
     threads = results[0]["threads"] if results else peaks.get("threads")
     kernels = peaks.get("kernels", {})
-    lines = [f"device {device}, {threads} threads"]
+    lines = [f"device {device} ({peaks.get('cpu', '')}), {threads} threads, torch"
+             f" {peaks.get('torch', '')}"]
     lines.append(f"fp32 peak {peak:.1f} GFLOP/s ({peaks['fp32_how']})")
     fp32_kernels = {k: v for k, v in kernels.items() if k.startswith("avx")}
     if fp32_kernels:
@@ -642,7 +661,7 @@ def report(results: list[dict[str, Any]], peaks: dict[str, Any], device: str,
                                                    fp32_kernels.items()))
     if "matmul_fp32" in peaks:
         lines.append(f"  PyTorch fp32 matmul 4096², same threads: {peaks['matmul_fp32']:.1f}"
-                     f" GFLOP/s ({100 * peaks['matmul_fp32'] / peak:.0f} % of the peak)")
+                     f" GFLOP/s{share(peaks['matmul_fp32'], 'fp32')}")
     if bf16_peak:
         lines.append(f"bf16 peak {bf16_peak:.1f} GFLOP/s ({peaks['bf16_how']})")
         bf16_kernels = {k: v for k, v in kernels.items() if not k.startswith("avx")}
@@ -650,7 +669,7 @@ def report(results: list[dict[str, Any]], peaks: dict[str, Any], device: str,
             lines.append("  bf16 kernels: " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                        bf16_kernels.items()))
         lines.append(f"  PyTorch bf16 matmul 4096², same threads: {peaks['matmul_bf16']:.1f}"
-                     f" GFLOP/s ({100 * peaks['matmul_bf16'] / bf16_peak:.0f} % of the peak)")
+                     f" GFLOP/s{share(peaks['matmul_bf16'], 'bf16')}")
     elif device == "cpu":
         lines.append("bf16: not native on this CPU (no AVX512-BF16 or AMX-BF16); no bf16 rows")
     for kind, items in over.items():
@@ -767,6 +786,9 @@ def report(results: list[dict[str, Any]], peaks: dict[str, Any], device: str,
                          f" ({ours['bf16_tiled_mode']}) / MONAI fp32:"
                          f" {ratio(ours['bf16_tiled_mps'], ours['monai_tiled_mps'])}"
                          " (goal >= 3x on a CPU with native bf16)")
+        elif device == "cpu":
+            lines.append("- unetseg bf16 / MONAI fp32: not measured (no native bf16 here, or"
+                         " --no-bf16)")
         lines.append("")
         for r in results:
             if r is not ours:
