@@ -119,7 +119,11 @@ def run_kernels(names: list[str], threads: int, seconds: float = 0.5, reps: int 
             out = subprocess.run([str(exe), name, str(seconds), str(reps)], capture_output=True,
                                  text=True, env=env)
             if out.returncode == 0:
-                rates[name] = float(out.stdout.split()[0])
+                rate, *cpus = out.stdout.split()
+                rates[name] = float(rate)
+                if len(set(cpus)) < threads:
+                    print(f"peak kernel {name}: {threads} threads ran on CPUs {cpus}, not one"
+                          " per core", file=sys.stderr)
             else:
                 print(f"peak kernel {name} failed: {out.stderr.strip()}", file=sys.stderr)
     return rates

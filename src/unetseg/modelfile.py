@@ -192,9 +192,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
     in_place = _loads_in_place(skeleton)
     model = skeleton if in_place else build_model(card.model)
     tensors = load_file(str(path), device="cpu")
-    if in_place:  # the dtypes the network was built in, as copying into it would give
+    if in_place:
+        # copies in the dtypes the network was built in: load_file maps the file, and a model
+        # that outlived a rewrite of its file in place (a server) must not change with it
         dtypes = {k: v.dtype for k, v in skeleton.state_dict().items()}
-        tensors = {k: v.to(dtypes[k]) if k in dtypes else v for k, v in tensors.items()}
+        tensors = {k: v.to(dtypes[k], copy=True) for k, v in tensors.items() if k in dtypes}
     try:
         load_state_tensors(model, tensors, assign=in_place)
     except RuntimeError as exc:
