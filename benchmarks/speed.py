@@ -434,7 +434,7 @@ def make_bf16_inference(name: str, reference: Any, mode: str
             return model(batch).float()
 
     if not hasattr(model, "config"):
-        model = ExternalNet(model, ModelConfig(arch=name, depth=4, padding="same"))
+        model = ExternalNet(model, ModelConfig(arch=name, depth=4, padding="same")).eval()
     return infer, ImagePredictor(model, ChannelStats((0.0,), (1.0,)))
 
 
