@@ -7,7 +7,8 @@ It writes a randomly initialised U-Net model file and a random 8-bit PNG into a 
 folder (files in the page cache: "cold" is the process, not the disk), then prints
 
 * the wall time of ``python -m unetseg.cli -q predict MODEL image.png --out DIR`` from a fresh
-  process to its exit (median of ``--runs``), beside that of a bare interpreter;
+  process to its exit (median of ``--runs``), beside that of a bare interpreter and of one
+  that only imports torch;
 * a breakdown from a fresh process that runs the steps of :func:`unetseg.api.predict` one at a
   time: import torch, import the rest of the command's chain (``unetseg.cli``,
   ``unetseg.api``), load the model (read the card, check the shapes, load the weights, memory
@@ -165,12 +166,14 @@ def measure(width: int = 64, size: int = 512, runs: int = 3) -> dict[str, Any]:
         _wall(cmd)  # the first run reads the files into the page cache
         walls = [_wall(cmd) for _ in range(runs)]
         python = statistics.median(_wall([sys.executable, "-c", "pass"]) for _ in range(3))
+        torch_only = statistics.median(_wall([sys.executable, "-c", "import torch"])
+                                       for _ in range(3))
         proc = subprocess.run([sys.executable, __file__, "--phases", str(model), str(image),
                                str(folder / "out2")], capture_output=True, text=True,
                               check=True)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result.update(width=width, size=size, runs=runs, cli_wall_s=statistics.median(walls),
-                      cli_walls_s=walls, python_s=python,
+                      cli_walls_s=walls, python_s=python, torch_only_s=torch_only,
                       imports=import_times(model, image, folder / "out3"))
     return result
 
@@ -179,7 +182,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [f"cold `unetseg predict` of a {r['size']} x {r['size']} PNG, U-Net width"
              f" {r['width']}, {r['threads']} threads: {r['cli_wall_s']:.2f} s to exit (median"
              f" of {r['runs']}: {', '.join(f'{w:.2f}' for w in r['cli_walls_s'])}); a bare"
-             f" interpreter {r['python_s']:.2f} s; the forward pass alone (warm)"
+             f" interpreter {r['python_s']:.2f} s, one that imports torch and exits"
+             f" {r['torch_only_s']:.2f} s; the forward pass alone (warm)"
              f" {r['forward_warm_s']:.2f} s, {r['cli_wall_s'] / r['forward_warm_s']:.1f}x"
              " less", "", "| step (fresh process) | s |", "|---|---|"]
     lines += [f"| {name} | {s:.3f} |" for name, s in r["steps"].items()]
