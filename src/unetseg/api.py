@@ -30,8 +30,6 @@ from unetseg.infer.engine import ImagePredictor
 from unetseg.infer.evaluate import Truth, score_images
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
-from unetseg.metrics_boundary import hd95, mean_over_images
-from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 from unetseg.modelfile import ModelCard
 from unetseg.progress import progress
 from unetseg.report.evaluation import write_evaluation_report
@@ -197,6 +195,8 @@ HD95_RULE = ("HD95: the larger of the two 95th percentiles of the distances (pix
 
 def _hd95_summary(per_image: list[np.ndarray], names: Sequence[str]) -> dict[str, Any]:
     """``mean_hd95`` and each class's mean HD95 over the images (NaN as None)."""
+    from unetseg.metrics_boundary import mean_over_images
+
     per_class, overall = mean_over_images(np.array(per_image).reshape(len(per_image), len(names)))
     return {"mean_hd95": None if math.isnan(overall) else overall,
             "hd95": {n: None if math.isnan(v) else float(v) for n, v in zip(names, per_class)}}
@@ -234,6 +234,9 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     the class-1 probability over thresholds 0.0..0.9 (:mod:`unetseg.metrics_isbi`), pooled over
     the images, as ``summary["isbi"]``.
     """
+    from unetseg.metrics_boundary import hd95  # scipy: not for predict
+    from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
+
     cfg = predict_config(config, **options)
     tta = cfg.tta
     loaded = load_fastest(model, cfg)

@@ -84,14 +84,16 @@ def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if k not in aliases}
 
 
-def load_state_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def load_state_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *,
+                       assign: bool = False) -> None:
     """``model.load_state_dict`` from stored tensors (optimiser and RNG entries skipped), each
-    alias filled from its first name."""
+    alias filled from its first name; ``assign`` makes the tensors the model's own instead of
+    copying them (for a model on the meta device)."""
     weights = {k: v for k, v in tensors.items() if not k.startswith(("optim/", "rng/"))}
     for alias, name in state_aliases(model).items():
         if name in weights:
             weights[alias] = weights[name]
-    model.load_state_dict(weights)
+    model.load_state_dict(weights, assign=assign)
 
 
 def save_model(path: str | Path, model: torch.nn.Module, card: ModelCard) -> None:
@@ -148,9 +150,10 @@ def _looks_pickled(path: Path) -> bool:
     return head.startswith(_PICKLE_MAGIC)
 
 
-def _check_shapes(path: Path, card: ModelCard) -> None:
+def _check_shapes(path: Path, card: ModelCard) -> torch.nn.Module:
     """Compare the card's architecture with the stored tensor shapes before building it, so a
-    forged card (say, a width of 10**9) is refused without allocating anything."""
+    forged card (say, a width of 10**9) is refused without allocating anything. Returns the
+    network on the meta device (shapes, no storage)."""
     try:
         with torch.device("meta"):
             skeleton = build_model(card.model)
@@ -167,6 +170,14 @@ def _check_shapes(path: Path, card: ModelCard) -> None:
         diff = sorted(set(stored.items()) ^ set(expected.items()))
         raise UserError(f"{path}: weights do not match the stored config (first difference:"
                         f" {diff[0][0]}); retrain or re-export the model")
+    return skeleton
+
+
+def _loads_in_place(skeleton: torch.nn.Module) -> bool:
+    """Whether the stored weights can become ``skeleton``'s own tensors (meta device): they
+    fill every tensor (no non-persistent buffers) and no tensor is shared between names."""
+    transient = any(m._non_persistent_buffers_set for m in skeleton.modules())
+    return not transient and not state_aliases(skeleton)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"
@@ -176,10 +187,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
     The stored tensor shapes are checked against the config before anything is allocated.
     """
     card = read_card(path)
-    _check_shapes(Path(path), card)
-    model = build_model(card.model)
+    skeleton = _check_shapes(Path(path), card)
+    # the network checked is the one loaded, its weights not drawn at random only to be replaced
+    in_place = _loads_in_place(skeleton)
+    model = skeleton if in_place else build_model(card.model)
+    tensors = load_file(str(path), device="cpu")
+    if in_place:
+        # copies in the dtypes the network was built in: load_file maps the file, and a model
+        # that outlived a rewrite of its file in place (a server) must not change with it
+        dtypes = {k: v.dtype for k, v in skeleton.state_dict().items()}
+        tensors = {k: v.to(dtypes[k], copy=True) for k, v in tensors.items() if k in dtypes}
     try:
-        load_state_tensors(model, load_file(str(path), device="cpu"))
+        load_state_tensors(model, tensors, assign=in_place)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"{path}: weights do not match the stored config ({first})") from None

@@ -91,9 +91,12 @@ class UNet(nn.Module):
 
 
 def he_init(module: nn.Module) -> None:
-    """He-normal weights (std = sqrt(2 / fan_in), the paper's choice) and zero biases."""
+    """He-normal weights (std = sqrt(2 / fan_in), the paper's choice) and zero biases.
+
+    Tensors on the meta device (shapes only, no storage) are left alone: they hold no values,
+    and drawing random numbers there costs PyTorch a second of imports on first use."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and not m.weight.is_meta:
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
