@@ -75,3 +75,14 @@ def machine_independent_choices(tmp_path_factory: pytest.TempPathFactory):
         patch.setattr(fastest, "onnxruntime_installed", lambda: False)
         patch.setenv("UNETSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
         yield
+
+
+class StopAfter:
+    """A training callback that interrupts the run like Ctrl-C after a given epoch."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def __call__(self, row: dict) -> None:
+        if row["epoch"] == self.epoch:
+            raise KeyboardInterrupt

@@ -130,3 +130,34 @@ def test_the_real_measurement_times_both_backends(model: Path, cache: Path) -> N
     assert timings is not None and timings.torch_s > 0 and timings.onnxruntime_s > 0
     assert timings.window == (1, 1, 64, 64)
     assert loaded.backend == timings.faster
+
+
+def test_a_bf16_check_is_made_once_per_machine_and_model(model: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    import torch
+
+    from unetseg.infer import engine, precision
+    from unetseg.infer.load import load_predictor
+
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: "avx512_bf16")
+    checks: list[int] = []
+
+    def check(*args, **kwargs):
+        checks.append(1)
+        return precision.bf16("agreed on 100 % of the sample")
+
+    monkeypatch.setattr(engine, "check_bf16", check)
+    image = torch.rand(1, 40, 48)
+    first, _ = load_predictor(model, precision="auto", device="cpu")
+    fastest.remember_precision(first, "hash", tmp_path)
+    assert first.choose_precision(image).dtype == torch.bfloat16 and len(checks) == 1
+    stored = json.loads((tmp_path / "precision.json").read_text())
+    assert [e["precision"] for e in stored.values()] == ["bf16"]
+    again, _ = load_predictor(model, precision="auto", device="cpu")
+    fastest.remember_precision(again, "hash", tmp_path)
+    assert again.choose_precision(image).dtype == torch.bfloat16 and len(checks) == 1
+    other, _ = load_predictor(model, precision="auto", device="cpu")
+    fastest.remember_precision(other, "another model", tmp_path)
+    other.choose_precision(image)
+    assert len(checks) == 2  # another model file is checked afresh

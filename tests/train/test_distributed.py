@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import StopAfter
 from safetensors.torch import load_file
 
 from unetseg.cli import main
@@ -117,15 +118,6 @@ def _record_writes(root: Path, writes: list[str]) -> None:
             writes.append(f"{event} {path}")
 
     sys.addaudithook(hook)
-
-
-class StopAfter:
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        if row["epoch"] == self.epoch:
-            raise KeyboardInterrupt
 
 
 def _train_worker(data: Path, runs: Path, reports: Path) -> int:

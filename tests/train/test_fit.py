@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import StopAfter
 from safetensors.torch import load_file
 
 from unetseg.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -36,17 +37,6 @@ def test_fit_writes_a_complete_run_folder(disc_data: Path, tmp_path: Path):
     assert len(config["val_stems"]) == 2 and not set(config["val_stems"]) & set(
         config["train_stems"])
     assert not list(run.glob(".*tmp*")), "temporary files left behind"
-
-
-class StopAfter:
-    """A callback that interrupts training like Ctrl-C after a given epoch."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def __call__(self, row: dict) -> None:
-        if row["epoch"] == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(disc_data: Path,

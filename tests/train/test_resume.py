@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import StopAfter
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -26,17 +27,6 @@ def small_cfg(**train) -> RunConfig:
         data=DataConfig(patch_size=32, val_fraction=0.34),
         train=TrainConfig(**{"epochs": 3, "batch_size": 2, "steps_per_epoch": 3, **train}),
     )
-
-
-class StopAfter:
-    """A callback that interrupts training like Ctrl-C after a given epoch."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def __call__(self, row: dict) -> None:
-        if row["epoch"] == self.epoch:
-            raise KeyboardInterrupt
 
 
 def interrupted(data: Path, run: Path, cfg: RunConfig, epoch: int) -> Path:

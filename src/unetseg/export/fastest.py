@@ -38,7 +38,7 @@ from unetseg.files import write_text_atomic
 from unetseg.infer.backends import OnnxImagePredictor, check_backend_options, load_onnx
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.infer.load import load_image_predictor, load_predictor, resolve_backend
-from unetseg.infer.precision import choice_without_check
+from unetseg.infer.precision import PrecisionChoice, choice_without_check
 from unetseg.modelfile import ModelCard
 from unetseg.runtime import cpu_model
 
@@ -140,6 +140,35 @@ def write_cached(key: str, timings: BackendTimings, folder: Path) -> None:
     write_text_atomic(path, json.dumps(entries, indent=1))
 
 
+def remember_precision(predictor: ImagePredictor, model_hash: str, folder: Path) -> None:
+    """Reuse this machine's earlier bf16 check of this model file (``precision.json`` in the
+    cache, keyed by the model file's SHA-256 and the CPU model), and store a new one, so that
+    ``--precision auto`` checks a model once per machine rather than once per process."""
+    if predictor.precision != "auto" or predictor.device.type != "cpu":
+        return
+    path = folder / "precision.json"
+    key = f"{model_hash}:{cpu_model()}:{torch.__version__}"
+    try:
+        entry = json.loads(path.read_text())[key]
+        predictor.choice = PrecisionChoice(torch.bfloat16 if entry["precision"] == "bf16"
+                                           else None, f"{entry['reason']} (checked before,"
+                                           f" cached in {folder})")
+        return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+
+    def store(choice: PrecisionChoice) -> None:
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entries = {}
+        entries[key] = {"precision": choice.name, "reason": choice.reason}
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(entries, indent=1))
+
+    predictor.on_check = store
+
+
 def cached_onnx(model: Path, model_hash: str, folder: Path) -> Path:
     """The model's ONNX graph in the cache, exported (and verified) on first use."""
     from unetseg.export.pipeline import export_model
@@ -191,13 +220,11 @@ Measure = Callable[[ImagePredictor, OnnxImagePredictor, tuple[int, int, int, int
 
 
 def onnxruntime_installed() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the export extra is installed; found without importing it (onnxscript alone
+    takes about 0.4 s to import, which a cold predict that runs on PyTorch should not pay)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("onnx", "onnxruntime", "onnxscript"))
 
 
 def why_pytorch(model: str | Path, config: PredictConfig, streamed: Sequence[Path]
@@ -239,13 +266,16 @@ def _load(model: str | Path, config: PredictConfig, streamed: Sequence[Path],
     if config.backend == "onnxruntime" and Path(model).suffix.lower() != ".onnx":
         return _forced_onnxruntime(Path(model), config, streamed, folder or cache_folder())
     reason = why_pytorch(model, config, streamed)
+    folder = folder or cache_folder()
     if reason is not None:
         predictor, card = load_image_predictor(model, config, streamed=streamed)
+        if isinstance(predictor, ImagePredictor):
+            remember_precision(predictor, file_sha256(Path(model)), folder)
         return Loaded(predictor, card, resolve_backend(model, config.backend), reason)
-    folder = folder or cache_folder()
     model = Path(model)
     torch_predictor, card = load_predictor(model, config)
     model_hash = file_sha256(model)
+    remember_precision(torch_predictor, model_hash, folder)
     known = choice_without_check(config.precision, torch_predictor.device)
     torch_dtype = known.dtype if known is not None else torch.bfloat16  # if the check passes
     side = config.tile or DEFAULT_TILE

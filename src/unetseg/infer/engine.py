@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +87,8 @@ class ImagePredictor:
         precision: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16 on a CPU with native bf16
             when the model's bf16 labels agree with its fp32 labels on a sample of the first
             image predicted (:mod:`unetseg.infer.precision`), else fp32. Decided once, on the
-            first image, and kept in :attr:`choice`.
+            first image, and kept in :attr:`choice` (which a caller may also set from an
+            earlier check); :attr:`on_check`, when set, is called with a checked choice.
     """
 
     model: nn.Module
@@ -99,6 +100,7 @@ class ImagePredictor:
     fast_layout: bool = False
     precision: str = "fp32"
     choice: PrecisionChoice | None = field(default=None, init=False)
+    on_check: Callable[[PrecisionChoice], None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.fast_layout:
@@ -145,6 +147,8 @@ class ImagePredictor:
             if choice is None:
                 sample = self._normalized(sample_window(torch.as_tensor(image)))
                 choice = check_bf16(self._labels_in, sample, model_config(self.model).num_classes)
+                if self.on_check is not None:
+                    self.on_check(choice)  # e.g. a cache of the check's outcome
             self.choice = choice
         return self.choice
 
