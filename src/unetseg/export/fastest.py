@@ -140,11 +140,20 @@ def write_cached(key: str, timings: BackendTimings, folder: Path) -> None:
     write_text_atomic(path, json.dumps(entries, indent=1))
 
 
+def would_check_bf16(predictor: ImagePredictor) -> bool:
+    """Whether ``predictor`` would run the bf16 check (``auto`` on a CPU with native bf16);
+    only then is its outcome worth caching, or the model file worth hashing for it."""
+    try:
+        return choice_without_check(predictor.precision, predictor.device) is None
+    except ValueError:  # bf16 forced where it cannot run: the predictor says so itself
+        return False
+
+
 def remember_precision(predictor: ImagePredictor, model_hash: str, folder: Path) -> None:
     """Reuse this machine's earlier bf16 check of this model file (``precision.json`` in the
     cache, keyed by the model file's SHA-256 and the CPU model), and store a new one, so that
     ``--precision auto`` checks a model once per machine rather than once per process."""
-    if predictor.precision != "auto" or predictor.device.type != "cpu":
+    if not would_check_bf16(predictor):
         return
     path = folder / "precision.json"
     key = f"{model_hash}:{cpu_model()}:{torch.__version__}"
@@ -269,7 +278,7 @@ def _load(model: str | Path, config: PredictConfig, streamed: Sequence[Path],
     folder = folder or cache_folder()
     if reason is not None:
         predictor, card = load_image_predictor(model, config, streamed=streamed)
-        if isinstance(predictor, ImagePredictor):
+        if isinstance(predictor, ImagePredictor) and would_check_bf16(predictor):
             remember_precision(predictor, file_sha256(Path(model)), folder)
         return Loaded(predictor, card, resolve_backend(model, config.backend), reason)
     model = Path(model)
