@@ -26,6 +26,7 @@ _LAZY = {
     "predict": "unetseg.api",
     "evaluate": "unetseg.api",
     "demo": "unetseg.api",
+    "plan": "unetseg.api",
     "check_data": "unetseg.data.doctor",
     "convert_checkpoint": "unetseg.train.convert",
     "export_model": "unetseg.export",

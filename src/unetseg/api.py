@@ -1,4 +1,4 @@
-"""The Python API behind the command line: ``predict``, ``evaluate`` and ``demo``.
+"""The Python API behind the command line: ``predict``, ``evaluate``, ``plan`` and ``demo``.
 
 Each function mirrors one ``unetseg`` command and takes the same options as keywords.
 """
@@ -346,7 +346,7 @@ def demo(out: str | Path = "unetseg-demo", *, time_budget_s: float = 420.0, epoc
         train=TrainConfig(epochs=epochs, batch_size=4, lr=2e-3, time_limit_s=time_budget_s,
                           device=device),
     )
-    result = fit(train_dir, folder / "run", cfg, show_progress=show_progress)
+    result = fit(train_dir, folder / "run", cfg, show_progress=show_progress, plan=None)
     model = result.best_model
     predict(model, test_dir / "images", folder / "predictions", device=device,
             show_progress=show_progress)
@@ -358,3 +358,53 @@ def demo(out: str | Path = "unetseg-demo", *, time_budget_s: float = 420.0, epoc
         rows.append((pair.stem, read_image(pair.image), truth, evaluation.predictions[pair.stem]))
     plot_examples(rows[:3], ("membrane", "cell"), folder / "examples.png")
     return DemoResult(folder, time.perf_counter() - started, evaluation.summary)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A data set's fingerprint and the plan made from it, and the files they were written
+    to (``fingerprint.json``, ``plan.json``)."""
+
+    fingerprint: Any  # unetseg.data.fingerprint.Fingerprint
+    plan: Any  # unetseg.train.autoplan.Plan
+    fingerprint_path: Path
+    plan_path: Path
+
+
+def plan(data: str | Path, out: str | Path = ".", *, time_budget: float | None = None,
+         device: str = "auto", classes: Sequence[int] | None = None,
+         class_names: Sequence[str] | None = None, ignore_value: int | None = None,
+         palette: str | None = None, show_progress: bool = True) -> PlanResult:
+    """Measure ``data``'s fingerprint (:mod:`unetseg.data.fingerprint`) in one checked pass
+    over its pairs and plan a run from it, the device and ``time_budget`` seconds
+    (:mod:`unetseg.train.autoplan`: patch size, depth, batch size, width timed on the
+    device, normalisation, loss and the steps the budget buys, each with its reason); write
+    ``fingerprint.json`` and ``plan.json`` into ``out``. ``unetseg train DATA --plan
+    OUT/plan.json`` trains with the plan, edited or not. The class options are ``train``'s.
+
+    Raises:
+        UserError: the data has errors (``unetseg check`` lists them) or an option is wrong.
+    """
+    from unetseg.config import DataConfig, RunConfig, TrainConfig, check_run_config
+    from unetseg.data.doctor import examine_data, fingerprint_of
+    from unetseg.data.fingerprint import FingerprintBuilder
+    from unetseg.data.report import require_clean
+    from unetseg.infer.engine import resolve_device
+    from unetseg.train.autoplan import plan_for_data
+
+    cfg = RunConfig(data=DataConfig(
+        class_values=None if classes is None else tuple(classes),
+        class_names=None if class_names is None else tuple(class_names),
+        ignore_value=ignore_value, palette=palette),
+        train=TrainConfig(time_limit_s=time_budget, device=device))
+    check_run_config(cfg)
+    builder = FingerprintBuilder()
+    report, reads = examine_data(data, cfg.data, progress=show_progress, fingerprint=builder)
+    require_clean(report)
+    fingerprint = fingerprint_of(report, reads, builder)
+    chosen = plan_for_data(fingerprint, cfg, resolve_device(device))
+    folder = output_folder(out)
+    fingerprint_path, plan_path = folder / "fingerprint.json", folder / "plan.json"
+    write_text_atomic(fingerprint_path, json.dumps(fingerprint.to_dict(), indent=2))
+    write_text_atomic(plan_path, json.dumps(chosen.to_dict(), indent=2))
+    return PlanResult(fingerprint, chosen, fingerprint_path, plan_path)

@@ -21,6 +21,7 @@ SchedulerName = Literal["cosine", "constant"]
 ImageInterpolation = Literal["bilinear", "bicubic"]
 Backend = Literal["auto", "torch", "onnxruntime"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
+NormalizationScheme = Literal["dataset", "image", "percentile"]
 
 DEFAULT_TILE = 512
 """Tile side in pixels where none is planned: a given ``overlap``, valid-padding models, the
@@ -75,6 +76,12 @@ class DataConfig:
     it defines the classes; for label and palette masks it names them and gives display
     colours; see :mod:`unetseg.data.masks`). For colour masks without it, ``ignore_value`` is
     a packed colour ``R*65536 + G*256 + B``.
+
+    ``normalization`` is how image intensities are scaled before the network (see
+    :mod:`unetseg.data.normalize`): ``dataset`` z-scores each channel with the training
+    images' mean and sd, ``image`` z-scores each image by its own, ``percentile`` clips each
+    channel to the training images' 0.5th and 99.5th percentiles, then z-scores it. The model
+    file stores it, so prediction applies the same.
     """
 
     val_fraction: float = 0.2
@@ -87,6 +94,7 @@ class DataConfig:
     weight_w0: float = 10.0
     weight_sigma: float = 5.0
     weight_objects: tuple[int, ...] | None = None
+    normalization: NormalizationScheme = "dataset"
 
 
 @dataclass(frozen=True)
@@ -319,6 +327,12 @@ FLAG_NAMES: dict[str, str | None] = {
     "train.val_tile": None,
 }
 """``train`` flags whose names are not their field's name (None: the field has no flag)."""
+
+
+PLANNED_FIELDS = ("data.patch_size", "model.depth", "train.batch_size", "model.width",
+                  "model.top_width", "data.normalization", "train.loss")
+"""RunConfig fields a plan sets unless the user does (:mod:`unetseg.train.autoplan`), in the
+order they are planned and shown."""
 
 
 def flag_hint(dotted: str) -> str:

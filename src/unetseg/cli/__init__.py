@@ -49,6 +49,7 @@ MIRROR_EXCEPTIONS: dict[str, str] = {
     "fit:show_progress": "the top-level -q/--quiet",
     "fit:callbacks": "Python callables",
     "fit:loss_fn": "a Python callable",
+    "fit:fixed": "the fields the train flags given (and --config, --preset) set",
     "predict:config": "the PredictConfig that the prediction flags build",
     "predict:overlays": "on unless the switch --no-overlay",
     "predict:show_progress": "the top-level -q/--quiet",

@@ -1,5 +1,5 @@
-"""``unetseg check``, ``convert-checkpoint``, ``preview-augment`` and ``preview-weights``:
-commands about data and model files that train nothing."""
+"""``unetseg check``, ``plan``, ``convert-checkpoint``, ``preview-augment`` and
+``preview-weights``: commands about data and model files that train nothing."""
 
 from __future__ import annotations
 
@@ -21,6 +21,21 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_train_flags(p, CHECK_FLAGS)
     p.set_defaults(run=_check)
+
+    p = sub.add_parser("plan", help="measure a data set's fingerprint and plan a run from it:"
+                       " patch size, depth, batch size, width, normalisation, loss and steps,"
+                       " each with its reason (writes fingerprint.json and plan.json)")
+    p.add_argument("data", help="folder with images/ and masks/")
+    p.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="seconds the run may take (train's --time-limit); the width and the"
+                        " steps are planned for it (default: none)")
+    p.add_argument("--out", default=".", help="folder for fingerprint.json and plan.json"
+                   " (default %(default)s)")
+    p.add_argument("--device", default="auto", help="device the width is timed on and the"
+                   " batch sized for: auto, cpu, cuda, ... (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print plan.json instead of the table")
+    add_train_flags(p, CHECK_FLAGS)
+    p.set_defaults(run=_plan)
 
     p = sub.add_parser("convert-checkpoint", help="convert a TRUSTED pickled PyTorch"
                        " checkpoint (.pt, .pth, .ckpt) of a unetseg U-Net to a model file")
@@ -53,6 +68,22 @@ def _check(args: argparse.Namespace) -> int:
     report = check_data(args.data, cfg, progress=not args.quiet and not args.json)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0 if report.clean else 1
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from unetseg.api import plan
+    from unetseg.train.autoplan import format_plan
+
+    result = plan(args.data, args.out, time_budget=args.time_budget, device=args.device,
+                  classes=args.classes, class_names=args.class_names,
+                  ignore_value=args.ignore_value, palette=args.palette,
+                  show_progress=not args.quiet and not args.json)
+    if args.json:
+        print(json.dumps(result.plan.to_dict(), indent=2))
+        return 0
+    print(format_plan(result.plan))
+    print(f"wrote {result.fingerprint_path} and {result.plan_path}")
+    return 0
 
 
 def _convert_checkpoint(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from unetseg.config import (
     DEFAULT_OVERLAP,
+    PLANNED_FIELDS,
     AugmentConfig,
     DataConfig,
     ModelConfig,
@@ -105,6 +106,10 @@ TRAIN_FLAGS: dict[str, Flag] = {
                        " paper's)"),
     "--weight-objects": ("data.weight_objects", _ints, "weighted-ce: mask values of the objects"
                          " (default: all classes but the first, e.g. 255 = ISBI cells)"),
+    "--normalization": ("data.normalization", str, "intensity normalisation: dataset"
+                        " (z-score with the training images' mean and sd), image (each image"
+                        " by its own), percentile (clip to the training images' 0.5-99.5th"
+                        " percentiles, then z-score)"),
     "--image-interpolation": ("augment.image_interpolation", str,
                               "image resampling in augmentation"),
 }
@@ -155,7 +160,7 @@ def format_default(value: Any) -> str:
     return str(value)
 
 
-def help_text(owner: type, dotted: str, text: str) -> str:
+def help_text(owner: type, dotted: str, text: str, *, planned: bool = False) -> str:
     """``text`` with the field's choices and ``(default X)``, both read from the dataclass.
 
     A field whose default is None says what None means in ``text`` itself (``(default: ...)``).
@@ -164,25 +169,32 @@ def help_text(owner: type, dotted: str, text: str) -> str:
     if choices:
         text = f"{text}; one of {', '.join(map(str, choices))}"
     default = field_default(owner, dotted)
+    if planned and dotted in PLANNED_FIELDS and "(default" not in text:
+        return (f"{text} (default: planned from the data"
+                + ("" if default is None else f"; {format_default(default)} with --plan off")
+                + ")")
     if default is None or "(default" in text:
         return text
     return f"{text} (default {format_default(default)})"
 
 
 def add_flags(p: argparse.ArgumentParser, owner: type, table: dict[str, Flag],
-              flags: typing.Iterable[str] | None = None) -> None:
+              flags: typing.Iterable[str] | None = None, *, planned: bool = False) -> None:
     """Add ``flags`` (default: all) of ``table``, bound to fields of ``owner``, default None.
 
     No argparse ``choices``: a wrong value is a one-line UserError from the config's check,
     not argparse's usage message."""
     for flag in table if flags is None else flags:
         key, kind, text = table[flag]
-        p.add_argument(flag, type=kind, default=None, help=help_text(owner, key, text))
+        p.add_argument(flag, type=kind, default=None,
+                       help=help_text(owner, key, text, planned=planned))
 
 
-def add_train_flags(p: argparse.ArgumentParser, flags: typing.Iterable[str] | None = None
-                    ) -> None:
-    add_flags(p, RunConfig, TRAIN_FLAGS, flags)
+def add_train_flags(p: argparse.ArgumentParser, flags: typing.Iterable[str] | None = None,
+                    *, planned: bool = False) -> None:
+    """The ``train`` flags (default: all) bound to RunConfig fields; ``planned`` says in the
+    help that the plan sets the fields of :data:`~unetseg.config.PLANNED_FIELDS`."""
+    add_flags(p, RunConfig, TRAIN_FLAGS, flags, planned=planned)
 
 
 def add_prediction_flags(p: argparse.ArgumentParser,

@@ -28,7 +28,13 @@ def add_train_command(sub: Any) -> None:
                    " %(default)s)")
     p.add_argument("--sync-batchnorm", action="store_true",
                    help="batch-norm statistics over all processes' samples (GPUs only)")
-    add_train_flags(p)
+    p.add_argument("--plan", default="auto", metavar="auto|off|PLAN.json",
+                   help="auto plans patch size, depth, batch size, width, normalisation and"
+                        " loss from the data, the device and --time-limit (written as"
+                        " plan.json in the run folder); a plan.json (from unetseg plan or a"
+                        " run, edited or not) applies that plan; off trains the defaults."
+                        " Every flag given overrides the plan (default %(default)s)")
+    add_train_flags(p, planned=True)
     p.set_defaults(run=_train)
 
 
@@ -58,6 +64,30 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
     return replace(cfg, **changes)
 
 
+def fixed_from_args(args: argparse.Namespace) -> set[str]:
+    """The RunConfig fields the user set, which a plan keeps: the flags given, the fields a
+    ``--config`` file names, every field of a ``--preset`` other than ``default`` (a recipe),
+    and ``train.amp`` for ``--no-amp``."""
+    from unetseg.config import PLANNED_FIELDS
+
+    fixed = {key for flag, (key, _, _) in TRAIN_FLAGS.items()
+             if getattr(args, dest(flag), None) is not None}
+    if getattr(args, "preset", None) not in (None, "default"):
+        fixed |= set(PLANNED_FIELDS)
+    if getattr(args, "config", None):
+        try:
+            stored = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError):
+            stored = {}  # run_config_from_args says what is wrong with the file
+        fixed |= {f"{section}.{key}" for section, part in stored.items()
+                  if isinstance(part, dict) for key in part}
+    return fixed
+
+
+def _plan_source(args: argparse.Namespace) -> str | None:
+    return None if str(args.plan).lower() in ("off", "none") else args.plan
+
+
 def _train(args: argparse.Namespace) -> int:
     from unetseg.train import distributed
 
@@ -75,7 +105,8 @@ def _train(args: argparse.Namespace) -> int:
         logging.getLogger("unetseg").setLevel(logging.ERROR)
     try:
         result = fit(args.data, args.out, run_config_from_args(args), resume=args.resume,
-                     show_progress=not args.quiet)
+                     show_progress=not args.quiet, plan=_plan_source(args),
+                     fixed=fixed_from_args(args))
     finally:
         distributed.cleanup()
     if not main_process:

@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 
 from unetseg.config import DataConfig
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
-from unetseg.data.doctor import examine_data
+from unetseg.data.doctor import examine_data, fingerprint_of
+from unetseg.data.fingerprint import Fingerprint, FingerprintBuilder
 from unetseg.data.masks import encode_mask
 from unetseg.data.report import Report, require_clean
 from unetseg.errors import UserError
@@ -66,24 +67,28 @@ class LoadedData:
     classes: ClassTable
     pairs: list[LoadedPair]
     report: Report | None = None
+    fingerprint: Fingerprint | None = None
 
 
 def load_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
-              progress: bool = False) -> LoadedData:
+              progress: bool = False, fingerprint: bool = False) -> LoadedData:
     """Read, check and decode every pair of ``root`` once.
 
     The checks are the data doctor's (``unetseg check``; :func:`~unetseg.data.doctor.
     examine_data`): any error ends with one line naming the file (and, for several, a count
-    and a pointer to ``unetseg check``), warnings are logged.
+    and a pointer to ``unetseg check``), warnings are logged. With ``fingerprint`` the data
+    set's fingerprint (:mod:`unetseg.data.fingerprint`) is measured in the same pass.
     """
-    report, reads = examine_data(root, cfg, keep=True, progress=progress)
+    builder = FingerprintBuilder() if fingerprint else None
+    report, reads = examine_data(root, cfg, keep=True, progress=progress, fingerprint=builder)
     require_clean(report)
     assert report.classes is not None
     classes = report.classes
     pairs = [LoadedPair(r.pair.stem, r.image, encode_mask(r.mask, classes), r.pair.image,
                         r.pair.mask) for r in reads]
     log.info("loaded %d image/mask pairs", len(pairs))
-    return LoadedData(classes, pairs, report)
+    found = fingerprint_of(report, reads, builder) if builder is not None else None
+    return LoadedData(classes, pairs, report, found)
 
 
 # --------------------------------------------------------------------------- splitting

@@ -31,6 +31,7 @@ import logging
 import os
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import numpy as np
 
 from unetseg.config import DataConfig
 from unetseg.data.classes import ClassTable, MaskEncoding, pack_rgb, unpack_rgb
+from unetseg.data.fingerprint import Fingerprint, FingerprintBuilder, ignore_aware_ids
 from unetseg.data.masks import (
     MaskFile,
     build_class_table,
@@ -103,8 +105,10 @@ class PairRead:
     counts: dict[int, int]  # pixels per label value, palette index or packed colour
 
 
-def _read_pair(pair: Pair, report: Report, keep: bool) -> PairRead | None:
-    """Read one pair, noting each of its problems; None when it cannot be used."""
+def _read_pair(pair: Pair, report: Report, keep: bool,
+               fingerprint: FingerprintBuilder | None = None) -> PairRead | None:
+    """Read one pair, noting each of its problems; None when it cannot be used. A
+    ``fingerprint`` builder is given the pair's pixels before they are dropped."""
     read: tuple[np.ndarray, np.ndarray] | None = None
     try:
         read = read_pair_image(pair)
@@ -123,7 +127,10 @@ def _read_pair(pair: Pair, report: Report, keep: bool) -> PairRead | None:
     except UserError as exc:
         report.add("error", "size", pair.mask, str(exc))
         return None
-    counts = value_counts(mask.codes("rgb") if mask.encoding == "rgb" else mask.data)
+    codes = mask.codes("rgb") if mask.encoding == "rgb" else mask.data
+    counts = value_counts(codes)
+    if fingerprint is not None:
+        fingerprint.add(pair.stem, image, codes, samples.dtype.name, pair.image)
     if not keep:  # checking only: hold the counts, not the pixels
         image, mask = np.empty((0, 0, 0), np.float32), replace(mask, data=np.empty((0, 0)))
     return PairRead(pair, np.ascontiguousarray(image), int(samples.shape[0]), samples.dtype.name,
@@ -309,7 +316,9 @@ def _class_table(coded: list[tuple[PairRead, dict[int, int]]], encoding: MaskEnc
 
 
 def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
-                 keep: bool = False, progress: bool = False) -> tuple[Report, list[PairRead]]:
+                 keep: bool = False, progress: bool = False,
+                 fingerprint: FingerprintBuilder | None = None
+                 ) -> tuple[Report, list[PairRead]]:
     """Read every pair of a data folder once, check it and collect every problem.
 
     Args:
@@ -318,6 +327,8 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
         keep: keep the decoded image and mask of every usable pair (for training); otherwise
             only their pixel counts are held.
         progress: show a progress bar.
+        fingerprint: given, it collects the fingerprint's measurements from every pair as
+            it is read (:func:`fingerprint_of` makes the fingerprint).
 
     Returns:
         the :class:`Report` and the usable pairs as read (with the mask values checked
@@ -333,7 +344,8 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
     report.pairs = len(pairs)
     items = progress_bar(pairs, desc="checking data", unit="pair", leave=False,
                          disable=not progress)
-    reads = [r for r in (_read_pair(p, report, keep) for p in items) if r is not None]
+    reads = [r for r in (_read_pair(p, report, keep, fingerprint) for p in items)
+             if r is not None]
     reads = _check_consistency(reads, report)
     report.channels = dict(Counter(r.channels for r in reads))
     report.dtypes = dict(Counter(r.dtype for r in reads))
@@ -352,6 +364,30 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
     coded = _check_values(coded, report.classes, report)
     _count_classes(coded, report.classes, report)
     return report, [r for r, _ in coded]
+
+
+def _class_ids_of_codes(read: PairRead, encoding: MaskEncoding, table: ClassTable
+                        ) -> Callable[[np.ndarray], np.ndarray]:
+    """The function from one mask's raw codes (values, palette indices or packed colours,
+    as :meth:`MaskFile.codes` gives them for its own encoding) to class ids (the ignore value
+    and anything unknown to ``IGNORE_INDEX``)."""
+    scale = _GRAY if encoding == "rgb" and read.mask.encoding != "rgb" else 1
+    if table.encoding == "rgb":
+        lookup = {int(pack_rgb(np.array(c))): i for i, c in enumerate(table.colors)}
+    else:
+        lookup = {v: i for i, v in enumerate(table.values)}
+    return ignore_aware_ids({code // scale: i for code, i in lookup.items()
+                             if code % scale == 0})
+
+
+def fingerprint_of(report: Report, reads: list[PairRead],
+                   builder: FingerprintBuilder) -> Fingerprint:
+    """The fingerprint of the usable pairs ``reads`` of a clean ``report``, from what
+    ``builder`` collected while :func:`examine_data` read them."""
+    assert report.classes is not None and report.encoding is not None
+    table, encoding = report.classes, report.encoding
+    return builder.finish(report.root, table, {
+        r.pair.stem: _class_ids_of_codes(r, encoding, table) for r in reads})
 
 
 def check_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,

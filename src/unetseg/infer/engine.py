@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
-from unetseg.data.normalize import ChannelStats, normalize
+from unetseg.data.normalize import ChannelStats, channel_stats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.fast import plan_tile
 from unetseg.infer.precision import (
@@ -145,7 +145,7 @@ class ImagePredictor:
             except ValueError as exc:
                 raise UserError(f"--precision {self.precision}: {exc}") from None
             if choice is None:
-                sample = self._normalized(sample_window(torch.as_tensor(image)))
+                sample = self._normalized_window(torch.as_tensor(image))
                 choice = check_bf16(self._labels_in, sample, model_config(self.model).num_classes)
                 if self.on_check is not None:
                     self.on_check(choice)  # e.g. a cache of the check's outcome
@@ -162,6 +162,16 @@ class ImagePredictor:
     def _normalized(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(image, dtype=torch.float32).to(self.device)
         return normalize(x, self.stats)
+
+    def _normalized_window(self, image: torch.Tensor) -> torch.Tensor:
+        """The precision check's sample, normalised as it is within the whole image (the
+        ``image`` scheme takes the whole image's statistics, not the window's)."""
+        if self.stats.scheme != "image":
+            return self._normalized(sample_window(image))
+        own = channel_stats([image.numpy() if image.device.type == "cpu" else
+                             image.cpu().numpy()])
+        window = torch.as_tensor(sample_window(image), dtype=torch.float32).to(self.device)
+        return normalize(window, self.stats.for_image(own))
 
     def _tiled_logits(self, x: torch.Tensor) -> torch.Tensor:
         tile, overlap, batch = self.tiling(x.shape[-2], x.shape[-1])

@@ -22,7 +22,7 @@ import torch
 from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from unetseg.data.classes import ClassTable
 from unetseg.data.masks import mask_palette
-from unetseg.data.normalize import ChannelStats, normalize
+from unetseg.data.normalize import ChannelStats, channel_stats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.blending import BlendMode, blend_weight
 from unetseg.infer.predict import default_out_tile, logits_to_labels
@@ -92,6 +92,7 @@ def stream_labels(reader: TiffBandReader, predictor: Predictor, plan: WindowPlan
     ``out_h`` x ``out_w`` belong to the window."""
     device = device or torch.device("cpu")
     h, w = reader.height, reader.width
+    stats = stats.for_image(image_stats(reader)) if stats.scheme == "image" else stats
     weight = blend_weight(plan.blend, plan.out_h, plan.out_w, device=device)
     acc: torch.Tensor | None = None
     wsum = torch.zeros(plan.out_h, w, device=device)
@@ -119,6 +120,17 @@ def stream_labels(reader: TiffBandReader, predictor: Predictor, plan: WindowPlan
         end = plan.ys[i + 1] if i + 1 < len(plan.ys) else min(h, y + plan.out_h)
         labels = logits_to_labels(acc[:, : end - y] / wsum[: end - y])
         yield y, labels.cpu().numpy(), raw[:, plan.margin : plan.margin + end - y]
+
+
+STATS_ROWS = 256
+"""Rows read at a time for a streamed image's own statistics (the ``image`` normalisation)."""
+
+
+def image_stats(reader: TiffBandReader) -> ChannelStats:
+    """The mean and sd per channel of the whole image, read band by band (one extra pass over
+    the file), for models normalised per image."""
+    return channel_stats(reader.rows(top, min(reader.height, top + STATS_ROWS))
+                         for top in range(0, reader.height, STATS_ROWS))
 
 
 def _shift_rows(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -30,17 +30,22 @@ def _plan_section(manifest: Mapping[str, Any]) -> str:
     run = manifest.get("run", {})
     model, train = run.get("model", {}), run.get("train", {})
     epochs = manifest.get("planned_epochs") or {}
+    why = {k: c.get("reason", "") for k, c in ((manifest.get("plan") or {}).get("plan")
+                                               or {}).items()}
     rows: list[list[Any]] = [
         ["width", model.get("width"), "given" if not manifest.get("planned_width") else
          manifest["planned_width"].get("reason", "")],
-        ["first-level width", model.get("top_width") or model.get("width"), ""],
-        ["depth", model.get("depth"), ""],
+        ["first-level width", model.get("top_width") or model.get("width"),
+         why.get("model.top_width", "")],
+        ["depth", model.get("depth"), why.get("model.depth", "")],
         ["epochs", epochs.get("epochs", train.get("epochs")),
          f"{epochs['reason']} (at most {train.get('epochs')})" if epochs else "as configured"],
         ["steps per epoch", manifest.get("steps_per_epoch"), ""],
-        ["batch size", train.get("batch_size"), ""],
-        ["crop side (pixels)", manifest.get("patch_size"), ""],
-        ["loss", train.get("loss"), ""],
+        ["batch size", train.get("batch_size"), why.get("train.batch_size", "")],
+        ["crop side (pixels)", manifest.get("patch_size"), why.get("data.patch_size", "")],
+        ["normalisation", run.get("data", {}).get("normalization"),
+         why.get("data.normalization", "")],
+        ["loss", train.get("loss"), why.get("train.loss", "")],
         ["learning rate", train.get("lr"), ""],
         ["time limit (s)", train.get("time_limit_s"), ""],
         ["device", manifest.get("device"), f"{manifest.get('processes', 1)} process(es),"

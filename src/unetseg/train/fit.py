@@ -7,11 +7,13 @@ The configuration is resolved once (:func:`~unetseg.train.plan.resolve_config`),
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,12 @@ from tqdm.auto import tqdm
 from unetseg.config import RunConfig, TrainConfig, check_run_config
 from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
-from unetseg.data.dataset import LoadedPair, PatchDataset, load_data, split_pairs
-from unetseg.data.normalize import ChannelStats, channel_stats, normalize
+from unetseg.data.dataset import LoadedData, LoadedPair, PatchDataset, load_data, split_pairs
+from unetseg.data.normalize import ChannelStats, dataset_stats, normalize, training_view
 from unetseg.data.report import Report
 from unetseg.data.weights import attach_weight_maps
 from unetseg.errors import UserError
-from unetseg.files import output_folder, remove_stale_temps
+from unetseg.files import output_folder, remove_stale_temps, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.infer.evaluate import score_images, total_confusion
 from unetseg.losses import LossFn, build_loss
@@ -38,6 +40,15 @@ from unetseg.model.layout import fastest_memory_format
 from unetseg.modelfile import ModelCard, read_card
 from unetseg.report.training import Example, training_report
 from unetseg.train import distributed
+from unetseg.train.autoplan import (
+    LABELS,
+    Plan,
+    apply_plan,
+    complete_plan,
+    fixed_fields,
+    plan_from_fingerprint,
+    read_plan,
+)
 from unetseg.train.checkpoint import load_training_state, read_loop_state
 from unetseg.train.distributed import DistEnv
 from unetseg.train.loop import Precision, keep_examples, train_one_epoch
@@ -55,6 +66,9 @@ from unetseg.train.rundir import check_run_folder, save_epoch_files
 from unetseg.train.state import RunState
 
 log = logging.getLogger(__name__)
+
+PlanSource = str | Path | Plan
+"""What ``fit``'s ``plan`` takes: ``"auto"``, a ``plan.json`` path, or a :class:`Plan`."""
 
 
 @dataclass(frozen=True)
@@ -81,20 +95,25 @@ class FitResult:
     stopped: str
 
 
-def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True) -> PreparedData:
-    """Pair, check and decode the data; split it by seed; compute the training normalisation.
+def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True,
+                 loaded: LoadedData | None = None) -> PreparedData:
+    """Pair, check and decode the data (unless ``loaded`` already holds it); split it by seed;
+    compute the training normalisation of ``cfg.data.normalization``.
 
     The checks are ``unetseg check``'s (:func:`unetseg.data.dataset.load_data`): any error ends
-    the run with one line, warnings are logged.
+    the run with one line, warnings are logged. The training images are kept as training
+    crops them (:func:`~unetseg.data.normalize.training_view`); validation images as read.
     """
     d = cfg.data
-    loaded = load_data(root, d, progress=show_progress)
+    loaded = loaded or load_data(root, d, progress=show_progress)
     classes = loaded.classes
     train, val = split_pairs(loaded.pairs, d.val_fraction, cfg.train.seed)
     if cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
         attach_weight_maps(train, classes, d, progress=show_progress)
-    return PreparedData(classes, train, val, channel_stats(p.image for p in train),
-                        loaded.report)
+    stats = dataset_stats([p.image for p in train], d.normalization, seed=cfg.train.seed)
+    if stats.scheme != "dataset":
+        train = [dataclasses.replace(p, image=training_view(p.image, stats)) for p in train]
+    return PreparedData(classes, train, val, stats, loaded.report)
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
@@ -114,6 +133,7 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
     whatever the number of processes. Loss weights, when the batch has them, are warped with
     the masks and returned third."""
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    batch_stats = stats.training()  # the images are already in their training view
 
     def prepare(images: torch.Tensor, masks: torch.Tensor,
                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -125,7 +145,7 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
                                height=images.shape[-2], width=images.shape[-1])
         augmented = apply_params(images, masks, params.rows(rows), weights=weights,
                                  image_mode=cfg.augment.image_interpolation)
-        return (normalize(augmented[0], stats), *augmented[1:])
+        return (normalize(augmented[0], batch_stats), *augmented[1:])
 
     return prepare
 
@@ -229,10 +249,35 @@ class _Run:
     examples: list[Example] = field(default_factory=list)  # the last validation's, refilled
 
 
+def _plan(data: str | Path, cfg: RunConfig, plan: PlanSource, fixed: Collection[str],
+          device: torch.device, env: DistEnv, show_progress: bool
+          ) -> tuple[RunConfig, Plan, LoadedData | None]:
+    """``cfg`` with the plan applied around the fields the user fixed, the plan, and the data
+    when planning read it (with its fingerprint) to plan from."""
+    fixed = fixed_fields(cfg, fixed)
+    loaded = None
+    if isinstance(plan, Plan):
+        chosen = plan
+    elif str(plan) != "auto":
+        chosen = read_plan(plan)
+    else:
+        loaded = load_data(data, cfg.data, progress=show_progress, fingerprint=True)
+        assert loaded.fingerprint is not None
+        chosen = distributed.broadcast_object(plan_from_fingerprint(
+            loaded.fingerprint, cfg, device, fixed=fixed, processes=env.world_size), env)
+    cfg, chosen = apply_plan(cfg, chosen, fixed)
+    if show_progress:
+        tqdm.write("planned " + "; ".join(f"{LABELS[k]} {c.value}"
+                                          for k, c in chosen.choices.items()))
+    return cfg, chosen, loaded
+
+
 def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Path | None,
-            show_progress: bool, loss_fn: LossFn | None) -> tuple[_Run, RunState]:
-    """Resolve the configuration (a resumed run's is the stored one, with its plans), build
-    the training objects, restore a resumed run's state and write ``config.json``."""
+            show_progress: bool, loss_fn: LossFn | None, plan: PlanSource | None = None,
+            fixed: Collection[str] = ()) -> tuple[_Run, RunState]:
+    """Plan and resolve the configuration (a resumed run's is the stored one, with its
+    plans), build the training objects, restore a resumed run's state and write
+    ``config.json`` (and a planned run's ``plan.json`` and ``fingerprint.json``)."""
     if resume_file is not None:
         cfg = read_card(resume_file).run
     cfg = cfg or RunConfig()
@@ -240,17 +285,31 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
     env, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if env.is_main:
         remove_stale_temps(out)  # left by a run killed mid-write
-    rows = distributed.batch_shard(cfg.train.batch_size, env)  # this process's share
     show_progress = show_progress and env.is_main
-    prepared = prepare_data(data, cfg, show_progress=show_progress)
+    planned, loaded = None, None
+    if resume_file is None and plan is not None:
+        cfg, planned, loaded = _plan(data, cfg, plan, fixed, device, env, show_progress)
+    rows = distributed.batch_shard(cfg.train.batch_size, env)  # this process's share
+    prepared = prepare_data(data, cfg, show_progress=show_progress, loaded=loaded)
     _check_class_weights(cfg.train.class_weights, prepared.classes)
     resolved = (resolve_config(cfg, prepared.classes, prepared.train, prepared.val,
                                rows.stop - rows.start, device, env, show_progress=show_progress)
                 if resume_file is None
                 else ResolvedConfig.from_json(cfg, read_loop_state(resume_file)))
+    if planned is not None:
+        planned = complete_plan(planned, resolved.cfg, resolved.width_plan,
+                                resolved.epoch_plan,
+                                steps_per_epoch(resolved.cfg, prepared.train,
+                                                patch_size_for(resolved.cfg)))
+        resolved = dataclasses.replace(resolved, plan=planned.to_dict())
     cfg = resolved.cfg
     if env.is_main:
         output_folder(out)
+        if planned is not None:
+            write_text_atomic(out / "plan.json", json.dumps(planned.to_dict(), indent=2))
+        if loaded is not None and loaded.fingerprint is not None:
+            write_text_atomic(out / "fingerprint.json",
+                              json.dumps(loaded.fingerprint.to_dict(), indent=2))
     t = build_training(cfg, prepared.train, device, loss_fn=loss_fn)
     state = _start_state(resolved, t) if resume_file is None else _restore_state(resume_file, t)
     net = distributed.distribute(t.model, env, device, sync_batchnorm=cfg.train.sync_batchnorm)
@@ -350,7 +409,8 @@ def _stop_reason(state: RunState, cfg: TrainConfig) -> str | None:
 def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         resume: bool = False, show_progress: bool = True,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
-        loss_fn: LossFn | None = None) -> FitResult:
+        loss_fn: LossFn | None = None, plan: PlanSource | None = "auto",
+        fixed: Collection[str] = ()) -> FitResult:
     """Train a U-Net on ``data`` (``images/`` + ``masks/``) and write the run into ``out``.
 
     Writes ``best.safetensors`` and ``last.safetensors`` (model + JSON card),
@@ -368,6 +428,16 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     ``cfg.model.width`` None (the default) is planned from the time budget and the device
     (:func:`unetseg.train.plan.plan_width`) and stored, planned, in the model files.
 
+    ``plan`` ``"auto"`` (the default) measures the data set's fingerprint while reading it and
+    plans the patch size, depth, batch size, normalisation and loss from it
+    (:mod:`unetseg.train.autoplan`); a ``plan.json`` path (from ``unetseg plan``, or a run
+    folder, edited or not) or a :class:`~unetseg.train.autoplan.Plan` applies that plan;
+    None trains ``cfg`` as it is. A plan keeps the fields ``fixed`` names (dotted RunConfig
+    fields, such as ``"data.patch_size"``: what the command line's flags set) and those of
+    ``cfg`` that differ from the defaults. The run folder gets ``plan.json`` (the plan with
+    a reason per choice, also in ``config.json``) and, when planned from the data,
+    ``fingerprint.json``.
+
     Launched as several processes (``torchrun``, ``unetseg train --nproc N``; see
     :mod:`unetseg.train.distributed`) it trains data-parallel: each process takes its share of
     every global batch of ``batch_size``, only rank 0 writes files and shows progress, the
@@ -375,7 +445,7 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     """
     out = Path(out)
     resume_file = check_run_folder(out, resume)
-    run, state = _set_up(data, out, cfg, resume_file, show_progress, loss_fn)
+    run, state = _set_up(data, out, cfg, resume_file, show_progress, loss_fn, plan, fixed)
     while state.stopped is None and state.epoch < state.epochs:
         row, improved = _run_epoch(run, state)
         if run.env.is_main:

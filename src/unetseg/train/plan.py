@@ -254,12 +254,13 @@ class ResolvedConfig:
     cfg: RunConfig
     width_plan: WidthPlan | None
     epoch_plan: EpochPlan | None
+    plan: dict[str, Any] | None = None  # the plan.json of a planned run
 
     def plans_json(self) -> dict[str, Any]:
         """The plans as ``config.json`` and ``resume.safetensors`` store them."""
         width = None if self.width_plan is None else asdict(self.width_plan)
         epochs = None if self.epoch_plan is None else asdict(self.epoch_plan)
-        return {"planned_width": width, "planned_epochs": epochs}
+        return {"planned_width": width, "planned_epochs": epochs, "plan": self.plan}
 
     @classmethod
     def from_json(cls, cfg: RunConfig, data: dict[str, Any]) -> ResolvedConfig:
@@ -267,7 +268,7 @@ class ResolvedConfig:
         where a file from an older unetseg lacks them)."""
         width, epochs = data.get("planned_width"), data.get("planned_epochs")
         return cls(cfg, None if width is None else WidthPlan(**width),
-                   None if epochs is None else EpochPlan(**epochs))
+                   None if epochs is None else EpochPlan(**epochs), data.get("plan"))
 
 
 def resolve_config(cfg: RunConfig, classes: ClassTable, train: list[LoadedPair],
