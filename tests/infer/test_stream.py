@@ -207,3 +207,48 @@ def test_a_colour_model_streams_an_rgb_tiff_in_its_colours(tmp_path: Path):
     rgb = tifffile.imread(streamed)
     np.testing.assert_array_equal(rgb, np.array(Image.open(whole)))
     assert {tuple(c) for c in rgb.reshape(-1, 3)} == set(colours)
+
+
+def test_per_image_normalisation_streams_like_the_whole_image(tmp_path: Path):
+    from PIL import Image
+
+    from unetseg.api import predict
+    from unetseg.config import DEFAULT_OVERLAP
+    from unetseg.data.classes import ClassTable
+    from unetseg.modelfile import ModelCard, save_model
+
+    stats = ChannelStats((0.5,), (0.25,), "image")
+    torch.manual_seed(1)
+    model = UNet(1, 2, depth=2, width=4, norm="none").eval()  # its input's scale matters
+    card = ModelCard(model.config, ClassTable.from_values((0, 255)), stats)
+    save_model(tmp_path / "m.safetensors", model, card)
+    rng = np.random.default_rng(5)
+    image = (rng.random((90, 130)) * 60 + 20 + np.linspace(0, 80, 130)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(32, 32))
+    predict(tmp_path / "m.safetensors", [tmp_path / "big.tif"], tmp_path / "a", tile=64,
+            stream=True, show_progress=False)
+    predict(tmp_path / "m.safetensors", [tmp_path / "big.tif"], tmp_path / "b", tile=64,
+            stream=False, show_progress=False)
+    x = image.astype(np.float64) / 255
+    by_hand = torch.from_numpy(((x - x.mean()) / x.std())[None].astype(np.float32))
+    with torch.inference_mode():
+        labels = predict_logits(model, by_hand, tile=64, overlap=DEFAULT_OVERLAP).argmax(0)
+    expected = labels.numpy().astype(np.uint8) * 255
+    assert 0.05 < (expected > 0).mean() < 0.95, "the test needs both classes predicted"
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "b" / "big.png")), expected)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "big.tif"), expected)
+
+
+def test_precision_sample_is_normalised_with_the_whole_image():
+    from unetseg.infer.engine import ImagePredictor
+
+    torch.manual_seed(0)
+    predictor = ImagePredictor(UNet(1, 2, depth=2, width=4).eval(),
+                               ChannelStats((0.5,), (0.25,), "image"))
+    image = torch.from_numpy(np.random.default_rng(6).random((1, 600, 500)).astype(np.float32))
+    image[:, :50] += 3.0  # the border, outside the sample, changes the image's statistics
+    whole = normalize(image, predictor.stats)
+    from unetseg.infer.precision import sample_window
+
+    np.testing.assert_allclose(predictor._normalized_window(image).numpy(),
+                               sample_window(whole).numpy(), rtol=1e-4, atol=1e-4)

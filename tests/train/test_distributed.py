@@ -38,7 +38,7 @@ CFG = RunConfig(
     train=TrainConfig(epochs=3, batch_size=4, steps_per_epoch=2, loss="ce"),
 )
 RUN_FILES = {"best.safetensors", "last.safetensors", "resume.safetensors", "config.json",
-             "metrics.csv", "curves.png", "report.html"}
+             "metrics.csv", "curves.png", "report.html", "plan.json", "fingerprint.json"}
 
 
 # ----------------------------------------------------------------------------- plain functions
