@@ -206,9 +206,9 @@ def plan_geometry(fp: Fingerprint, patch: int | None = None, depth: int | None =
         patch_choice = Choice(value, "; ".join(reasons))
     side = patch_choice.value
     if planned_depth:
-        depth_choice = Choice(depth, f"pools the {side}-px patch {depth} times, to a"
-                                     f" {side / 2**depth:g}-px bottleneck (pooling until at"
-                                     f" most {BOTTLENECK} px, at most {MAX_DEPTH} times)")
+        depth_choice = Choice(depth, f"pools the {side}-px patch {depth} times, to a bottleneck"
+                                     f" of {side / 2**depth:g} px (pooling until at most"
+                                     f" {BOTTLENECK} px, at most {MAX_DEPTH} times)")
     else:
         depth_choice = Choice(depth, f"given ({flag_hint('model.depth')})")
     return patch_choice, depth_choice
@@ -326,12 +326,14 @@ def complete_plan(plan: Plan, cfg: RunConfig, width: WidthPlan | None,
         choices["model.width"] = Choice(cfg.model.width, width.reason)
         choices["model.top_width"] = Choice(
             cfg.model.top_width, "at least 2 channels per class at the first level"
-            if cfg.model.top_width else "the width (2 channels per class fit in it)")
+            if cfg.model.top_width else "none: 2 channels per class fit in the width")
     for name in ("model.width", "model.top_width"):
         section, key = name.split(".")
         value = getattr(getattr(cfg, section), key)
-        if name not in choices or choices[name].value != value:
-            choices[name] = _given(cfg, name)
+        if name in choices and choices[name].value == value:
+            continue
+        choices[name] = (Choice(None, "none: the first level has the width's channels")
+                         if value is None else _given(cfg, name))
     ordered = {k: choices[k] for k in PLANNED_FIELDS if k in choices}
     if epochs is not None:
         steps = Choice(epochs.steps_per_epoch * epochs.epochs, f"the budget buys about"
