@@ -49,7 +49,7 @@ def train_and_score(precision: str, train: Path, test: Path, out: Path, budget_s
                                     class_names=("membrane", "cell")),
                     train=TrainConfig(epochs=40, batch_size=4, lr=2e-3, time_limit_s=budget_s,
                                       device="cpu"))
-    result = fit(train, out / precision, cfg, show_progress=False)
+    result = fit(train, out / precision, cfg, show_progress=False, plan=None)
     best_val = max(row["val_mean_iou"] for row in result.history)
     steps = int(result.history[-1]["step"])
     held_out = evaluate(result.best_model, test, device="cpu", precision="fp32",

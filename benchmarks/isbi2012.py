@@ -91,7 +91,8 @@ def run_recipe(name: str, train_dir: Path, test_dir: Path, out: Path, args: argp
         args.epoch_slices * SLICE_PIXELS / (patch_size_for(cfg) ** 2 * cfg.train.batch_size))
     cfg = replace(cfg, **{"train.steps_per_epoch": steps})
     started = time.perf_counter()
-    result = fit(train_dir, out / name / "run", cfg, show_progress=not args.quiet)
+    result = fit(train_dir, out / name / "run", cfg, show_progress=not args.quiet,
+                 plan="auto" if name == "default" else None)  # a preset is a whole recipe
     train_s = time.perf_counter() - started
     last = result.history[-1]
     rows = []

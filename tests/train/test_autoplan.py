@@ -4,7 +4,6 @@ it, and a model trained with per-image normalisation predicting like a hand-norm
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 from unetseg.cli import main
-from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig, replace
+from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from unetseg.data.fingerprint import Fingerprint
 from unetseg.train.autoplan import (
     BOTTLENECK,
@@ -129,14 +128,10 @@ def test_activation_estimate_bounds_what_a_training_step_keeps() -> None:
     from unetseg.model import UNet
 
     for width, depth, patch in ((8, 2, 64), (4, 3, 96)):
-        saved = []
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            saved.append(t)
-            return t
-
+        saved: list[torch.Tensor] = []
         net = UNet(1, 2, depth=depth, width=width)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,  # noqa: B023
+                                                      lambda t: t):
             net(torch.randn(1, 1, patch, patch)).sum()
         distinct = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved
                     if t.dim() == 4 and t.shape[0] == 1}  # activations, not weights
