@@ -178,25 +178,26 @@ def image_entry(stem: str, image: np.ndarray, codes: np.ndarray, dtype: str,
     """The :class:`ImageEntry` of one pair: ``image`` float32 (C, H, W) in the read scale,
     ``codes`` (H, W) the mask's raw codes (values, palette indices or packed colours)."""
     c, h, w = image.shape
-    flat = codes.reshape(-1)
-    values, index = _code_index(flat)
+    values, index = _code_index(codes.reshape(-1))
     k = values.size
     count = np.bincount(index, minlength=k).astype(np.int64)
     x = image.reshape(c, -1).astype(np.float64)
-    sums = np.stack([np.bincount(index, weights=x[i], minlength=k) for i in range(c)], 1)
-    mean = sums / count[:, None]
-    m2 = np.stack([np.bincount(index, weights=np.square(x[i] - mean[index, i]), minlength=k)
-                   for i in range(c)], 1)
+    order = np.argsort(index, kind="stable")  # pixels grouped by code
+    starts = np.concatenate([[0], np.cumsum(count)[:-1]])
+    grouped = x[:, order]  # (C, N)
+    mean = np.add.reduceat(grouped, starts, axis=1).T / count[:, None]  # (K, C)
+    deviation = grouped - np.repeat(mean.T, count, axis=1)
+    m2 = np.add.reduceat(np.square(deviation), starts, axis=1).T
+    low = np.minimum.reduceat(grouped, starts, axis=1).T
+    high = np.maximum.reduceat(grouped, starts, axis=1).T
     rng = np.random.default_rng([seed, zlib.crc32(stem.encode("utf-8"))])
     n = h * w
     picked = (np.arange(n) if n <= sample_pixels
               else np.sort(rng.choice(n, sample_pixels, replace=False)))
     grid = index.reshape(h, w)
-    areas, low, high = [], np.empty((k, c)), np.empty((k, c))
+    areas = []
     for j in range(k):
-        selected = grid == j
-        low[j], high[j] = x[:, selected.ravel()].min(axis=1), x[:, selected.ravel()].max(axis=1)
-        labels, found = ndimage.label(selected, structure=_EIGHT)
+        labels, found = ndimage.label(grid == j, structure=_EIGHT)
         areas.append(np.bincount(labels.ravel(), minlength=found + 1)[1:].astype(np.int64))
     return ImageEntry(stem, (h, w), c, dtype, pixel_size, values, count, mean, m2, low, high,
                       image.reshape(c, -1)[:, picked].copy(), index[picked].astype(np.int32),
