@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "unetseg"
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("files", "runtime", "config", "progress"),
-    ("viz", "metrics", "metrics_isbi", "metrics_boundary"),
+    ("viz", "metrics", "metrics_isbi", "metrics_boundary", "metrics_instance"),
     ("data", "model", "losses"),
     ("modelfile",),
     ("infer", "report"),
