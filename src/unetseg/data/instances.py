@@ -1,0 +1,260 @@
+"""Instance labels: one id per object, so that touching objects stay apart.
+
+A data set may hold ``DATA/instances/<stem>.png|tif`` beside ``images/`` and ``masks/``: a
+single-channel integer image (8-, 16- or 32-bit), 0 for background and any other value for one
+object (ids need not be consecutive). Without it, the objects of an image are the connected
+components (4-connected by default) of the object classes of its semantic mask, each class on
+its own; touching objects of one class then merge into one.
+
+:func:`object_table` lists what ``unetseg check`` reports about the objects of one label image:
+their areas, the pairs of objects that touch (4-adjacent: they share a pixel edge; 8-adjacent:
+they meet at least at a corner, which includes the 4-adjacent pairs), the objects cut by the
+image border and the ids whose pixels are not one 8-connected piece.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from unetseg.data.io import IMAGE_SUFFIXES, read_mask_samples
+from unetseg.errors import UserError
+
+INSTANCES_FOLDER = "instances"
+"""Optional sibling of ``images/`` and ``masks/`` holding instance label images by stem."""
+
+CONNECTIVITY = {4: ndimage.generate_binary_structure(2, 1),
+                8: ndimage.generate_binary_structure(2, 2)}
+"""Structuring elements of 4- and 8-connectivity."""
+
+_OFFSETS_4 = ((0, 1), (1, 0))
+_OFFSETS_8 = ((0, 1), (1, 0), (1, 1), (1, -1))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def instance_files(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
+    """Image files of ``<root>/instances/`` by stem (several when a stem repeats with other
+    suffixes); empty when there is no such folder."""
+    folder = Path(root) / INSTANCES_FOLDER
+    found: dict[str, list[Path]] = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                found.setdefault(path.stem, []).append(path)
+    return found
+
+
+def instance_mask_path(mask_path: str | os.PathLike[str], stem: str) -> Path | None:
+    """``<root>/instances/<stem>.<ext>`` beside ``<root>/masks/``, if such a file exists."""
+    folder = Path(mask_path).parent.parent / INSTANCES_FOLDER
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.iterdir()):
+        if path.stem == stem and path.suffix.lower() in IMAGE_SUFFIXES:
+            return path
+    return None
+
+
+def read_instances(path: str | os.PathLike[str],
+                   shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an instance label image.
+
+    Args:
+        path: a ``.png`` or ``.tif``/``.tiff`` file (16-bit PNG or 16/32-bit TIFF for more
+            than 255 objects).
+        shape: the ``(H, W)`` of its image, when it must match.
+
+    Returns:
+        ``(H, W)`` labels, uint8, uint16 or int32 (the smallest that holds the ids), 0 =
+        background.
+
+    Raises:
+        UserError: one line naming the file: unreadable, several differing channels (a colour
+            picture of the objects), float or negative samples, or a size other than ``shape``.
+    """
+    path = Path(path)
+    samples = read_mask_samples(path)
+    if samples.shape[0] > 1 and not (samples == samples[:1]).all():
+        raise UserError(f"{path}: instance image has {samples.shape[0]} differing channels;"
+                        " save one object id per pixel as a single-channel 16-bit PNG or TIFF")
+    labels = samples[0]
+    if labels.dtype == np.bool_:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{path}: instance image has {labels.dtype} samples; object ids must be"
+                        " integers: save it as a 16-bit PNG or an integer TIFF")
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
+        raise UserError(f"{path}: instance image has ids outside 0..{np.iinfo(np.int32).max};"
+                        " object ids must be non-negative (0 = background)")
+    if shape is not None and labels.shape != tuple(shape):
+        (h, w), (ih, iw) = labels.shape, shape
+        raise UserError(f"{path}: instance image is {w}x{h} but its image is {iw}x{ih}"
+                        " (width x height); save the instances at the image's size")
+    top = int(labels.max()) if labels.size else 0
+    dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.int32
+    return np.ascontiguousarray(labels.astype(dtype, copy=False))
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def instances_from_mask(ids: np.ndarray, object_classes: Sequence[int], *,
+                        connectivity: int = 4) -> np.ndarray:
+    """Objects of a semantic mask: the connected components of each object class, separately.
+
+    Args:
+        ids: ``(H, W)`` class ids (or mask values; any integers).
+        object_classes: the values whose components are objects.
+        connectivity: 4 or 8.
+
+    Returns:
+        ``(H, W)`` int32: 0 outside every object, ``1..n`` one label per component, numbered
+        class by class in the order of ``object_classes``.
+    """
+    if connectivity not in CONNECTIVITY:
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    labels = np.zeros(ids.shape, np.int32)
+    count = 0
+    for k in object_classes:
+        components, n = ndimage.label(ids == k, structure=CONNECTIVITY[connectivity])
+        labels[components > 0] = components[components > 0] + count
+        count += n
+    return labels
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Object ids -> consecutive labels ``1..n`` in ascending id order; 0 stays 0 (int32)."""
+    nonzero = labels != 0
+    _, inverse = np.unique(labels[nonzero], return_inverse=True)
+    out = np.zeros(labels.shape, np.int32)
+    out[nonzero] = inverse.ravel() + 1
+    return out
+
+
+def _adjacent_pairs(index: np.ndarray, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``(m, 2)`` int64 pairs ``(i, j)``, ``i < j``, of labels 1..n of ``index`` with a pixel
+    of ``i`` next to a pixel of ``j`` along one of ``offsets``; sorted, each pair once."""
+    height, width = index.shape
+    n = int(index.max()) + 1 if index.size else 1
+    codes = []
+    for dr, dc in offsets:
+        a = index[max(0, -dr): height - max(0, dr), max(0, -dc): width - max(0, dc)]
+        b = index[max(0, dr): height - max(0, -dr), max(0, dc): width - max(0, -dc)]
+        touch = (a != b) & (a > 0) & (b > 0)
+        lo = np.minimum(a[touch], b[touch]).astype(np.int64)
+        hi = np.maximum(a[touch], b[touch]).astype(np.int64)
+        codes.append(lo * n + hi)
+    unique = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+    return np.stack([unique // n, unique % n], axis=1)
+
+
+@dataclass(frozen=True)
+class ObjectTable:
+    """What one label image's objects are like, object by object.
+
+    Attributes:
+        ids: ``(n,)`` the objects' ids, ascending.
+        areas: ``(n,)`` int64 pixels per object.
+        on_border: ``(n,)`` bool: the object has a pixel in the image's first or last row or
+            column (the image cuts it).
+        fragmented: ``(n,)`` bool: the object's pixels are not one 8-connected piece.
+        pairs_4: ``(m, 2)`` int64 row indices ``i < j`` into ``ids`` of objects that share a
+            pixel edge.
+        pairs_8: the same for objects that meet at least at a corner (includes ``pairs_4``).
+        classes: ``(n,)`` the mask value of each object when objects come from a semantic
+            mask (see :func:`components_by_value`), else None.
+    """
+
+    ids: np.ndarray
+    areas: np.ndarray
+    on_border: np.ndarray
+    fragmented: np.ndarray
+    pairs_4: np.ndarray
+    pairs_8: np.ndarray
+    classes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def subset(self, keep: np.ndarray) -> ObjectTable:
+        """The objects where ``keep`` (``(n,)`` bool) holds, with the pairs among them."""
+        new = np.cumsum(keep) - 1
+
+        def pairs(p: np.ndarray) -> np.ndarray:
+            both = keep[p[:, 0]] & keep[p[:, 1]]
+            return new[p[both]].reshape(-1, 2).astype(np.int64)
+
+        return ObjectTable(self.ids[keep], self.areas[keep], self.on_border[keep],
+                           self.fragmented[keep], pairs(self.pairs_4), pairs(self.pairs_8),
+                           None if self.classes is None else self.classes[keep])
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-ready summary: ``objects``, ``area_min``/``area_median``/``area_max`` (pixels;
+        None without objects), ``touching_pairs_4``/``touching_pairs_8`` (pairs of objects),
+        ``touching_objects_4``/``touching_objects_8`` (objects in such a pair),
+        ``border_objects`` and ``fragmented_objects``."""
+        empty = self.areas.size == 0
+        return {
+            "objects": len(self),
+            "area_min": None if empty else int(self.areas.min()),
+            "area_median": None if empty else float(np.median(self.areas)),
+            "area_max": None if empty else int(self.areas.max()),
+            "touching_pairs_4": int(len(self.pairs_4)),
+            "touching_pairs_8": int(len(self.pairs_8)),
+            "touching_objects_4": int(np.unique(self.pairs_4).size),
+            "touching_objects_8": int(np.unique(self.pairs_8).size),
+            "border_objects": int(self.on_border.sum()),
+            "fragmented_objects": int(self.fragmented.sum()),
+        }
+
+
+def object_table(labels: np.ndarray) -> ObjectTable:
+    """The :class:`ObjectTable` of ``(H, W)`` integer labels (0 = background)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
+    ids, inverse = np.unique(labels, return_inverse=True)
+    index = inverse.reshape(labels.shape).astype(np.int64)
+    if ids.size and ids[0] == 0:
+        ids = ids[1:]
+    else:
+        index += 1  # no background pixel: index 0 stays unused
+    n = ids.size
+    areas = np.bincount(index.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    edge = np.concatenate([index[0], index[-1], index[:, 0], index[:, -1]])
+    on_border = np.zeros(n + 1, bool)
+    on_border[edge] = True
+    fragmented = np.zeros(n, bool)
+    for i, box in enumerate(ndimage.find_objects(index.astype(np.int32)), start=1):
+        if box is not None and areas[i - 1] > 1:
+            _, pieces = ndimage.label(index[box] == i, structure=CONNECTIVITY[8])
+            fragmented[i - 1] = pieces > 1
+    return ObjectTable(ids, areas, on_border[1:], fragmented,
+                       _adjacent_pairs(index, _OFFSETS_4) - 1,
+                       _adjacent_pairs(index, _OFFSETS_8) - 1)
+
+
+def object_stats(labels: np.ndarray) -> dict[str, Any]:
+    """:meth:`ObjectTable.stats` of ``(H, W)`` integer labels (0 = background)."""
+    return object_table(labels).stats()
+
+
+def components_by_value(values: np.ndarray, *, connectivity: int = 4) -> ObjectTable:
+    """Objects of a semantic mask before its object classes are known: the components of
+    every value, each value on its own, with each object's value in ``classes``; keep the
+    objects of the object classes with :meth:`ObjectTable.subset`."""
+    present = [int(v) for v in np.unique(values)]
+    labels = instances_from_mask(values, present, connectivity=connectivity)
+    table = object_table(labels)
+    codes = np.zeros(len(table) + 1, np.int64)
+    codes[labels.ravel()] = values.ravel()
+    return ObjectTable(table.ids, table.areas, table.on_border, table.fragmented,
+                       table.pairs_4, table.pairs_8, classes=codes[1:])
