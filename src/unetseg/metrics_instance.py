@@ -55,14 +55,37 @@ def _check_labels(truth: np.ndarray, pred: np.ndarray) -> None:
         raise ValueError(f"truth {truth.shape} and pred {pred.shape} must have one shape")
 
 
-def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Object ids (sorted, 0 left out), each pixel's index (0 = background, ``i + 1`` = the
-    ``i``-th id) and each object's area in pixels."""
-    ids, inverse, counts = np.unique(labels.ravel(), return_inverse=True, return_counts=True)
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Number the objects of a label image ``1..n`` in ascending id order.
+
+    Returns:
+        ``(ids, index, areas)``: the ``(n,)`` object ids (sorted, 0 left out), ``index`` of
+        ``labels``' shape, int64 (0 = background, ``i + 1`` = the object ``ids[i]``), and the
+        ``(n,)`` int64 areas in pixels. Ids in ``[0, 4 * size]`` are counted in one pass;
+        others (negative or large) are sorted.
+    """
+    labels = np.asarray(labels)
+    flat = labels.ravel()
+    if labels.dtype == np.bool_:
+        flat = flat.view(np.uint8)
+    low = int(flat.min()) if flat.size else 0
+    high = int(flat.max()) if flat.size else 0
+    if low >= 0 and high <= 4 * flat.size + 255:
+        flat = flat.astype(np.intp, copy=False)
+        counts = np.bincount(flat, minlength=1)
+        counts[0] = 0
+        present = counts > 0
+        lookup = np.cumsum(present)
+        lookup[~present] = 0
+        ids = np.flatnonzero(present)
+        ids = ids if labels.dtype == np.bool_ else ids.astype(labels.dtype, copy=False)
+        return ids, lookup[flat].reshape(labels.shape), counts[present].astype(np.int64)
+    ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
     objects = ids != 0
     index = np.zeros(ids.size, np.int64)
     index[objects] = np.arange(1, int(objects.sum()) + 1)
-    return ids[objects], index[inverse.ravel()], counts[objects]
+    return (ids[objects], index[inverse.ravel()].reshape(labels.shape),
+            counts[objects].astype(np.int64))
 
 
 def instance_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,10 +102,10 @@ def instance_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nd
     """
     truth, pred = np.asarray(truth), np.asarray(pred)
     _check_labels(truth, pred)
-    true_ids, true_index, true_area = _compact(truth)
-    pred_ids, pred_index, pred_area = _compact(pred)
+    true_ids, true_index, true_area = compact_labels(truth)
+    pred_ids, pred_index, pred_area = compact_labels(pred)
     columns = pred_ids.size + 1
-    joint = np.bincount(true_index * columns + pred_index,
+    joint = np.bincount((true_index * columns + pred_index).ravel(),
                         minlength=(true_ids.size + 1) * columns).reshape(-1, columns)
     intersection = joint[1:, 1:].astype(np.float64)
     union = true_area[:, None] + pred_area[None, :] - intersection

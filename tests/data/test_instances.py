@@ -68,6 +68,22 @@ def _random_instances(rng: np.random.Generator, shape: tuple[int, int]) -> np.nd
     return labels
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_components_by_value_equal_labels_per_value(seed: int) -> None:
+    """The one-pass regions are the components of each value, labelled one value at a time."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 4, size=(int(rng.integers(1, 25)), int(rng.integers(1, 25))))
+    values = np.kron(values, np.ones((1, 2), int)) if seed % 2 else values
+    table = components_by_value(values)
+    for v in np.unique(values):
+        _, n = ndimage.label(values == v)
+        assert (table.classes == v).sum() == n
+        assert sorted(table.areas[table.classes == v]) == sorted(
+            np.bincount(ndimage.label(values == v)[0].ravel())[1:])
+    labels = instances_from_mask(values, [int(v) for v in np.unique(values)])
+    assert object_table(labels).stats() == table.stats()
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_object_stats_equal_brute_force(seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -108,6 +124,7 @@ def test_objects_from_a_semantic_mask() -> None:
     assert instances_from_mask(mask, [2], connectivity=8).max() == 1
     table = components_by_value(mask)
     assert sorted(table.classes.tolist()) == [0, 1, 2, 2]
+    assert table.areas[table.classes == 1].tolist() == [18]
     objects = table.subset(table.classes != 0)
     assert objects.stats()["objects"] == 3 and objects.stats()["touching_pairs_8"] == 2
     assert objects.stats()["touching_pairs_4"] == 1  # the 1-object and the 2 at (1, 7)

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from unetseg.data.io import IMAGE_SUFFIXES, read_mask_samples
 from unetseg.errors import UserError
+from unetseg.metrics_instance import compact_labels
 
 INSTANCES_FOLDER = "instances"
 """Optional sibling of ``images/`` and ``masks/`` holding instance label images by stem."""
@@ -216,27 +217,33 @@ class ObjectTable:
         }
 
 
-def object_table(labels: np.ndarray) -> ObjectTable:
-    """The :class:`ObjectTable` of ``(H, W)`` integer labels (0 = background)."""
+def _fragmented(index: np.ndarray, n: int) -> np.ndarray:
+    """``(n,)`` bool: the pixels of label ``i + 1`` of ``index`` (0 = background) are not one
+    8-connected piece (each label's components, in its bounding box)."""
+    out = np.zeros(n, bool)
+    for i, box in enumerate(ndimage.find_objects(index.astype(np.int32, copy=False)), start=1):
+        if box is not None:
+            out[i - 1] = ndimage.label(index[box] == i, structure=CONNECTIVITY[8])[1] > 1
+    return out
+
+
+def object_table(labels: np.ndarray, *, check_pieces: bool = True) -> ObjectTable:
+    """The :class:`ObjectTable` of ``(H, W)`` integer labels (0 = background).
+
+    Args:
+        labels: the label image.
+        check_pieces: look for objects in several pieces; False marks none (for connected
+            components, which are one piece by construction).
+    """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
-    ids, inverse = np.unique(labels, return_inverse=True)
-    index = inverse.reshape(labels.shape).astype(np.int64)
-    if ids.size and ids[0] == 0:
-        ids = ids[1:]
-    else:
-        index += 1  # no background pixel: index 0 stays unused
+    ids, index, areas = compact_labels(labels)
     n = ids.size
-    areas = np.bincount(index.ravel(), minlength=n + 1)[1:].astype(np.int64)
     edge = np.concatenate([index[0], index[-1], index[:, 0], index[:, -1]])
     on_border = np.zeros(n + 1, bool)
     on_border[edge] = True
-    fragmented = np.zeros(n, bool)
-    for i, box in enumerate(ndimage.find_objects(index.astype(np.int32)), start=1):
-        if box is not None and areas[i - 1] > 1:
-            _, pieces = ndimage.label(index[box] == i, structure=CONNECTIVITY[8])
-            fragmented[i - 1] = pieces > 1
+    fragmented = _fragmented(index, n) if check_pieces and n else np.zeros(n, bool)
     return ObjectTable(ids, areas, on_border[1:], fragmented,
                        _adjacent_pairs(index, _OFFSETS_4) - 1,
                        _adjacent_pairs(index, _OFFSETS_8) - 1)
@@ -247,13 +254,36 @@ def object_stats(labels: np.ndarray) -> dict[str, Any]:
     return object_table(labels).stats()
 
 
-def components_by_value(values: np.ndarray, *, connectivity: int = 4) -> ObjectTable:
-    """Objects of a semantic mask before its object classes are known: the components of
-    every value, each value on its own, with each object's value in ``classes``; keep the
-    objects of the object classes with :meth:`ObjectTable.subset`."""
-    present = [int(v) for v in np.unique(values)]
-    labels = instances_from_mask(values, present, connectivity=connectivity)
-    table = object_table(labels)
+def _equal_value_regions(values: np.ndarray) -> np.ndarray:
+    """4-connected regions of equal value (every value, 0 too), labelled ``1..n`` (int32).
+
+    One labelling of a grid twice as fine: pixels at even positions, and between two
+    4-neighbours a link that is set when their values are equal; a region is a component of
+    that grid. One pass, however many values the image holds.
+    """
+    height, width = values.shape
+    grid = np.zeros((2 * height - 1, 2 * width - 1), bool)
+    grid[::2, ::2] = True
+    grid[::2, 1::2] = values[:, 1:] == values[:, :-1]
+    grid[1::2, ::2] = values[1:] == values[:-1]
+    labels, _ = ndimage.label(grid, structure=CONNECTIVITY[4])
+    return np.ascontiguousarray(labels[::2, ::2], dtype=np.int32)
+
+
+def components_by_value(values: np.ndarray) -> ObjectTable:
+    """Objects of a semantic mask before its object classes are known: the 4-connected
+    components of every value, each value on its own (as :func:`instances_from_mask` makes
+    them), with each object's value in ``classes``; keep the objects of the object classes
+    with :meth:`ObjectTable.subset`.
+
+    Args:
+        values: ``(H, W)`` mask values (or packed colours), any integers.
+    """
+    values = np.asarray(values)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"values must be a non-empty (H, W) array, got shape {values.shape}")
+    labels = _equal_value_regions(values)
+    table = object_table(labels, check_pieces=False)
     codes = np.zeros(len(table) + 1, np.int64)
     codes[labels.ravel()] = values.ravel()
     return ObjectTable(table.ids, table.areas, table.on_border, table.fragmented,
