@@ -39,6 +39,15 @@ import numpy as np
 
 from unetseg.config import DataConfig
 from unetseg.data.classes import ClassTable, MaskEncoding, pack_rgb, unpack_rgb
+from unetseg.data.instances import (
+    INSTANCES_FOLDER,
+    ObjectTable,
+    components_by_value,
+    instance_files,
+    object_table,
+    read_instances,
+    summarize_objects,
+)
 from unetseg.data.masks import (
     MaskFile,
     build_class_table,
@@ -87,6 +96,29 @@ def _pair_files(root: Path, report: Report) -> list[Pair]:
     return scan.pairs
 
 
+def _instance_files(root: Path, pairs: list[Pair], report: Report) -> dict[str, Path]:
+    """The instance image of each pair's stem, from ``instances/`` when it exists; duplicate
+    stems are errors, instance images without a pair and pairs without one warnings."""
+    found = instance_files(root)
+    if not found:
+        return {}
+    for stem, files in found.items():
+        if len(files) > 1:
+            report.add("error", "duplicate", files[0], duplicate_message("instance", stem, files))
+    stems = {p.stem for p in pairs}
+    for stem in sorted(set(found) - stems):
+        f = found[stem][0]
+        report.add("warning", "unpaired", f, f"{f}: instance image has no image/mask pair of"
+                   " the same name; add them or move the instance image out")
+    for pair in pairs:
+        if pair.stem not in found:
+            report.add("warning", "instances", pair.image,
+                       f"{pair.image}: no {INSTANCES_FOLDER}/{pair.stem}.png (or .tif) while"
+                       f" other images have one; its objects come from the mask, where touching"
+                       " objects merge: add its instance image")
+    return {stem: files[0] for stem, files in found.items() if len(files) == 1}
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -101,10 +133,17 @@ class PairRead:
     size: tuple[int, int]
     mask: MaskFile  # its data only when kept
     counts: dict[int, int]  # pixels per label value, palette index or packed colour
+    instance_path: Path | None = None  # instances/<stem>.* when there is one
+    instances: np.ndarray | None = None  # its labels (H, W) when kept and readable
+    objects: ObjectTable | None = None  # when asked for: of the instances, else of the mask
 
 
-def _read_pair(pair: Pair, report: Report, keep: bool) -> PairRead | None:
-    """Read one pair, noting each of its problems; None when it cannot be used."""
+def _read_pair(pair: Pair, report: Report, keep: bool, instance_path: Path | None = None,
+               objects: bool = False) -> PairRead | None:
+    """Read one pair (and its instance image), noting each of its problems; None when the pair
+    cannot be used. ``objects``: also list its objects (:class:`ObjectTable`): those of the
+    instance image, or the components of every mask value (narrowed to the object classes
+    once the class table is known)."""
     read: tuple[np.ndarray, np.ndarray] | None = None
     try:
         read = read_pair_image(pair)
@@ -123,11 +162,24 @@ def _read_pair(pair: Pair, report: Report, keep: bool) -> PairRead | None:
     except UserError as exc:
         report.add("error", "size", pair.mask, str(exc))
         return None
-    counts = value_counts(mask.codes("rgb") if mask.encoding == "rgb" else mask.data)
+    codes = mask.codes("rgb") if mask.encoding == "rgb" else mask.data
+    counts = value_counts(codes)
+    labels, table = None, None
+    if instance_path is not None:
+        try:
+            labels = read_instances(instance_path, (samples.shape[1], samples.shape[2]))
+        except UserError as exc:
+            report.add("error", "instances", instance_path, str(exc))
+    if objects and labels is not None:
+        table = object_table(labels)
+    elif objects and instance_path is None:
+        table = components_by_value(codes)
     if not keep:  # checking only: hold the counts, not the pixels
         image, mask = np.empty((0, 0, 0), np.float32), replace(mask, data=np.empty((0, 0)))
+        labels = None
     return PairRead(pair, np.ascontiguousarray(image), int(samples.shape[0]), samples.dtype.name,
-                    (int(samples.shape[1]), int(samples.shape[2])), mask, counts)
+                    (int(samples.shape[1]), int(samples.shape[2])), mask, counts,
+                    instance_path, labels, table)
 
 
 def _majority(values: list[Any]) -> Any:
@@ -186,6 +238,14 @@ def _mask_codes(reads: list[PairRead], encoding: MaskEncoding,
     return out
 
 
+def _colour_values(table: ClassTable) -> dict[int, int]:
+    """Packed colour -> value of a colour table (the ignore colour included)."""
+    lookup = {int(pack_rgb(np.array(c))): v for c, v in zip(table.colors, table.values)}
+    if table.ignore_color is not None and table.ignore_value is not None:
+        lookup[int(pack_rgb(np.array(table.ignore_color)))] = table.ignore_value
+    return lookup
+
+
 def _by_value(counts: dict[int, int], table: ClassTable) -> tuple[dict[int, int], list[int]]:
     """A mask's code counts keyed by the table's values (the ignore value included), and the
     codes the table does not know. Colour codes map through the table's colours."""
@@ -193,9 +253,7 @@ def _by_value(counts: dict[int, int], table: ClassTable) -> tuple[dict[int, int]
     if table.encoding != "rgb":
         return ({c: n for c, n in counts.items() if c in known},
                 sorted(c for c in counts if c not in known))
-    lookup = {int(pack_rgb(np.array(c))): v for c, v in zip(table.colors, table.values)}
-    if table.ignore_color is not None and table.ignore_value is not None:
-        lookup[int(pack_rgb(np.array(table.ignore_color)))] = table.ignore_value
+    lookup = _colour_values(table)
     return ({lookup[c]: n for c, n in counts.items() if c in lookup},
             sorted(c for c in counts if c not in lookup))
 
@@ -305,19 +363,64 @@ def _class_table(coded: list[tuple[PairRead, dict[int, int]]], encoding: MaskEnc
         return None
 
 
+# --------------------------------------------------------------------------- objects
+
+
+def _colours_to_values(codes: np.ndarray, colours: dict[int, int]) -> np.ndarray:
+    """Packed colours -> the table's values; -1 for colours it does not hold."""
+    keys = np.array(sorted(colours), np.int64)
+    values = np.array([colours[k] for k in keys.tolist()], np.int64)
+    where = np.clip(np.searchsorted(keys, codes), 0, max(0, keys.size - 1))
+    found = keys.size > 0 and keys[where] == codes
+    return np.where(found, values[where] if keys.size else -1, -1)
+
+
+def _summarize_objects(reads: list[PairRead], table: ClassTable, cfg: DataConfig,
+                       report: Report) -> None:
+    """The data set's objects: the instance images' objects, and for images without one the
+    components of the object classes (``cfg.weight_objects``, default every class but the
+    first, as the border weight maps take them)."""
+    values = (tuple(cfg.weight_objects) if cfg.weight_objects is not None
+              else tuple(table.values[1:]))
+    colours = _colour_values(table) if table.encoding == "rgb" else None
+    tables, from_instances = [], 0
+    for r in reads:
+        found = r.objects
+        if found is None:
+            continue
+        if found.classes is None:
+            from_instances += 1
+        else:
+            codes = found.classes
+            if colours is not None:
+                codes = _colours_to_values(codes * _GRAY if r.mask.encoding != "rgb" else codes,
+                                           colours)
+            found = found.subset(np.isin(codes, values))
+        tables.append(found)
+    if tables:
+        report.objects = summarize_objects(
+            tables, from_instances, values if from_instances < len(tables) else None)
+
+
 # --------------------------------------------------------------------------- entry points
 
 
 def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
-                 keep: bool = False, progress: bool = False) -> tuple[Report, list[PairRead]]:
+                 keep: bool = False, progress: bool = False,
+                 objects: bool = False) -> tuple[Report, list[PairRead]]:
     """Read every pair of a data folder once, check it and collect every problem.
 
+    Instance images (``instances/<stem>.*``, see :mod:`unetseg.data.instances`) are read and
+    checked with their pairs when that folder exists.
+
     Args:
-        root: folder with ``images/`` and ``masks/``.
-        cfg: class options (``class_values``, ``class_names``, ``ignore_value``, ``palette``).
-        keep: keep the decoded image and mask of every usable pair (for training); otherwise
-            only their pixel counts are held.
+        root: folder with ``images/`` and ``masks/`` (and optionally ``instances/``).
+        cfg: class options (``class_values``, ``class_names``, ``ignore_value``, ``palette``;
+            ``weight_objects`` for the objects of masks).
+        keep: keep the decoded image, mask and instance labels of every usable pair (for
+            training); otherwise only their pixel counts are held.
         progress: show a progress bar.
+        objects: count the objects, their sizes and contacts (``report.objects``).
 
     Returns:
         the :class:`Report` and the usable pairs as read (with the mask values checked
@@ -331,9 +434,12 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
     report = Report(Path(root))
     pairs = _pair_files(report.root, report)
     report.pairs = len(pairs)
+    instances = _instance_files(report.root, pairs, report)
+    report.instances = len(instances)
     items = progress_bar(pairs, desc="checking data", unit="pair", leave=False,
                          disable=not progress)
-    reads = [r for r in (_read_pair(p, report, keep) for p in items) if r is not None]
+    reads = [r for r in (_read_pair(p, report, keep, instances.get(p.stem), objects)
+                         for p in items) if r is not None]
     reads = _check_consistency(reads, report)
     report.channels = dict(Counter(r.channels for r in reads))
     report.dtypes = dict(Counter(r.dtype for r in reads))
@@ -351,10 +457,14 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
         return report, reads
     coded = _check_values(coded, report.classes, report)
     _count_classes(coded, report.classes, report)
-    return report, [r for r, _ in coded]
+    good = [r for r, _ in coded]
+    if objects:
+        _summarize_objects(good, report.classes, cfg, report)
+    return report, good
 
 
 def check_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
                progress: bool = False) -> Report:
-    """What ``unetseg check`` reports: :func:`examine_data` without keeping any pixels."""
-    return examine_data(root, cfg, progress=progress)[0]
+    """What ``unetseg check`` reports: :func:`examine_data` with the objects counted, without
+    keeping any pixels."""
+    return examine_data(root, cfg, progress=progress, objects=True)[0]

@@ -140,21 +140,28 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _adjacent_pairs(index: np.ndarray, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
-    """``(m, 2)`` int64 pairs ``(i, j)``, ``i < j``, of labels 1..n of ``index`` with a pixel
-    of ``i`` next to a pixel of ``j`` along one of ``offsets``; sorted, each pair once."""
+def _pair_codes(index: np.ndarray, offsets: Sequence[tuple[int, int]], n: int) -> np.ndarray:
+    """``i * n + j`` (``i < j``) for labels ``i``, ``j`` of ``index`` (1..n-1; 0 =
+    background) with a pixel of one next to a pixel of the other along one of ``offsets``;
+    unique, sorted."""
     height, width = index.shape
-    n = int(index.max()) + 1 if index.size else 1
-    codes = []
+    codes = [np.zeros(0, np.int64)]
     for dr, dc in offsets:
         a = index[max(0, -dr): height - max(0, dr), max(0, -dc): width - max(0, dc)]
         b = index[max(0, dr): height - max(0, -dr), max(0, dc): width - max(0, -dc)]
         touch = (a != b) & (a > 0) & (b > 0)
-        lo = np.minimum(a[touch], b[touch]).astype(np.int64)
-        hi = np.maximum(a[touch], b[touch]).astype(np.int64)
-        codes.append(lo * n + hi)
-    unique = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
-    return np.stack([unique // n, unique % n], axis=1)
+        ai, bi = a[touch], b[touch]
+        codes.append(np.minimum(ai, bi) * n + np.maximum(ai, bi))
+    return np.unique(np.concatenate(codes))
+
+
+def _adjacent_pairs(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(m, 2)`` int64 pairs ``(i, j)``, ``i < j``, of labels 1..n of ``index`` that are
+    4-adjacent, and those that are 8-adjacent (a superset); sorted, each pair once."""
+    n = int(index.max()) + 1 if index.size else 1
+    four = _pair_codes(index, _OFFSETS_4, n)
+    eight = np.union1d(four, _pair_codes(index, _OFFSETS_8[2:], n))
+    return (np.stack([four // n, four % n], axis=1), np.stack([eight // n, eight % n], axis=1))
 
 
 @dataclass(frozen=True)
@@ -244,9 +251,8 @@ def object_table(labels: np.ndarray, *, check_pieces: bool = True) -> ObjectTabl
     on_border = np.zeros(n + 1, bool)
     on_border[edge] = True
     fragmented = _fragmented(index, n) if check_pieces and n else np.zeros(n, bool)
-    return ObjectTable(ids, areas, on_border[1:], fragmented,
-                       _adjacent_pairs(index, _OFFSETS_4) - 1,
-                       _adjacent_pairs(index, _OFFSETS_8) - 1)
+    pairs_4, pairs_8 = _adjacent_pairs(index)
+    return ObjectTable(ids, areas, on_border[1:], fragmented, pairs_4 - 1, pairs_8 - 1)
 
 
 def object_stats(labels: np.ndarray) -> dict[str, Any]:
@@ -288,3 +294,86 @@ def components_by_value(values: np.ndarray) -> ObjectTable:
     codes[labels.ravel()] = values.ravel()
     return ObjectTable(table.ids, table.areas, table.on_border, table.fragmented,
                        table.pairs_4, table.pairs_8, classes=codes[1:])
+
+
+# --------------------------------------------------------------------------- a data set
+
+
+@dataclass(frozen=True)
+class ObjectSummary:
+    """The objects of a data set, as ``unetseg check`` reports them.
+
+    Attributes:
+        images: images whose objects are counted.
+        from_instances: of those, images whose objects come from an instance image (the
+            others: connected components of the mask's object classes).
+        object_values: mask values whose components are objects, when any image's objects come
+            from its mask.
+        objects: objects in all.
+        per_image: min, median and max objects per image.
+        area: min, median and max object area in pixels, over all objects (None without any).
+        touching_pairs_4 / touching_pairs_8: pairs of objects that share a pixel edge / that
+            meet at least at a corner (includes the former), summed over the images.
+        touching_objects_4 / touching_objects_8: objects in at least one such pair.
+        border_objects: objects with a pixel on the image's border (cut by it).
+        fragmented_objects: objects whose pixels are not one 8-connected piece.
+    """
+
+    images: int
+    from_instances: int
+    object_values: tuple[int, ...] | None
+    objects: int
+    per_image: tuple[int, float, int]
+    area: tuple[int, float, int] | None
+    touching_pairs_4: int
+    touching_pairs_8: int
+    touching_objects_4: int
+    touching_objects_8: int
+    border_objects: int
+    fragmented_objects: int
+
+    @property
+    def source(self) -> str:
+        """``"instances"``, ``"masks"`` or ``"instances and masks"``."""
+        if self.from_instances == self.images:
+            return "instances"
+        return "masks" if self.from_instances == 0 else "instances and masks"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "images": self.images, "from_instances": self.from_instances,
+            "object_values": None if self.object_values is None else list(self.object_values),
+            "objects": self.objects,
+            "per_image": dict(zip(("min", "median", "max"), self.per_image)),
+            "area": None if self.area is None else dict(zip(("min", "median", "max"), self.area)),
+            "touching_pairs_4": self.touching_pairs_4, "touching_pairs_8": self.touching_pairs_8,
+            "touching_objects_4": self.touching_objects_4,
+            "touching_objects_8": self.touching_objects_8,
+            "border_objects": self.border_objects,
+            "fragmented_objects": self.fragmented_objects,
+        }
+
+
+def summarize_objects(tables: Sequence[ObjectTable], from_instances: int,
+                      object_values: Sequence[int] | None = None) -> ObjectSummary:
+    """One :class:`ObjectSummary` of the images' object tables (at least one table)."""
+    if not tables:
+        raise ValueError("no object table to summarize")
+    counts = [len(t) for t in tables]
+    areas = np.concatenate([t.areas for t in tables])
+    stats = [t.stats() for t in tables]
+
+    def total(key: str) -> int:
+        return sum(int(s[key]) for s in stats)
+
+    return ObjectSummary(
+        images=len(tables), from_instances=from_instances,
+        object_values=None if object_values is None else tuple(int(v) for v in object_values),
+        objects=sum(counts),
+        per_image=(min(counts), float(np.median(counts)), max(counts)),
+        area=None if areas.size == 0 else (int(areas.min()), float(np.median(areas)),
+                                            int(areas.max())),
+        touching_pairs_4=total("touching_pairs_4"), touching_pairs_8=total("touching_pairs_8"),
+        touching_objects_4=total("touching_objects_4"),
+        touching_objects_8=total("touching_objects_8"),
+        border_objects=total("border_objects"), fragmented_objects=total("fragmented_objects"))
