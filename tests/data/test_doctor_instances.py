@@ -68,7 +68,7 @@ def test_objects_of_instance_images(tmp_path: Path, capsys) -> None:
     assert summary["source"] == "instances" and summary["touching_pairs_8"] == 2
 
 
-def test_objects_of_masks_without_instances(tmp_path: Path) -> None:
+def test_objects_of_masks_without_instances(tmp_path: Path, capsys) -> None:
     """Without instances/ the objects are the 4-connected components of the masks: 300 and 7
     of image a merge into one; b's two pieces are two objects."""
     root = _write(tmp_path / "data", _instances(), with_instances=False)
@@ -81,8 +81,12 @@ def test_objects_of_masks_without_instances(tmp_path: Path) -> None:
     assert (objects.touching_pairs_4, objects.touching_pairs_8) == (0, 1)
     assert objects.fragmented_objects == 0 and objects.border_objects == 3
     assert "4-connected components of mask values 1" in format_report(report)
-    none = check_data(root, DataConfig(weight_objects=(0,)))  # the background as the object
-    assert none.objects is not None and none.objects.objects == 3
+    background = check_data(root, DataConfig(weight_objects=(0,)))  # background as object
+    assert background.objects is not None and background.objects.objects == 3
+    assert main(["-q", "check", str(root), "--weight-objects", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["objects"]["object_values"] == [0]
+    assert main(["-q", "check", str(root), "--weight-objects", "7"]) == 1
+    assert "--weight-objects 7: not a class value of the masks (0, 1)" in capsys.readouterr().out
 
 
 def test_problems_of_instance_files(tmp_path: Path) -> None:

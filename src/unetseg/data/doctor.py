@@ -382,6 +382,12 @@ def _summarize_objects(reads: list[PairRead], table: ClassTable, cfg: DataConfig
     first, as the border weight maps take them)."""
     values = (tuple(cfg.weight_objects) if cfg.weight_objects is not None
               else tuple(table.values[1:]))
+    unknown = [v for v in values if v not in table.values]
+    if unknown:
+        report.add("error", "objects", report.root / "masks",
+                   f"--weight-objects {unknown[0]}: not a class value of the masks"
+                   f" ({', '.join(map(str, table.values[:_SHOWN]))}); give the values of the"
+                   " object classes, e.g. 255 for the cells of ISBI 2012")
     colours = _colour_values(table) if table.encoding == "rgb" else None
     tables, from_instances = [], 0
     for r in reads:
