@@ -110,6 +110,26 @@ def test_problems_of_instance_files(tmp_path: Path) -> None:
     assert all("\n" not in p.message for p in report.problems)
 
 
+def test_instances_and_masks_that_disagree(tmp_path: Path) -> None:
+    labels = _instances()
+    root = _write(tmp_path / "data", labels)
+    mask = (labels["c"] > 0).astype(np.uint8)
+    mask[8:10, 8:10] = 1  # 4 object pixels without an instance
+    mask[3, 3] = 0  # 1 instance pixel on background
+    Image.fromarray(mask).save(root / "masks" / "c.png")
+    report = check_data(root)
+    assert [(p.kind, Path(p.path).name) for p in report.problems] == [("instances", "c.png")]
+    assert ("instances/c.png: 4 object pixels of the mask lie outside every instance and 1"
+            " instance pixels on other classes") in report.problems[0].message
+    mask = (labels["c"] > 0).astype(np.uint8)
+    mask[3, 3] = 2  # a third class, and not an object class here
+    Image.fromarray(mask).save(root / "masks" / "c.png")
+    only_1 = check_data(root, DataConfig(weight_objects=(1,)))
+    assert [(p.kind, Path(p.path).name) for p in only_1.problems] == [("instances", "c.png")]
+    assert "0 object pixels of the mask lie outside" in only_1.problems[0].message
+    assert check_data(root).clean  # by default every class but the first is an object class
+
+
 def test_training_keeps_the_instance_labels(tmp_path: Path) -> None:
     labels = _instances()
     root = _write(tmp_path / "data", labels)

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 _SHOWN = 10  # values listed in one message
 _MANY_COLOURS = 64  # more discovered colours than this are probably blending artefacts
 _GRAY = 0x010101  # packed colour of the gray level 1
+_MISMATCH = 0.01  # share of object pixels where instances and mask may disagree unwarned
 
 
 # --------------------------------------------------------------------------- pairing
@@ -136,6 +137,7 @@ class PairRead:
     instance_path: Path | None = None  # instances/<stem>.* when there is one
     instances: np.ndarray | None = None  # its labels (H, W) when kept and readable
     objects: ObjectTable | None = None  # when asked for: of the instances, else of the mask
+    inside: dict[int, int] | None = None  # mask pixels per code under the instances' objects
 
 
 def _read_pair(pair: Pair, report: Report, keep: bool, instance_path: Path | None = None,
@@ -170,6 +172,7 @@ def _read_pair(pair: Pair, report: Report, keep: bool, instance_path: Path | Non
             labels = read_instances(instance_path, (samples.shape[1], samples.shape[2]))
         except UserError as exc:
             report.add("error", "instances", instance_path, str(exc))
+    inside = None if labels is None else value_counts(codes[labels > 0])
     if objects and labels is not None:
         table = object_table(labels)
     elif objects and instance_path is None:
@@ -179,7 +182,7 @@ def _read_pair(pair: Pair, report: Report, keep: bool, instance_path: Path | Non
         labels = None
     return PairRead(pair, np.ascontiguousarray(image), int(samples.shape[0]), samples.dtype.name,
                     (int(samples.shape[1]), int(samples.shape[2])), mask, counts,
-                    instance_path, labels, table)
+                    instance_path, labels, table, inside)
 
 
 def _majority(values: list[Any]) -> Any:
@@ -375,13 +378,43 @@ def _colours_to_values(codes: np.ndarray, colours: dict[int, int]) -> np.ndarray
     return np.where(found, values[where] if keys.size else -1, -1)
 
 
+def _object_values(table: ClassTable, cfg: DataConfig) -> tuple[int, ...]:
+    """Mask values of the object classes: ``cfg.weight_objects``, default every class but the
+    first (as the border weight maps take them)."""
+    if cfg.weight_objects is not None:
+        return tuple(cfg.weight_objects)
+    return tuple(table.values[1:])
+
+
+def _check_instances(coded: list[tuple[PairRead, dict[int, int]]], table: ClassTable,
+                     cfg: DataConfig, report: Report) -> None:
+    """Warn where an instance image and its mask mark different pixels as objects: object
+    pixels of the mask under no instance, or instance pixels on the mask's other classes
+    (ignored pixels count as neither), more than 1% of the mask's object pixels."""
+    objects = set(_object_values(table, cfg))
+    for r, counts in coded:
+        if r.inside is None or r.instance_path is None:
+            continue
+        gray_in_colour = table.encoding == "rgb" and r.mask.encoding != "rgb"
+        inside, _ = _by_value({c * _GRAY: n for c, n in r.inside.items()} if gray_in_colour
+                              else r.inside, table)
+        in_mask = sum(n for v, n in counts.items() if v in objects)
+        covered = sum(n for v, n in inside.items() if v in objects)
+        extra = sum(n for v, n in inside.items() if v not in objects and v in table.values)
+        missing = in_mask - covered
+        if missing + extra > _MISMATCH * max(in_mask, 1):
+            report.add("warning", "instances", r.instance_path,
+                       f"{r.instance_path}: {missing} object pixels of the mask lie outside"
+                       f" every instance and {extra} instance pixels on other classes (object"
+                       f" values {','.join(map(str, sorted(objects)))}); instance images and"
+                       " masks should mark the same objects")
+
+
 def _summarize_objects(reads: list[PairRead], table: ClassTable, cfg: DataConfig,
                        report: Report) -> None:
     """The data set's objects: the instance images' objects, and for images without one the
-    components of the object classes (``cfg.weight_objects``, default every class but the
-    first, as the border weight maps take them)."""
-    values = (tuple(cfg.weight_objects) if cfg.weight_objects is not None
-              else tuple(table.values[1:]))
+    components of the object classes (:func:`_object_values`)."""
+    values = _object_values(table, cfg)
     unknown = [v for v in values if v not in table.values]
     if unknown:
         report.add("error", "objects", report.root / "masks",
@@ -463,6 +496,7 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
         return report, reads
     coded = _check_values(coded, report.classes, report)
     _count_classes(coded, report.classes, report)
+    _check_instances(coded, report.classes, cfg, report)
     good = [r for r, _ in coded]
     if objects:
         _summarize_objects(good, report.classes, cfg, report)
