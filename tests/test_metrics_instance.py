@@ -17,6 +17,8 @@ from unetseg.metrics_instance import (
     instance_scores,
     match_instances,
     matched_pairs,
+    overlaps,
+    scores_from_iou,
     total_instance_scores,
 )
 
@@ -116,6 +118,30 @@ def test_iou_and_matching_equal_brute_force(seed: int) -> None:
     assert scores.dsb_score == pytest.approx(np.mean(expect), abs=1e-12)
     above = ref[ref > 0.5]
     assert scores.pq_tp == above.size and scores.pq_iou_sum == pytest.approx(above.sum())
+    low = (0.05, 0.1, 0.3, 0.5)
+    assert instance_scores(truth, pred, low).tp == tuple(_tp_hungarian(ref, t) for t in low)
+    assert scores_from_iou(ref, low) == instance_scores(truth, pred, low)
+
+
+def test_many_objects_take_the_sparse_path() -> None:
+    """Thousands of 2x2 tiles against tiles shifted by one pixel: the joint histogram is
+    counted over the overlapping pixels only; compared with a dense count by np.add.at."""
+    rng = np.random.default_rng(1)
+    tiles = np.kron(rng.permutation(40 * 40).reshape(40, 40) + 1, np.ones((2, 2), np.int64))
+    truth, pred = tiles[:-1, :-1], tiles[1:, 1:] * 3
+    found = overlaps(truth, pred)
+    assert found.true_ids.size * found.pred_ids.size > 4 * truth.size + 4096
+    t_ids, t_index = np.unique(truth, return_inverse=True)
+    p_ids, p_index = np.unique(pred, return_inverse=True)
+    shared = np.zeros((t_ids.size, p_ids.size))
+    np.add.at(shared, (t_index.ravel(), p_index.ravel()), 1)
+    union = (np.bincount(t_index.ravel())[:, None] + np.bincount(p_index.ravel())[None, :]
+             - shared)
+    np.testing.assert_allclose(found.dense(), shared / union, atol=1e-12)
+    assert list(found.true_ids) == list(t_ids) and list(found.pred_ids) == list(p_ids)
+    scores = instance_scores(truth, pred, (0.1, 0.2, 0.5))
+    assert scores == scores_from_iou(shared / union, (0.1, 0.2, 0.5))
+    assert scores.tp[2] == 0 and scores.tp[0] > 1000  # shifted tiles overlap by 1/7 .. 4/4
 
 
 def test_matching_below_one_half_takes_the_most_pairs() -> None:

@@ -27,9 +27,10 @@ Undefined cases:
 * Precision with no predicted object, recall with no true object and SQ without a match are
   NaN (``None`` in JSON) and left out of means.
 
-:func:`instance_iou` builds the whole IoU matrix from one joint histogram of (true, predicted)
-id pairs, so it costs a few passes over the pixels however many objects there are; its memory is
-``8 * n_true * n_pred`` bytes.
+:func:`overlaps` finds the IoU of every overlapping pair from one joint histogram of (true,
+predicted) ids, so it costs a few passes over the pixels however many objects there are;
+:func:`instance_scores` works from those pairs alone. :func:`instance_iou` spreads them into the
+full ``(n_true, n_pred)`` matrix (``8 * n_true * n_pred`` bytes).
 """
 
 from __future__ import annotations
@@ -88,6 +89,61 @@ def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
             counts[objects].astype(np.int64))
 
 
+@dataclass(frozen=True)
+class Overlaps:
+    """The pairs of objects that overlap, without the ``(n_true, n_pred)`` matrix.
+
+    Attributes:
+        true_ids, pred_ids: the object ids of each image, ascending.
+        rows, cols: ``(m,)`` int64 indices into ``true_ids`` and ``pred_ids`` of the pairs that
+            share at least one pixel, sorted.
+        iou: ``(m,)`` float64 IoU of those pairs (every other pair has IoU 0).
+    """
+
+    true_ids: np.ndarray
+    pred_ids: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    iou: np.ndarray
+
+    def dense(self) -> np.ndarray:
+        """The ``(n_true, n_pred)`` IoU matrix."""
+        out = np.zeros((self.true_ids.size, self.pred_ids.size))
+        out[self.rows, self.cols] = self.iou
+        return out
+
+
+def overlaps(truth: np.ndarray, pred: np.ndarray) -> Overlaps:
+    """The IoU of every pair of overlapping objects, from one joint histogram of (true,
+    predicted) ids: counted in one pass when the pairs of ids are few, else over the pixels
+    where both images hold an object. Memory grows with the pixels and the overlapping pairs,
+    not with ``n_true * n_pred``.
+
+    Args:
+        truth: integer labels (any shape), 0 = background.
+        pred: labels of the same shape.
+    """
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    _check_labels(truth, pred)
+    true_ids, true_index, true_area = compact_labels(truth)
+    pred_ids, pred_index, pred_area = compact_labels(pred)
+    columns = pred_ids.size + 1
+    if (true_ids.size + 1) * columns <= 4 * truth.size + 4096:
+        joint = np.bincount((true_index * columns + pred_index).ravel(),
+                            minlength=(true_ids.size + 1) * columns).reshape(-1, columns)
+        rows, cols = np.nonzero(joint[1:, 1:])
+        shared = joint[1:, 1:][rows, cols]
+    else:
+        both = (true_index > 0) & (pred_index > 0)
+        codes, shared = np.unique(true_index[both] * columns + pred_index[both],
+                                  return_counts=True)
+        rows, cols = codes // columns - 1, codes % columns - 1
+    rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+    intersection = shared.astype(np.float64)
+    iou = intersection / (true_area[rows] + pred_area[cols] - intersection)
+    return Overlaps(true_ids, pred_ids, rows, cols, iou)
+
+
 def instance_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IoU of every (true, predicted) pair of objects.
 
@@ -98,18 +154,11 @@ def instance_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nd
     Returns:
         ``(iou, true_ids, pred_ids)``: ``iou`` is ``(n_true, n_pred)`` float64 in ``[0, 1]``,
         row ``i`` for the object ``true_ids[i]`` and column ``j`` for ``pred_ids[j]`` (ids
-        sorted ascending, their original values).
+        sorted ascending, their original values). It takes ``8 * n_true * n_pred`` bytes; for
+        images with thousands of objects see :func:`overlaps`.
     """
-    truth, pred = np.asarray(truth), np.asarray(pred)
-    _check_labels(truth, pred)
-    true_ids, true_index, true_area = compact_labels(truth)
-    pred_ids, pred_index, pred_area = compact_labels(pred)
-    columns = pred_ids.size + 1
-    joint = np.bincount((true_index * columns + pred_index).ravel(),
-                        minlength=(true_ids.size + 1) * columns).reshape(-1, columns)
-    intersection = joint[1:, 1:].astype(np.float64)
-    union = true_area[:, None] + pred_area[None, :] - intersection
-    return intersection / union, true_ids, pred_ids
+    found = overlaps(truth, pred)
+    return found.dense(), found.true_ids, found.pred_ids
 
 
 def matched_pairs(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -250,13 +299,44 @@ class InstanceScores:
         }
 
 
+def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(t) for t in thresholds)
+    if any(not 0.0 <= t < 1.0 for t in out) or list(out) != sorted(out):
+        raise ValueError(f"thresholds must be ascending in [0, 1), got {out}")
+    return out
+
+
+def _sparse_tp(found: Overlaps, threshold: float) -> int:
+    """Matches at one threshold from the overlapping pairs: the pairs above it at >= 0.5, a
+    maximum matching of them below."""
+    hits = found.iou > threshold
+    if threshold >= 0.5 or not hits.any():
+        return int(hits.sum())
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    graph = csr_matrix((np.ones(int(hits.sum())), (found.rows[hits], found.cols[hits])),
+                       shape=(found.true_ids.size, found.pred_ids.size))
+    return int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
+
+
+def scores_from_overlaps(found: Overlaps,
+                         thresholds: Sequence[float] = DSB_THRESHOLDS) -> InstanceScores:
+    """:class:`InstanceScores` of one image from its :func:`overlaps`."""
+    thresholds = _check_thresholds(thresholds)
+    n_true, n_pred = int(found.true_ids.size), int(found.pred_ids.size)
+    tp = tuple(_sparse_tp(found, t) for t in thresholds)
+    matched = found.iou > PQ_THRESHOLD
+    return InstanceScores(thresholds, tp, tuple(n_pred - k for k in tp),
+                          tuple(n_true - k for k in tp), n_true=n_true, n_pred=n_pred,
+                          pq_tp=int(matched.sum()), pq_iou_sum=float(found.iou[matched].sum()))
+
+
 def scores_from_iou(iou: np.ndarray,
                     thresholds: Sequence[float] = DSB_THRESHOLDS) -> InstanceScores:
     """:class:`InstanceScores` of one image from its ``(n_true, n_pred)`` IoU matrix."""
     iou = np.asarray(iou, np.float64)
-    thresholds = tuple(float(t) for t in thresholds)
-    if any(not 0.0 <= t < 1.0 for t in thresholds) or list(thresholds) != sorted(thresholds):
-        raise ValueError(f"thresholds must be ascending in [0, 1), got {thresholds}")
+    thresholds = _check_thresholds(thresholds)
     counts = [match_instances(iou, t) for t in thresholds]
     rows, cols = matched_pairs(iou, PQ_THRESHOLD)
     return InstanceScores(thresholds, tuple(c[0] for c in counts), tuple(c[1] for c in counts),
@@ -268,15 +348,15 @@ def scores_from_iou(iou: np.ndarray,
 def instance_scores(truth: np.ndarray, pred: np.ndarray,
                     thresholds: Sequence[float] = DSB_THRESHOLDS) -> InstanceScores:
     """Object-level scores of one image: per threshold TP/FP/FN, precision, recall, F1 and the
-    DSB 2018 score; PQ/SQ/RQ; object counts.
+    DSB 2018 score; PQ/SQ/RQ; object counts. Computed from the overlapping pairs only
+    (:func:`overlaps`), so images with many objects need no ``n_true * n_pred`` matrix.
 
     Args:
         truth: true labels ``(H, W)``, 0 = background.
         pred: predicted labels of the same shape.
         thresholds: IoU thresholds, ascending in ``[0, 1)`` (default: the DSB 2018's).
     """
-    iou, _, _ = instance_iou(truth, pred)
-    return scores_from_iou(iou, thresholds)
+    return scores_from_overlaps(overlaps(truth, pred), thresholds)
 
 
 def total_instance_scores(per_image: Sequence[InstanceScores]) -> dict[str, Any]:
