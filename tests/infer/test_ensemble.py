@@ -181,3 +181,36 @@ def test_ensemble_net_refuses_members_of_other_geometry():
     c = UNet(1, 3, depth=2, width=4).eval()
     with pytest.raises(ValueError, match="same channels"):
         EnsembleNet([a, c], STATS[:2])
+
+
+def test_serve_predicts_with_the_model_set_and_its_post_processing(tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    testclient = pytest.importorskip("fastapi.testclient")
+    import io
+
+    from scipy import ndimage
+
+    from unetseg.api import predict
+    from unetseg.serve.app import create_app
+
+    classes = ClassTable.from_values((0, 255))
+    paths = members(tmp_path, 2, classes)
+    write_model_set(tmp_path, [p.name for p in paths], classes, [Step("largest_component", 1)])
+    image = (np.random.default_rng(4).random((40, 50)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "x.png")
+    predict(tmp_path, tmp_path / "in", tmp_path / "out", device="cpu", show_progress=False,
+            overlays=False)
+    expected = np.asarray(Image.open(tmp_path / "out" / "x.png"))
+    assert ndimage.label(expected == 255)[1] <= 1
+    with testclient.TestClient(create_app(tmp_path, device="cpu")) as client:
+        info = client.get("/model").json()
+        assert len(info["members"]) == 2 and info["postprocessing"][0]["step"] == (
+            "largest_component")
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        reply = client.post("/predict", files={"file": ("x.png", buf.getvalue(), "image/png")})
+        assert reply.status_code == 200
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(reply.content))),
+                                      expected)
