@@ -16,7 +16,9 @@ EXPORT_PREDICTION_FLAGS = ("--tile", "--overlap", "--batch-size")
 def add_ship_commands(sub: Any) -> None:
     p = sub.add_parser("export", help="write a model as ONNX or TorchScript, verified against"
                        " PyTorch")
-    p.add_argument("model", help="model file (RUN/best.safetensors)")
+    p.add_argument("model", help="model file (RUN/best.safetensors), or a model set (a run folder"
+                   " of train --folds, or model files joined by commas): one graph averaging"
+                   " the members' probabilities, without post-processing")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                    help="onnx or torchscript (default %(default)s)")
     p.add_argument("--out", required=True, help="file to write (.onnx; .pt/.ts for TorchScript)")
@@ -28,7 +30,9 @@ def add_ship_commands(sub: Any) -> None:
     p.set_defaults(run=_export)
 
     p = sub.add_parser("serve", help="serve a model over HTTP with a web page (extra: serve)")
-    p.add_argument("model", help="model file (.safetensors, or .onnx for ONNX Runtime)")
+    p.add_argument("model", help="model file (.safetensors, or .onnx for ONNX Runtime), or a"
+                   " model set (a run folder of train --folds, or model files joined by"
+                   " commas)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
     limits = ServeLimits()

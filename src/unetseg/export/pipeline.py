@@ -14,12 +14,13 @@ Nothing is left under the output name unless the parity check passed.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unetseg.errors import UserError
 from unetseg.export.verify import (
@@ -31,6 +32,11 @@ from unetseg.export.verify import (
     parity_shapes,
 )
 from unetseg.infer.exported import Tiling
+
+if TYPE_CHECKING:
+    from unetseg.infer.modelset import ModelSpec
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}
@@ -127,13 +133,42 @@ def _try(write: Callable[..., Path], net: Any, card: Any, out: Path, fmt: str, n
     return tmp, report, ""
 
 
-def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *,
+def _load(model: ModelSpec) -> tuple[Any, Any]:
+    """The network to export and its card: one model file's UNet, or a model set's
+    :class:`~unetseg.infer.ensemble.EnsembleNet` (see :mod:`unetseg.infer.modelset`)."""
+    from unetseg.infer.ensemble import EnsembleNet, load_ensemble
+    from unetseg.infer.modelset import ModelSet, resolve_model
+    from unetseg.model import model_config
+    from unetseg.modelfile import load_model
+
+    source = resolve_model(model)
+    net: Any
+    if isinstance(source, ModelSet):
+        net, card = load_ensemble(source.members)
+        if source.postprocessing:
+            log.warning("%s: the exported graph does not include the model set's"
+                        " post-processing (%d step(s))", source.name, len(source.postprocessing))
+    else:
+        net, card = load_model(source)
+    members = net.members if isinstance(net, EnsembleNet) else [net]
+    for member in members:
+        arch = model_config(member).arch
+        if arch != "unet":
+            raise UserError(f"{model}: a {arch!r} network; export writes unetseg's own UNet"
+                            " models only")
+    return net, card
+
+
+def export_model(model: ModelSpec, out: str | Path, fmt: str = "onnx", *,
                  exporter: str = "auto", tolerance: float = FP32_TOLERANCE,
                  tiling: Tiling | None = None) -> ExportResult:
     """Export a unetseg model file to ``out`` and verify it against the eager model.
 
     Args:
-        model: a model file (``RUN/best.safetensors``).
+        model: a model file (``RUN/best.safetensors``), or a model set (a run folder of
+            ``train --folds``, or several model files): one graph averaging the members'
+            class probabilities, each member normalising inside it; without the set's
+            post-processing.
         out: the file to write (``.onnx``; ``.pt``, ``.ts`` or ``.torchscript``).
         fmt: ``"onnx"`` or ``"torchscript"``.
         exporter: ``"auto"`` (try the format's exporters in order), or one of ``dynamo``,
@@ -146,8 +181,6 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *,
         ParityError: every export ran but none matched within ``tolerance`` (exit status 1).
         ExportError: no exporter could export the model (exit status 1).
     """
-    from unetseg.modelfile import load_model
-
     out = Path(out)
     _check_target(out, fmt)
     names = EXPORTERS[fmt] if exporter == "auto" else (exporter,)
@@ -155,10 +188,7 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *,
         raise UserError(f"--exporter {exporter} does not write {fmt}; use auto or one of"
                         f" {', '.join(EXPORTERS[fmt])}")
     write = _writer(fmt)
-    net, card = load_model(model)
-    if card.model.arch != "unet":
-        raise UserError(f"{model}: a {card.model.arch!r} network; export writes unetseg's own"
-                        " UNet models only")
+    net, card = _load(model)
     notes: list[str] = []
     failed: ParityReport | None = None
     for name in names:
