@@ -54,7 +54,8 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
 
     For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own
     encoding (gray values such as 0/255, the masks' colours, or a palette PNG with their
-    palette), ``<stem>_overlay.png`` the classes drawn over the image, and with
+    palette) and the class table in a text chunk (:func:`~unetseg.data.masks.label_metadata`),
+    ``<stem>_overlay.png`` the classes drawn over the image, and with
     ``probabilities`` ``<stem>_probs.tif`` the class probabilities (K, H, W) float32.
     TIFFs of more than :data:`STREAM_PIXELS` pixels (or any TIFF with ``stream=True``) are
     streamed: read band by band and written as a tiled BigTIFF ``<stem>.tif`` with a
