@@ -11,7 +11,8 @@ from unetseg.cli.flags import add_prediction_flags, predict_config_from_args
 
 def add_predict_commands(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict label images for images of any size")
-    p.add_argument("model", help="model file (RUN/best.safetensors, or a .onnx from export)")
+    p.add_argument("model", help="model file (RUN/best.safetensors, a .onnx from export, or a"
+                   " bioimage.io package from export --format bioimageio)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="folder for labels and overlays")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probs.tif")

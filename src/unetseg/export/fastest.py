@@ -262,8 +262,13 @@ def load_fastest(model: str | Path, config: PredictConfig, *, streamed: Sequence
     """The image predictor of ``model`` on the fastest backend (see the module's text).
 
     ``measure_backends`` times both backends (tests fake it); ``folder`` is the cache
-    (default :func:`cache_folder`).
+    (default :func:`cache_folder`). A bioimage.io package written by unetseg runs the model
+    file attached to it (:func:`~unetseg.export.bioimageio.package_model_file`).
     """
+    from unetseg.export.bioimageio import is_package, package_model_file
+
+    if is_package(model):
+        model = package_model_file(model, folder or cache_folder())
     loaded = _load(model, config, streamed, measure_backends, folder)
     log.info("running on %s: %s", loaded.backend, loaded.reason)
     return loaded
