@@ -8,7 +8,8 @@ from typing import Any
 
 from unetseg.cli.flags import add_prediction_flags, predict_config_from_args
 
-MODEL_HELP = ("model file (RUN/best.safetensors, or a .onnx from export), or a model set: a run"
+MODEL_HELP = ("model file (RUN/best.safetensors, a .onnx from export, or a bioimage.io package"
+              " from export --format bioimageio), or a model set: a run"
               " folder of train --folds, or model files joined by commas (their mean"
               " probabilities)")
 

@@ -270,8 +270,13 @@ def load_fastest(model: ModelSpec, config: PredictConfig, *, streamed: Sequence[
     or several model files; :mod:`unetseg.infer.modelset`): its members' mean probabilities
     run on PyTorch (ONNX Runtime runs a model set exported as one graph).
     ``measure_backends`` times both backends (tests fake it); ``folder`` is the cache
-    (default :func:`cache_folder`).
+    (default :func:`cache_folder`). A bioimage.io package written by unetseg runs the model
+    file attached to it (:func:`~unetseg.export.bioimageio.package_model_file`).
     """
+    from unetseg.export.bioimageio import is_package, package_model_file
+
+    if isinstance(model, (str, os.PathLike)) and is_package(model):
+        model = package_model_file(model, folder or cache_folder())
     source = resolve_model(model)
     if isinstance(source, ModelSet):
         loaded = _load_model_set(source, config, streamed)
