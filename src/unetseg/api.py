@@ -45,6 +45,7 @@ def _check_readable(paths: Sequence[Path]) -> None:
 def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: str | Path,
             config: PredictConfig | None = None, *, probabilities: bool = False,
             overlays: bool = True, stream: bool | None = None, max_pixels: int | None = None,
+            level: int = 0, label_name: str = "unetseg", overwrite_labels: bool = False,
             show_progress: bool = True, **options: Any) -> list[Path]:
     """Predict label images for images of any size and write them into ``out``.
 
@@ -58,6 +59,12 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     as in memory. Streamed TIFFs of more than ``max_pixels`` pixels (default
     :data:`~unetseg.data.io.MAX_PIXELS`) are refused from their header as likely bombs.
 
+    OME-Zarr images (``.zarr`` folders, NGFF 0.4 or 0.5) are always streamed: pyramid level
+    ``level`` of every 2-D plane is read band by band and its labels are written into the image
+    itself, as the OME-Zarr label image ``<image>/labels/<label_name>`` with a label pyramid
+    (:mod:`unetseg.infer.omezarr`); ``out`` gets the overlay. An existing label image of that
+    name is replaced only with ``overwrite_labels``.
+
     ``config`` (a :class:`~unetseg.config.PredictConfig`) and ``options`` (its fields as
     keywords, on top: ``tile``, ``overlap``, ``batch_size``, ``device``, ``tta``, ``backend``,
     ``precision``) say how to predict. ``tta`` augments every tile at test time (``flip``,
@@ -69,10 +76,17 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     native bf16 when the model's labels agree with fp32 on the first image's centre (see
     :mod:`unetseg.infer.precision`). Returns the label image paths.
     """
+    from unetseg.infer.omezarr import is_zarr_folder
+
     cfg = predict_config(config, **options)
-    paths = list_images([images] if isinstance(images, str | Path) else images)
+    given = [images] if isinstance(images, str | Path) else list(images)
+    zarrs = list(dict.fromkeys(Path(p) for p in given if is_zarr_folder(p)))
+    others = [p for p in given if not is_zarr_folder(p)]
+    paths = list_images(others) if others or not zarrs else []
     to_stream = [p for p in paths if _streams(p, stream)]
-    loaded = load_fastest(model, cfg, streamed=to_stream)
+    omezarrs = _open_omezarrs(zarrs, level, max_pixels, label_name, overwrite_labels,
+                              tta=cfg.tta, probabilities=probabilities)
+    loaded = load_fastest(model, cfg, streamed=to_stream + zarrs)
     predictor, card = loaded.predictor, loaded.card
     _check_readable(paths)
     _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
@@ -80,6 +94,10 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     if streamed:
         raise UserError(f"{streamed[0]}: --tta does not apply to streamed TIFFs; drop --tta"
                         " (or --stream)")
+    from unetseg.infer.omezarr import check_omezarr_channels
+
+    for image in omezarrs:
+        check_omezarr_channels(image, card.model.in_channels)
     out = output_folder(out)
     clashes = [p for p in paths for suffix in (".png", ".tif")
                if (out / f"{p.stem}{suffix}").resolve() == p.resolve()]
@@ -104,6 +122,10 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
         if probabilities:
             write_tiff(out / f"{path.stem}_probs.tif", torch.softmax(logits, 0).numpy())
         written.append(out / f"{path.stem}.png")
+    for image in omezarrs:
+        written.append(_predict_omezarr(predictor, card, image, out, overlays=overlays,
+                                        label_name=label_name, overwrite=overwrite_labels,
+                                        show_progress=show_progress))
     return written
 
 
@@ -162,6 +184,55 @@ def _middle_band(path: Path, height: int, max_pixels: int | None) -> np.ndarray:
     top = max(0, (height - SAMPLE_SIDE) // 2)
     with TiffBandReader(path, max_pixels=max_pixels) as reader:
         return reader.rows(top, min(height, top + SAMPLE_SIDE))
+
+
+def _open_omezarrs(paths: Sequence[Path], level: int, max_pixels: int | None, label_name: str,
+                   overwrite: bool, *, tta: str | None, probabilities: bool) -> list[Any]:
+    """Open every OME-Zarr image from its metadata before anything is predicted or written:
+    a bad image, level or label name stops the run early."""
+    if not paths:
+        return []
+    if tta:
+        raise UserError(f"{paths[0]}: --tta does not apply to OME-Zarr images (they are"
+                        " streamed); drop --tta")
+    if probabilities:
+        raise UserError(f"{paths[0]}: --probabilities does not apply to OME-Zarr images (they"
+                        " are streamed); drop --probabilities")
+    if max_pixels is not None and max_pixels < 1:
+        raise UserError(f"--max-pixels {max_pixels}: not a pixel count; give a positive"
+                        " number, e.g. --max-pixels 2000000000")
+    from unetseg.infer.omezarr import label_target, open_omezarr
+
+    opened = []
+    for path in paths:
+        opened.append(open_omezarr(path, level, max_pixels=max_pixels))
+        label_target(path, label_name, overwrite=overwrite)
+    return opened
+
+
+def _predict_omezarr(predictor: ImagePredictor, card: ModelCard, image: Any, out: Path, *,
+                     overlays: bool, label_name: str, overwrite: bool, show_progress: bool
+                     ) -> Path:
+    """Stream an OME-Zarr image's level into ``<image>/labels/<label_name>`` with the tiling
+    in-memory prediction plans for a plane of its size, so the labels are the same."""
+    from unetseg.infer.omezarr import OmeZarrBandReader, image_stem, predict_omezarr
+    from unetseg.infer.precision import SAMPLE_SIDE
+
+    palette = class_colours(card.classes)
+
+    def save_preview(rows: np.ndarray, ids: np.ndarray) -> None:
+        write_rgb(out / f"{image_stem(image.path)}_overlay.png", overlay(rows, ids, palette))
+
+    tile, overlap, batch = predictor.tiling(image.height, image.width)
+    if predictor.choice is None:
+        top = max(0, (image.height - SAMPLE_SIDE) // 2)
+        with OmeZarrBandReader(image, image.planes()[0]) as reader:
+            predictor.choose_precision(reader.rows(top, min(image.height, top + SAMPLE_SIDE)))
+    with predictor.autocast():
+        return predict_omezarr(predictor.model, card.stats, card.classes, image, label_name,
+                               tile=tile, overlap=overlap, batch_size=batch,
+                               overwrite=overwrite, preview=save_preview if overlays else None,
+                               show_progress=show_progress)
 
 
 @dataclass(frozen=True)
