@@ -337,3 +337,53 @@ def test_cli_predicts_beside_the_image_and_refuses_in_one_line(tmp_path: Path, c
     assert (args.level, args.label_name, args.overwrite_labels) == (
         defaults["level"].default, defaults["label_name"].default,
         defaults["overwrite_labels"].default)
+
+
+def _stream_through(tmp: Path, h: int, w: int) -> tuple[int, np.ndarray, list[np.ndarray]]:
+    """Stream an ``h`` x ``w`` OME-Zarr image of random pixels through the band reader, the
+    window machinery (a stand-in network: class 1 where the pixel is above the mean) and a
+    label pyramid of :func:`label_levels` levels; returns the numpy memory peak during the
+    streaming (tracemalloc), the pixels and the pyramid."""
+    import tracemalloc
+
+    from unetseg.infer.stream import plan_windows, stream_labels
+
+    group = zarr.open_group(str(tmp / "img.ome.zarr"), mode="w")
+    pixels = group.create_array("0", shape=(h, w), chunks=(128, 512), dtype="uint8")
+    rng = np.random.default_rng(0)
+    for top in range(0, h, 128):
+        pixels[top : top + 128] = rng.integers(0, 256, (128, w), dtype=np.uint8)
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": [
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}]}]}
+    image = open_omezarr(tmp / "img.ome.zarr")
+    out = zarr.open_group(str(tmp / "labels"), mode="w")
+
+    def above_mean(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-batch, batch], dim=1)
+
+    plan = plan_windows("same", 2, h, w, tile=128)
+    pyramid = LabelPyramid(out, (h, w), np.dtype(np.uint8), label_levels(h, w), ["y", "x"])
+    tracemalloc.start()
+    pyramid.start(())
+    for top, ids, _ in stream_labels(OmeZarrBandReader(image), above_mean, plan, STATS,
+                                     batch_size=4):
+        pyramid.add(top, ids.astype(np.uint8))
+    pyramid.finish()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak, np.asarray(pixels[:]), [np.asarray(a[:]) for a in pyramid.arrays]
+
+
+@pytest.mark.slow
+def test_reading_and_writing_memory_does_not_grow_with_the_image(tmp_path: Path):
+    """Bands of 128 rows: a 4x taller image streams in the same numpy memory, far below the
+    image as float32 (16 MiB), and the deepest label level still holds the right pixels."""
+    small, _, _ = _stream_through(tmp_path / "small", 1024, 1024)
+    peak, pixels, levels = _stream_through(tmp_path / "tall", 4096, 1024)
+    assert len(levels) == 5
+    assert peak < 1.3 * small and peak < pixels.size * 4 / 2, (
+        f"peak {peak / 2**20:.1f} MiB, {small / 2**20:.1f} MiB for a quarter of the rows")
+    expected = (pixels / np.float32(255) > 0.5).astype(np.uint8)
+    for k, level in enumerate(levels):
+        np.testing.assert_array_equal(level, expected[:: 2**k, :: 2**k])

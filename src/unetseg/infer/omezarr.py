@@ -409,8 +409,8 @@ class LabelPyramid:
             f = 2**k
             first = -(-top // f) * f
             part = values[first - top :: f, ::f]
-            if part.shape[0]:
-                self._pending[k].append(part)
+            if part.shape[0]:  # a copy: a view would keep the whole band alive until written
+                self._pending[k].append(part.copy())
             self._flush(k, final=False)
 
     def finish(self) -> None:
