@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from unetseg.modelfile import ModelCard
 from unetseg.progress import progress
 from unetseg.report.evaluation import write_evaluation_report
 from unetseg.viz import overlay
+
+if TYPE_CHECKING:
+    from unetseg.infer.omezarr import OmeZarrImage
 
 
 def _check_readable(paths: Sequence[Path]) -> None:
@@ -96,8 +99,8 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
                         " (or --stream)")
     from unetseg.infer.omezarr import check_omezarr_channels
 
-    for image in omezarrs:
-        check_omezarr_channels(image, card.model.in_channels)
+    for ome in omezarrs:
+        check_omezarr_channels(ome, card.model.in_channels)
     out = output_folder(out)
     clashes = [p for p in paths for suffix in (".png", ".tif")
                if (out / f"{p.stem}{suffix}").resolve() == p.resolve()]
@@ -122,8 +125,8 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
         if probabilities:
             write_tiff(out / f"{path.stem}_probs.tif", torch.softmax(logits, 0).numpy())
         written.append(out / f"{path.stem}.png")
-    for image in omezarrs:
-        written.append(_predict_omezarr(predictor, card, image, out, overlays=overlays,
+    for ome in omezarrs:
+        written.append(_predict_omezarr(predictor, card, ome, out, overlays=overlays,
                                         label_name=label_name, overwrite=overwrite_labels,
                                         show_progress=show_progress))
     return written
@@ -187,7 +190,8 @@ def _middle_band(path: Path, height: int, max_pixels: int | None) -> np.ndarray:
 
 
 def _open_omezarrs(paths: Sequence[Path], level: int, max_pixels: int | None, label_name: str,
-                   overwrite: bool, *, tta: str | None, probabilities: bool) -> list[Any]:
+                   overwrite: bool, *, tta: str | None, probabilities: bool
+                   ) -> list[OmeZarrImage]:
     """Open every OME-Zarr image from its metadata before anything is predicted or written:
     a bad image, level or label name stops the run early."""
     if not paths:
@@ -201,18 +205,19 @@ def _open_omezarrs(paths: Sequence[Path], level: int, max_pixels: int | None, la
     if max_pixels is not None and max_pixels < 1:
         raise UserError(f"--max-pixels {max_pixels}: not a pixel count; give a positive"
                         " number, e.g. --max-pixels 2000000000")
-    from unetseg.infer.omezarr import label_target, open_omezarr
+    from unetseg.infer.omezarr import import_ome_zarr, label_target, open_omezarr
 
     opened = []
     for path in paths:
         opened.append(open_omezarr(path, level, max_pixels=max_pixels))
         label_target(path, label_name, overwrite=overwrite)
+        import_ome_zarr(path)
     return opened
 
 
-def _predict_omezarr(predictor: ImagePredictor, card: ModelCard, image: Any, out: Path, *,
-                     overlays: bool, label_name: str, overwrite: bool, show_progress: bool
-                     ) -> Path:
+def _predict_omezarr(predictor: ImagePredictor, card: ModelCard, image: OmeZarrImage,
+                     out: Path, *, overlays: bool, label_name: str, overwrite: bool,
+                     show_progress: bool) -> Path:
     """Stream an OME-Zarr image's level into ``<image>/labels/<label_name>`` with the tiling
     in-memory prediction plans for a plane of its size, so the labels are the same."""
     from unetseg.infer.omezarr import OmeZarrBandReader, image_stem, predict_omezarr
