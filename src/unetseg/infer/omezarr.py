@@ -36,8 +36,9 @@ from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
 from unetseg.data.classes import ClassTable
 from unetseg.data.io import check_pixels, scale_to_float
 from unetseg.data.masks import class_colours
+from unetseg.data.normalize import ChannelStats
 from unetseg.errors import UserError
-from unetseg.infer.stream import _Thumbnail, plan_windows, stream_labels
+from unetseg.infer.stream import WindowPlan, _Thumbnail, plan_windows, stream_labels
 from unetseg.infer.tiff_bands import MAX_CHUNK_BYTES
 from unetseg.infer.tiling import reflect_indices
 from unetseg.model import model_config
@@ -531,7 +532,7 @@ def label_target(image_path: Path, name: str, *, overwrite: bool) -> Path:
     return target
 
 
-def predict_omezarr(model: torch.nn.Module, stats: Any, classes: ClassTable,
+def predict_omezarr(model: torch.nn.Module, stats: ChannelStats, classes: ClassTable,
                     image: OmeZarrImage, name: str, *, tile: int | None = None,
                     overlap: float = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
                     overwrite: bool = False,
@@ -545,7 +546,7 @@ def predict_omezarr(model: torch.nn.Module, stats: Any, classes: ClassTable,
 
     Args:
         model: a :class:`~unetseg.model.UNet` in eval mode.
-        stats: the model's normalisation (:class:`~unetseg.data.normalize.ChannelStats`).
+        stats: the model's normalisation.
         classes: the model's class table: label values, colours and names.
         image: the opened level (:func:`open_omezarr`).
         tile, overlap, batch_size: the tiling; :meth:`~unetseg.infer.engine.ImagePredictor.
@@ -601,8 +602,8 @@ def predict_omezarr(model: torch.nn.Module, stats: Any, classes: ClassTable,
     return target
 
 
-def _label_rows(reader: OmeZarrBandReader, model: torch.nn.Module, plan: Any, stats: Any,
-                batch_size: int, thumbnail: _Thumbnail | None, on_window: Callable[[], None]
+def _label_rows(reader: OmeZarrBandReader, model: torch.nn.Module, plan: WindowPlan,
+                stats: ChannelStats, batch_size: int, thumbnail: _Thumbnail | None, on_window: Callable[[], None]
                 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(top, class ids (rows, W))`` of the plane, top to bottom."""
     param = next(model.parameters())
