@@ -603,8 +603,8 @@ def predict_omezarr(model: torch.nn.Module, stats: ChannelStats, classes: ClassT
 
 
 def _label_rows(reader: OmeZarrBandReader, model: torch.nn.Module, plan: WindowPlan,
-                stats: ChannelStats, batch_size: int, thumbnail: _Thumbnail | None, on_window: Callable[[], None]
-                ) -> Iterator[tuple[int, np.ndarray]]:
+                stats: ChannelStats, batch_size: int, thumbnail: _Thumbnail | None,
+                on_window: Callable[[], None]) -> Iterator[tuple[int, np.ndarray]]:
     """``(top, class ids (rows, W))`` of the plane, top to bottom."""
     param = next(model.parameters())
 
