@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,10 @@ from unetseg.viz import overlay
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from unetseg.infer.omezarr import OmeZarrImage
+
+
 def _check_readable(paths: Sequence[Path]) -> None:
     """Read every header before any output is written, so a bad file stops the run early."""
     for path in paths:
@@ -49,6 +53,7 @@ def _check_readable(paths: Sequence[Path]) -> None:
 def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: str | Path,
             config: PredictConfig | None = None, *, probabilities: bool = False,
             overlays: bool = True, stream: bool | None = None, max_pixels: int | None = None,
+            level: int = 0, label_name: str = "unetseg", overwrite_labels: bool = False,
             show_progress: bool = True, **options: Any) -> list[Path]:
     """Predict label images for images of any size and write them into ``out``.
 
@@ -62,6 +67,12 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
     downsampled overlay, in memory that grows with the image width only, with the same labels
     as in memory. Streamed TIFFs of more than ``max_pixels`` pixels (default
     :data:`~unetseg.data.io.MAX_PIXELS`) are refused from their header as likely bombs.
+
+    OME-Zarr images (``.zarr`` folders, NGFF 0.4 or 0.5) are always streamed: pyramid level
+    ``level`` of every 2-D plane is read band by band and its labels are written into the image
+    itself, as the OME-Zarr label image ``<image>/labels/<label_name>`` with a label pyramid
+    (:mod:`unetseg.infer.omezarr`); ``out`` gets the overlay. An existing label image of that
+    name is replaced only with ``overwrite_labels``.
 
     ``config`` (a :class:`~unetseg.config.PredictConfig`) and ``options`` (its fields as
     keywords, on top: ``tile``, ``overlap``, ``batch_size``, ``device``, ``tta``, ``backend``,
@@ -80,20 +91,31 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
     model files (a list, or joined by commas); see :mod:`unetseg.infer.modelset`. Returns the
     label image paths.
     """
+    from unetseg.infer.omezarr import is_zarr_folder
+
     cfg = predict_config(config, **options)
-    paths = list_images([images] if isinstance(images, str | Path) else images)
+    given = [images] if isinstance(images, str | Path) else list(images)
+    zarrs = list(dict.fromkeys(Path(p) for p in given if is_zarr_folder(p)))
+    others = [p for p in given if not is_zarr_folder(p)]
+    paths = list_images(others) if others or not zarrs else []
     to_stream = [p for p in paths if _streams(p, stream)]
-    loaded = load_fastest(model, cfg, streamed=to_stream)
+    omezarrs = _open_omezarrs(zarrs, level, max_pixels, label_name, overwrite_labels,
+                              tta=cfg.tta, probabilities=probabilities)
+    loaded = load_fastest(model, cfg, streamed=to_stream + zarrs)
     predictor, card = loaded.predictor, loaded.card
-    if to_stream and loaded.postprocessing:
-        log.warning("%s: streamed TIFFs are not post-processed (their labels are never whole"
-                    " in memory)", to_stream[0])
+    if (to_stream or zarrs) and loaded.postprocessing:
+        log.warning("%s: streamed TIFFs and OME-Zarr images are not post-processed (their"
+                    " labels are never whole in memory)", (to_stream + zarrs)[0])
     _check_readable(paths)
     _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
     streamed = [p for p in paths if _streams(p, stream)] if cfg.tta else []
     if streamed:
         raise UserError(f"{streamed[0]}: --tta does not apply to streamed TIFFs; drop --tta"
                         " (or --stream)")
+    from unetseg.infer.omezarr import check_omezarr_channels
+
+    for ome in omezarrs:
+        check_omezarr_channels(ome, card.model.in_channels)
     out = output_folder(out)
     clashes = [p for p in paths for suffix in (".png", ".tif")
                if (out / f"{p.stem}{suffix}").resolve() == p.resolve()]
@@ -118,6 +140,10 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
         if probabilities:
             write_tiff(out / f"{path.stem}_probs.tif", torch.softmax(logits, 0).numpy())
         written.append(out / f"{path.stem}.png")
+    for ome in omezarrs:
+        written.append(_predict_omezarr(predictor, card, ome, out, overlays=overlays,
+                                        label_name=label_name, overwrite=overwrite_labels,
+                                        show_progress=show_progress))
     return written
 
 
@@ -176,6 +202,57 @@ def _middle_band(path: Path, height: int, max_pixels: int | None) -> np.ndarray:
     top = max(0, (height - SAMPLE_SIDE) // 2)
     with TiffBandReader(path, max_pixels=max_pixels) as reader:
         return reader.rows(top, min(height, top + SAMPLE_SIDE))
+
+
+def _open_omezarrs(paths: Sequence[Path], level: int, max_pixels: int | None, label_name: str,
+                   overwrite: bool, *, tta: str | None, probabilities: bool
+                   ) -> list[OmeZarrImage]:
+    """Open every OME-Zarr image from its metadata before anything is predicted or written:
+    a bad image, level or label name stops the run early."""
+    if not paths:
+        return []
+    if tta:
+        raise UserError(f"{paths[0]}: --tta does not apply to OME-Zarr images (they are"
+                        " streamed); drop --tta")
+    if probabilities:
+        raise UserError(f"{paths[0]}: --probabilities does not apply to OME-Zarr images (they"
+                        " are streamed); drop --probabilities")
+    if max_pixels is not None and max_pixels < 1:
+        raise UserError(f"--max-pixels {max_pixels}: not a pixel count; give a positive"
+                        " number, e.g. --max-pixels 2000000000")
+    from unetseg.infer.omezarr import import_ome_zarr, label_target, open_omezarr
+
+    opened = []
+    for path in paths:
+        opened.append(open_omezarr(path, level, max_pixels=max_pixels))
+        label_target(path, label_name, overwrite=overwrite)
+        import_ome_zarr(path)
+    return opened
+
+
+def _predict_omezarr(predictor: ImagePredictor, card: ModelCard, image: OmeZarrImage,
+                     out: Path, *, overlays: bool, label_name: str, overwrite: bool,
+                     show_progress: bool) -> Path:
+    """Stream an OME-Zarr image's level into ``<image>/labels/<label_name>`` with the tiling
+    in-memory prediction plans for a plane of its size, so the labels are the same."""
+    from unetseg.infer.omezarr import OmeZarrBandReader, image_stem, predict_omezarr
+    from unetseg.infer.precision import SAMPLE_SIDE
+
+    palette = class_colours(card.classes)
+
+    def save_preview(rows: np.ndarray, ids: np.ndarray) -> None:
+        write_rgb(out / f"{image_stem(image.path)}_overlay.png", overlay(rows, ids, palette))
+
+    tile, overlap, batch = predictor.tiling(image.height, image.width)
+    if predictor.choice is None:
+        top = max(0, (image.height - SAMPLE_SIDE) // 2)
+        with OmeZarrBandReader(image, image.planes()[0]) as reader:
+            predictor.choose_precision(reader.rows(top, min(image.height, top + SAMPLE_SIDE)))
+    with predictor.autocast():
+        return predict_omezarr(predictor.model, card.stats, card.classes, image, label_name,
+                               tile=tile, overlap=overlap, batch_size=batch,
+                               overwrite=overwrite, preview=save_preview if overlays else None,
+                               show_progress=show_progress)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ MODEL_HELP = ("model file (RUN/best.safetensors, a .onnx from export, or a bioim
 def add_predict_commands(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict label images for images of any size")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, help="folder for labels and overlays")
+    p.add_argument("images", nargs="+",
+                   help="image files or folders, or OME-Zarr images (.zarr folders)")
+    p.add_argument("--out", required=True, help="folder for labels and overlays (OME-Zarr"
+                   " labels go into the image's own labels/ group)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probs.tif")
     p.add_argument("--stream", action="store_true", default=None,
                    help="stream TIFFs band by band into a tiled BigTIFF (automatic above 64 MP)")
@@ -27,6 +29,14 @@ def add_predict_commands(sub: Any) -> None:
                    help="largest streamed TIFF, height x width pixels (default: the limit of"
                         " every image read); larger ones are refused from their header as"
                         " likely decompression bombs")
+    p.add_argument("--level", type=int, default=0, metavar="N",
+                   help="OME-Zarr images: the pyramid level to predict, 0 the full resolution"
+                        " (default %(default)s)")
+    p.add_argument("--label-name", default="unetseg", metavar="NAME",
+                   help="OME-Zarr images: write the labels into IMAGE/labels/NAME (default"
+                        " %(default)s)")
+    p.add_argument("--overwrite-labels", action="store_true",
+                   help="OME-Zarr images: replace existing labels of that name")
     add_prediction_flags(p)
     p.set_defaults(run=_predict)
 
@@ -55,9 +65,15 @@ def _predict(args: argparse.Namespace) -> int:
 
     written = predict(args.model, args.images, args.out, predict_config_from_args(args),
                       probabilities=args.probabilities, overlays=not args.no_overlay,
-                      stream=args.stream, max_pixels=args.max_pixels,
+                      stream=args.stream, max_pixels=args.max_pixels, level=args.level,
+                      label_name=args.label_name, overwrite_labels=args.overwrite_labels,
                       show_progress=not args.quiet)
-    print(f"wrote {len(written)} label image(s) to {args.out}")
+    out = Path(args.out).resolve()
+    beside = [w for w in written if not w.resolve().is_relative_to(out)]
+    if len(beside) < len(written):
+        print(f"wrote {len(written) - len(beside)} label image(s) to {args.out}")
+    for labels in beside:
+        print(f"wrote labels {labels}")
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tifffile
@@ -34,12 +34,28 @@ from unetseg.progress import progress
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["TiffBandReader", "WindowPlan", "label_tiles", "plan_windows",
+__all__ = ["BandReader", "TiffBandReader", "WindowPlan", "label_tiles", "plan_windows",
            "predict_large_tiff", "stream_labels"]
 
 LABEL_TIFF_TILE = 512
 """Side in pixels of the written label BigTIFF's own tiles (its storage layout, not the
 prediction's tiling)."""
+
+
+class BandReader(Protocol):
+    """What :func:`stream_labels` reads: an image's size and its rows, mirrored past the edges
+    (:class:`TiffBandReader`, :class:`~unetseg.infer.omezarr.OmeZarrBandReader`)."""
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    def mirrored_rows(self, top: int, bottom: int) -> np.ndarray:
+        """Rows ``[top, bottom)`` as float32 ``(C, rows, W)``, rows outside the image
+        mirrored."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,7 @@ def plan_windows(padding: str, depth: int, height: int, width: int, *, tile: int
 
 
 @torch.inference_mode()
-def stream_labels(reader: TiffBandReader, predictor: Predictor, plan: WindowPlan,
+def stream_labels(reader: BandReader, predictor: Predictor, plan: WindowPlan,
                   stats: ChannelStats, *, batch_size: int = DEFAULT_BATCH_SIZE,
                   device: torch.device | None = None,
                   on_window: Callable[[], None] | None = None
