@@ -73,7 +73,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     (16-bit object labels, 0 background; ``<stem>_instances.tif``, 32-bit, above 65535
     objects), ``<stem>_overlay.png`` (each object outlined in its own colour),
     ``<stem>_objects.csv`` (per object: id, area, centroid, bounding box, mean intensity per
-    channel, whether it touches the image's edge; :func:`~unetseg.infer.instances.object_table`)
+    channel, whether it touches the image's edge; :func:`~unetseg.infer.instances.measure_objects`)
     and with ``probabilities`` ``<stem>_probs.tif`` (its object and seed maps, (2, H, W)).
     The network's output is blended over the whole image before the objects are split
     (:mod:`unetseg.infer.instances`), so tiles cut no object. Returns the instance images.

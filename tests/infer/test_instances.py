@@ -24,8 +24,8 @@ from unetseg.infer.instances import (
     instance_maps,
     instances_from_logits,
     instances_from_maps,
+    measure_objects,
     object_csv,
-    object_table,
     remove_small,
     seeded_watershed,
 )
@@ -135,7 +135,7 @@ def test_object_table_against_brute_force() -> None:
     labels = rng.integers(0, 5, (9, 11))
     labels[labels == 3] = 0  # an id that does not occur
     image = rng.random((2, 9, 11))
-    table = object_table(labels, image)
+    table = measure_objects(labels, image)
     assert [row["id"] for row in table] == [1, 2, 4]
     for row in table:
         ys, xs = np.nonzero(labels == row["id"])
@@ -150,7 +150,7 @@ def test_object_table_against_brute_force() -> None:
         assert row["touches_border"] == bool(on_edge.any())
     inner = np.zeros((5, 5), np.int32)
     inner[2, 2] = 7
-    assert object_table(inner, np.ones((1, 5, 5)))[0]["touches_border"] is False
+    assert measure_objects(inner, np.ones((1, 5, 5)))[0]["touches_border"] is False
 
 
 def test_object_csv_has_its_header_without_objects() -> None:

@@ -168,7 +168,7 @@ def instances_from_logits(logits: torch.Tensor, cfg: InstanceConfig) -> np.ndarr
 # ---------------------------------------------------------------------------- object table
 
 
-def object_table(labels: np.ndarray, image: np.ndarray) -> list[dict[str, Any]]:
+def measure_objects(labels: np.ndarray, image: np.ndarray) -> list[dict[str, Any]]:
     """One row per object of ``labels`` ``(H, W)`` (0 background) over ``image`` ``(C, H, W)``.
 
     Columns: ``id``; ``area`` (pixels); ``centroid_y``, ``centroid_x`` (the mean row and
@@ -209,7 +209,7 @@ def object_table(labels: np.ndarray, image: np.ndarray) -> list[dict[str, Any]]:
 
 
 def object_csv(labels: np.ndarray, image: np.ndarray) -> str:
-    """:func:`object_table` as CSV text, with its header also when there is no object."""
+    """:func:`measure_objects` as CSV text, with its header also when there is no object."""
     import csv
     import io
 
@@ -219,7 +219,7 @@ def object_csv(labels: np.ndarray, image: np.ndarray) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(object_table(labels, image))
+    writer.writerows(measure_objects(labels, image))
     return buf.getvalue()
 
 
