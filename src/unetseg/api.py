@@ -270,6 +270,13 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     0 = membrane, 255 = cell) adds the ISBI 2012 challenge's pixel, Rand and warping errors of
     the class-1 probability over thresholds 0.0..0.9 (:mod:`unetseg.metrics_isbi`), pooled over
     the images, as ``summary["isbi"]``.
+
+    An instance model (``train --task instance``) is scored object by object instead
+    (:mod:`unetseg.metrics_instance`: objects matched at IoU 0.5..0.95, the DSB 2018 score,
+    precision, recall, F1, panoptic quality, counts): per image in ``per_image.csv`` and
+    overall in ``metrics.json`` (``summary["task"] == "instance"``). The true objects are
+    ``DATA/instances/<stem>.*``, else the connected components of the masks' object classes;
+    ``predictions`` holds the predicted object labels.
     """
     from unetseg.metrics_boundary import hd95  # scipy: not for predict
     from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
