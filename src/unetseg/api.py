@@ -76,7 +76,9 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     channel, whether it touches the image's edge; :func:`~unetseg.infer.instances.measure_objects`)
     and with ``probabilities`` ``<stem>_probs.tif`` (its object and seed maps, (2, H, W)).
     The network's output is blended over the whole image before the objects are split
-    (:mod:`unetseg.infer.instances`), so tiles cut no object. Returns the instance images.
+    (:mod:`unetseg.infer.instances`), so tiles cut no object; a streamed TIFF becomes a tiled
+    BigTIFF ``<stem>_instances.tif`` whose objects keep one id across the bands
+    (:mod:`unetseg.infer.instance_bands`). Returns the instance images.
     """
     cfg = predict_config(config, **options)
     paths = list_images([images] if isinstance(images, str | Path) else images)
@@ -86,10 +88,6 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     _check_readable(paths)
     _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
     streamed = [p for p in paths if _streams(p, stream)] if cfg.tta else []
-    if card.instance is not None and to_stream:
-        raise UserError(f"{to_stream[0]}: instance models predict whole images in memory, and"
-                        " this TIFF would be streamed band by band; predict it with"
-                        " stream=False (API) or split it into smaller images")
     if streamed:
         raise UserError(f"{streamed[0]}: --tta does not apply to streamed TIFFs; drop --tta"
                         " (or --stream)")
@@ -182,11 +180,37 @@ def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, ou
     tile, overlap, batch = predictor.tiling(height, width)
     if predictor.choice is None:
         predictor.choose_precision(_middle_band(path, height, max_pixels))
+    if card.instance is not None:
+        return _predict_streamed_objects(predictor, card, path, out, tile=tile, overlap=overlap,
+                                         batch=batch, overlays=overlays, max_pixels=max_pixels,
+                                         show_progress=show_progress)
     with predictor.autocast():
         predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
                            overlap=overlap, batch_size=batch, max_pixels=max_pixels,
                            preview=save_preview if overlays else None,
                            show_progress=show_progress)
+    return target
+
+
+def _predict_streamed_objects(predictor: ImagePredictor, card: ModelCard, path: Path, out: Path,
+                              *, tile: int, overlap: float, batch: int, overlays: bool,
+                              max_pixels: int | None, show_progress: bool) -> Path:
+    """An instance model streamed over a large TIFF (:mod:`unetseg.infer.instance_bands`):
+    ``<stem>_instances.tif``, ``<stem>_objects.csv`` and a downsampled outline overlay."""
+    from unetseg.infer.instance_bands import predict_large_tiff_objects
+    from unetseg.viz import object_outlines
+
+    assert card.instance is not None
+
+    def save_preview(image: np.ndarray, labels: np.ndarray) -> None:
+        write_rgb(out / f"{path.stem}_overlay.png", object_outlines(image, labels))
+
+    with predictor.autocast():
+        target, table = predict_large_tiff_objects(
+            predictor.model, card.stats, card.instance, path, out, path.stem, tile=tile,
+            overlap=overlap, batch_size=batch, max_pixels=max_pixels,
+            preview=save_preview if overlays else None, show_progress=show_progress)
+    write_text_atomic(out / f"{path.stem}_objects.csv", table)
     return target
 
 

@@ -104,10 +104,23 @@ def test_train_predict_evaluate_objects(tmp_path: Path, one_torch_thread: None) 
     with pytest.raises(UserError, match="--isbi"):
         evaluate(card_path := tmp_path / "run" / "best.safetensors", data, isbi=True,
                  show_progress=False)
-    tiff = tmp_path / "big.tif"
-    tifffile.imwrite(tiff, np.array(Image.open(data / "images" / "img0.png")))
-    with pytest.raises(UserError, match="whole images"):
-        predict(card_path, tiff, tmp_path / "p2", stream=True, show_progress=False)
+    tiles = [np.array(Image.open(data / "images" / f"img{i}.png")) for i in range(4)]
+    tiff = tmp_path / "big" / "big.tif"
+    tiff.parent.mkdir()
+    tifffile.imwrite(tiff, np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]]))
+    streamed = predict(card_path, tiff, tmp_path / "streamed", stream=True, tile=32,
+                       show_progress=False)
+    assert streamed == [tmp_path / "streamed" / "big_instances.tif"]
+    predict(card_path, tiff, tmp_path / "memory", stream=False, tile=32, show_progress=False)
+    in_memory = read_mask(tmp_path / "memory" / "big_instances.png")
+    banded = tifffile.imread(streamed[0])
+    assert in_memory.max() > 3, "no objects: the comparison would say nothing"
+    pairs = np.unique(np.stack([banded.ravel(), in_memory.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))  # same objects
+    tables = [list(csv.DictReader((tmp_path / f / "big_objects.csv").open()))
+              for f in ("streamed", "memory")]
+    assert sorted(r["area"] for r in tables[0]) == sorted(r["area"] for r in tables[1])
+    assert (tmp_path / "streamed" / "big_overlay.png").is_file()
 
 
 @pytest.mark.slow
