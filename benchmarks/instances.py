@@ -8,7 +8,8 @@ mean over images), the F1 score at IoU 0.5 (objects of all images pooled) and th
 object count. Contenders:
 
 * ``semantic+cc``: the plain semantic model (``unetseg train``), its objects the connected
-  components (4-connected) of the predicted object class;
+  components (4-connected) of the predicted object class, as they come (no hole filling, no
+  minimum size);
 * ``boundary``: ``--task instance`` with the interior / boundary / background target, split by a
   seeded watershed from the interiors (post-processing chosen on the validation images);
 * ``boundary+weights``: the same with the U-Net paper's border weight map (``--loss
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             root = SHARED / "dsb2018"
             if not (root / "instances").is_dir():
                 sections.append(f"### dsb2018\n\nskipped: {root} is not present")
+                print(sections[-1], flush=True)
                 continue
             data = dsb_dataset(root, args.out / "data" / name, args.seed, args.test_fraction,
                                args.max_images)
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             root = SHARED / "isbi2012" / "train"
             if not (root / "images").is_dir():
                 sections.append(f"### isbi2012\n\nskipped: {root} is not present")
+                print(sections[-1], flush=True)
                 continue
             data = isbi_dataset(root, args.out / "data" / name, args.seed)
         else:
@@ -252,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(
         {"budget_s": args.budget, "seed": args.seed, "max_images": args.max_images,
          "results": results}, indent=2))
-    print(text)
     return 0
 
 
