@@ -22,6 +22,7 @@ from unetseg.data.instance_targets import (
     output_channels,
     relabel_consecutive,
     target_class_names,
+    target_ids,
 )
 from unetseg.data.weights import border_weight_map
 
@@ -118,6 +119,8 @@ def test_targets_in_the_loss_order_and_weights_around_interiors() -> None:
     ids, dist = instance_targets(labels, distance)
     np.testing.assert_array_equal(ids, (labels > 0).astype(np.int64))
     np.testing.assert_allclose(dist, normalized_distance(labels))
+    for cfg in (boundary, distance):
+        np.testing.assert_array_equal(target_ids(labels, cfg), instance_targets(labels, cfg)[0])
     assert output_channels(boundary) == 3 == len(target_class_names(boundary))
     assert output_channels(distance) == 3 and len(target_class_names(distance)) == 2
 

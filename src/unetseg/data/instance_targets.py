@@ -124,6 +124,13 @@ def normalized_distance(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def target_ids(labels: np.ndarray, cfg: InstanceConfig) -> np.ndarray:
+    """The class ids of the target alone (the first of :func:`instance_targets`)."""
+    if cfg.target == "boundary":
+        return boundary_classes(labels, cfg.boundary_width)
+    return np.where(np.asarray(labels) < 0, IGNORE_INDEX, np.asarray(labels) > 0).astype(np.int64)
+
+
 def instance_targets(labels: np.ndarray, cfg: InstanceConfig, *, weighted: bool = False,
                      w0: float = 10.0, sigma: float = 5.0) -> list[np.ndarray]:
     """The training targets of one instance label image, in the order the loss takes them.
@@ -140,11 +147,11 @@ def instance_targets(labels: np.ndarray, cfg: InstanceConfig, *, weighted: bool 
     """
     labels = np.asarray(labels)
     if cfg.target == "boundary":
-        ids = boundary_classes(labels, cfg.boundary_width)
+        ids = target_ids(labels, cfg)
         out = [ids]
         objects = np.where(ids == INTERIOR, labels, 0)  # the interiors, apart
     elif cfg.target == "distance":
-        ids = np.where(labels < 0, IGNORE_INDEX, labels > 0).astype(np.int64)
+        ids = target_ids(labels, cfg)
         out = [ids, normalized_distance(labels)]
         objects = np.maximum(labels, 0)
     else:

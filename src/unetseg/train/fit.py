@@ -28,8 +28,8 @@ from unetseg.data.dataset import LoadedPair, PatchDataset, load_data, split_pair
 from unetseg.data.instance_targets import (
     attach_instances,
     batch_targets,
-    instance_targets,
     target_class_names,
+    target_ids,
 )
 from unetseg.data.normalize import ChannelStats, channel_stats, normalize
 from unetseg.data.report import Report
@@ -213,7 +213,7 @@ def _validate_instances(predictor: ImagePredictor, data: PreparedData, cfg: RunC
     for pair in data.val[env.rank::env.world_size]:
         assert pair.instances is not None
         logits = predictor.logits(pair.image)
-        truth = instance_targets(pair.instances, cfg.instance)[0]
+        truth = target_ids(pair.instances, cfg.instance)
         labels = logits_to_labels(logits[:k])
         total += confusion_matrix(labels, torch.from_numpy(truth), k)
         objects = instances_from_logits(logits, cfg.instance)
