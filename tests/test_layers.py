@@ -20,7 +20,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("modelfile",),
     ("infer", "report"),
     ("train", "export"),
-    ("serve", "presets", "preview", "api"),
+    ("serve", "napari", "presets", "preview", "api"),
     ("cli", "__init__"),
 )
 """Top-level modules and packages of ``unetseg``, lowest floor first."""

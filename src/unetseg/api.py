@@ -6,6 +6,7 @@ Each function mirrors one ``unetseg`` command and takes the same options as keyw
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,8 @@ from unetseg.export.fastest import load_fastest
 from unetseg.files import output_folder, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor
 from unetseg.infer.evaluate import Truth, score_images
+from unetseg.infer.modelset import ModelSpec
+from unetseg.infer.postprocess import apply_postprocessing
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.modelfile import ModelCard
@@ -35,6 +38,7 @@ from unetseg.progress import progress
 from unetseg.report.evaluation import write_evaluation_report
 from unetseg.viz import overlay
 
+log = logging.getLogger(__name__)
 
 def _check_readable(paths: Sequence[Path]) -> None:
     """Read every header before any output is written, so a bad file stops the run early."""
@@ -42,7 +46,7 @@ def _check_readable(paths: Sequence[Path]) -> None:
         image_size(path)
 
 
-def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: str | Path,
+def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: str | Path,
             config: PredictConfig | None = None, *, probabilities: bool = False,
             overlays: bool = True, stream: bool | None = None, max_pixels: int | None = None,
             show_progress: bool = True, **options: Any) -> list[Path]:
@@ -50,7 +54,8 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
 
     For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own
     encoding (gray values such as 0/255, the masks' colours, or a palette PNG with their
-    palette), ``<stem>_overlay.png`` the classes drawn over the image, and with
+    palette) and the class table in a text chunk (:func:`~unetseg.data.masks.label_metadata`),
+    ``<stem>_overlay.png`` the classes drawn over the image, and with
     ``probabilities`` ``<stem>_probs.tif`` the class probabilities (K, H, W) float32.
     TIFFs of more than :data:`STREAM_PIXELS` pixels (or any TIFF with ``stream=True``) are
     streamed: read band by band and written as a tiled BigTIFF ``<stem>.tif`` with a
@@ -67,7 +72,13 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     was measured faster than PyTorch for the model on this machine
     (:mod:`unetseg.export.fastest`). ``precision`` ``auto`` predicts in bf16 on CPUs with
     native bf16 when the model's labels agree with fp32 on the first image's centre (see
-    :mod:`unetseg.infer.precision`). Returns the label image paths.
+    :mod:`unetseg.infer.precision`).
+
+    ``model`` is a model file, or a model set: a run folder of ``train --folds`` (its fold
+    models' mean class probabilities, then the post-processing chosen on their held-out
+    predictions; not for streamed TIFFs, whose labels are never whole in memory) or several
+    model files (a list, or joined by commas); see :mod:`unetseg.infer.modelset`. Returns the
+    label image paths.
 
     An instance model (``train --task instance``) writes per image ``<stem>_instances.png``
     (16-bit object labels, 0 background; ``<stem>_instances.tif``, 32-bit, above 65535
@@ -85,6 +96,9 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     to_stream = [p for p in paths if _streams(p, stream)]
     loaded = load_fastest(model, cfg, streamed=to_stream)
     predictor, card = loaded.predictor, loaded.card
+    if to_stream and loaded.postprocessing:
+        log.warning("%s: streamed TIFFs are not post-processed (their labels are never whole"
+                    " in memory)", to_stream[0])
     _check_readable(paths)
     _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
     streamed = [p for p in paths if _streams(p, stream)] if cfg.tta else []
@@ -113,7 +127,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
             written.append(_write_objects(image, logits, card, out, path.stem,
                                           overlays=overlays, probabilities=probabilities))
             continue
-        ids = logits_to_labels(logits).numpy()
+        ids = apply_postprocessing(logits_to_labels(logits).numpy(), loaded.postprocessing)
         write_mask(out / f"{path.stem}.png", ids, card.classes)  # in the masks' encoding
         if overlays:
             write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
@@ -274,7 +288,7 @@ def _truths(pairs: Sequence[Pair], predictor: ImagePredictor, classes: ClassTabl
         yield pair.stem, image, torch.from_numpy(encode_mask(mask, classes)).long()
 
 
-def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
+def evaluate(model: ModelSpec, data: str | Path, out: str | Path | None = None,
              config: PredictConfig | None = None, *, isbi: bool = False,
              show_progress: bool = True, **options: Any) -> Evaluation:
     """Predict every image of ``data`` (``images/`` + ``masks/``) and score it against its mask.
@@ -289,6 +303,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     confusion matrix, the worst images and their errors; :mod:`unetseg.report.evaluation`)
     there. ``config`` and ``options`` say how to predict, as for
     :func:`predict`; ``tta`` augments every tile at test time (see :mod:`unetseg.infer.tta`).
+    ``model`` may be a model set, as for :func:`predict`: its post-processing is applied to the
+    labels before they are scored, and the summary names it (``postprocessing``).
 
     ``isbi=True`` (2-class models: class 0 the boundaries, class 1 the objects, as ISBI 2012's
     0 = membrane, 255 = cell) adds the ISBI 2012 challenge's pixel, Rand and warping errors of
@@ -325,7 +341,10 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     counts: list[IsbiCounts] = []
     total = torch.zeros(k, k, dtype=torch.int64)
     hd95s: list[np.ndarray] = []
-    scores = score_images(predictor.logits, _truths(pairs, predictor, card.classes), k)
+    steps = loaded.postprocessing
+    scores = score_images(predictor.logits, _truths(pairs, predictor, card.classes), k,
+                          postprocess=(lambda ids: torch.from_numpy(apply_postprocessing(
+                              ids.numpy(), steps))) if steps else None)
     for score in progress(scores, total=len(pairs), desc="evaluate", unit="image",
                       disable=not show_progress):
         if isbi:
@@ -346,6 +365,10 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
         summary["per_class"][name]["hd95"] = value
     if tta:
         summary["tta"] = tta
+    if "members" in card.info:
+        summary["members"] = card.info["members"]
+    if steps:
+        summary["postprocessing"] = [s.to_dict(card.classes.names) for s in steps]
     if counts:
         summary["isbi"] = {"boundary_class": card.classes.names[0],
                            "object_class": card.classes.names[1],
@@ -396,7 +419,7 @@ def _instance_row(stem: str, scores: Any) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-def _evaluate_instances(model: str | Path, data: str | Path, out: str | Path | None,
+def _evaluate_instances(model: ModelSpec, data: str | Path, out: str | Path | None,
                         predictor: Any, card: ModelCard, tta: str | None, *,
                         show_progress: bool) -> Evaluation:
     """:func:`evaluate` of an instance model: object scores per image and overall

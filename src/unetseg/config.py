@@ -77,6 +77,10 @@ class DataConfig:
     it defines the classes; for label and palette masks it names them and gives display
     colours; see :mod:`unetseg.data.masks`). For colour masks without it, ``ignore_value`` is
     a packed colour ``R*65536 + G*256 + B``.
+
+    ``val_stems``, when set, are the stems of the pairs held out for validation, in place of a
+    seeded ``val_fraction`` split: each fold of a cross-validation (``train --folds``) sets its
+    held-out images here (see :mod:`unetseg.data.folds`).
     """
 
     val_fraction: float = 0.2
@@ -89,6 +93,7 @@ class DataConfig:
     weight_w0: float = 10.0
     weight_sigma: float = 5.0
     weight_objects: tuple[int, ...] | None = None
+    val_stems: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

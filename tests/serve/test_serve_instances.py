@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -20,29 +19,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random boundary-target U-Net whose interior logit is shifted so that its seeds
-    cover about a third of a sample image: many objects."""
-    from shipping import STATS, sample_images
+    from shipping import tiny_instance_model
 
-    from unetseg.config import InstanceConfig
-    from unetseg.data.classes import ClassTable
-    from unetseg.data.io import read_image
-    from unetseg.data.normalize import normalize
-    from unetseg.model import UNet
-    from unetseg.modelfile import ModelCard, save_model
-
-    torch.manual_seed(0)
-    net = UNet(1, 3, depth=2, width=4, norm="batch").eval()
-    x = normalize(torch.from_numpy(read_image(sample_images()[0])), STATS)[None, :, :128, :128]
-    with torch.no_grad():
-        logits = net(x)[0]
-        net.head.bias[1] -= (logits[1] - torch.maximum(logits[0], logits[2])).quantile(0.66)
-        net.head.bias[2] -= (logits[2] - logits[0]).median()
-    path = tmp_path_factory.mktemp("serve-objects") / "objects.safetensors"
-    card = ModelCard(net.config, ClassTable.from_values((0, 255), ("background", "cell")), STATS,
-                     instance=InstanceConfig(seed_threshold=0.5, min_size=0))
-    save_model(path, net, card)
-    return path
+    return tiny_instance_model(tmp_path_factory.mktemp("serve-objects") / "objects.safetensors")
 
 
 @pytest.fixture(scope="module")

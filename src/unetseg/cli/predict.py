@@ -8,10 +8,15 @@ from typing import Any
 
 from unetseg.cli.flags import add_prediction_flags, predict_config_from_args
 
+MODEL_HELP = ("model file (RUN/best.safetensors, a .onnx from export, or a bioimage.io package"
+              " from export --format bioimageio), or a model set: a run"
+              " folder of train --folds, or model files joined by commas (their mean"
+              " probabilities)")
+
 
 def add_predict_commands(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict label images for images of any size")
-    p.add_argument("model", help="model file (RUN/best.safetensors, or a .onnx from export)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="folder for labels and overlays")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probs.tif")
@@ -26,7 +31,7 @@ def add_predict_commands(sub: Any) -> None:
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("evaluate", help="score a model on DATA/images + DATA/masks")
-    p.add_argument("model", help="model file (RUN/best.safetensors, or a .onnx from export)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("data", help="folder with images/ and masks/")
     p.add_argument("--out", default=None,
                    help="folder for metrics.json, per_image.csv and report.html")

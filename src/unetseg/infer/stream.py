@@ -21,7 +21,7 @@ import torch
 
 from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from unetseg.data.classes import ClassTable
-from unetseg.data.masks import mask_palette
+from unetseg.data.masks import label_metadata, mask_palette
 from unetseg.data.normalize import ChannelStats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.blending import BlendMode, blend_weight
@@ -174,15 +174,17 @@ class _Thumbnail:
 def label_tiff_options(classes: ClassTable) -> dict[str, Any]:
     """``tifffile.imwrite`` keywords that store decoded labels in the encoding
     :func:`~unetseg.data.masks.write_mask` gives a PNG: gray values, RGB colours, or palette
-    indices with the masks' palette as the TIFF's colour map ((3, 256) uint16, 0..65535)."""
+    indices with the masks' palette as the TIFF's colour map ((3, 256) uint16, 0..65535); the
+    class table goes in the ImageDescription (:func:`~unetseg.data.masks.label_metadata`)."""
+    description = {"description": label_metadata(classes)}
     if classes.encoding == "rgb":
-        return {"photometric": "rgb"}
+        return {"photometric": "rgb", **description}
     if classes.encoding == "palette":
         flat = np.array(mask_palette(classes), np.uint16).reshape(-1, 3)
         colormap = np.zeros((3, 256), np.uint16)
         colormap[:, : len(flat)] = flat.T * 257
-        return {"photometric": "palette", "colormap": colormap}
-    return {"photometric": "minisblack"}
+        return {"photometric": "palette", "colormap": colormap, **description}
+    return {"photometric": "minisblack", **description}
 
 
 def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats, classes: ClassTable,

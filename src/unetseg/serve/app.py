@@ -120,6 +120,8 @@ def _model_info(served: ServedModel, limits: dict[str, int]) -> dict[str, Any]:
         "tiling": {"tile": predictor.tile, "overlap": predictor.overlap,
                    "batch_size": predictor.batch_size},
         "limits": limits,
+        "members": card.info.get("members", [served.path.name]),
+        "postprocessing": [s.to_dict(card.classes.names) for s in served.postprocessing],
         "task": card.task,
         "instance": to_dict(card.instance) if card.instance is not None else None,
     }
@@ -173,14 +175,16 @@ def _inference_job(served: ServedModel, data: bytes, suffix: str, name: str,
     return body, time.perf_counter() - started
 
 
-def create_app(model_path: str | Path, config: PredictConfig | None = None, *,
+def create_app(model_path: Any, config: PredictConfig | None = None, *,
                max_upload_bytes: int = LIMITS.max_upload_bytes,
                max_pixels: int = LIMITS.max_pixels, queue_size: int = LIMITS.queue_size,
                workers: int = LIMITS.workers, **options: Any) -> Any:
     """The FastAPI app serving one model file, loaded here, once.
 
     Args:
-        model_path: a ``.safetensors`` model (PyTorch) or an exported ``.onnx`` (ONNX Runtime).
+        model_path: a ``.safetensors`` model (PyTorch), an exported ``.onnx`` (ONNX Runtime),
+            or a model set (a run folder of ``train --folds``, or several model files; see
+            :mod:`unetseg.infer.modelset`).
         max_upload_bytes: largest request body; larger ones get 413.
         max_pixels: largest image height x width; larger ones get 413.
         queue_size: requests that may wait for a worker; beyond them, 503.
@@ -280,7 +284,14 @@ def _add_routes(app: Any, served: ServedModel, queue: InferenceQueue,
     app.mount("/static", StaticFiles(directory=static), name="static")
 
 
-def run_server(model_path: str | Path, config: PredictConfig | None = None, *,
+def served_name(model_path: Any) -> str:
+    """The name of a model file, run folder or list of model files, for the banner."""
+    from unetseg.infer.modelset import model_name
+
+    return model_name(model_path)
+
+
+def run_server(model_path: Any, config: PredictConfig | None = None, *,
                host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
     """Load the model, build the app and serve it with uvicorn until interrupted; ``config``
     and ``options`` are those of :func:`create_app`."""
@@ -289,5 +300,5 @@ def run_server(model_path: str | Path, config: PredictConfig | None = None, *,
     except ImportError:
         raise UserError(f"unetseg serve needs uvicorn; {INSTALL_HINT}") from None
     app = create_app(model_path, config, **options)
-    print(f"serving {Path(model_path).name} on http://{host}:{port}/ (Ctrl-C stops)")
+    print(f"serving {served_name(model_path)} on http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from unetseg.config import RunConfig, TrainConfig, check_run_config
 from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import LoadedPair, PatchDataset, load_data, split_pairs
+from unetseg.data.folds import split_by_stems
 from unetseg.data.instance_targets import (
     attach_instances,
     batch_targets,
@@ -54,6 +55,7 @@ from unetseg.modelfile import ModelCard, load_model, read_card, save_model
 from unetseg.report.training import Example, training_report
 from unetseg.train import distributed
 from unetseg.train.checkpoint import load_training_state, read_loop_state
+from unetseg.train.crossval import CrossValidation, cross_validate
 from unetseg.train.distributed import DistEnv
 from unetseg.train.loop import Precision, keep_examples, train_one_epoch
 from unetseg.train.manifest import run_manifest, write_manifest
@@ -97,7 +99,8 @@ class FitResult:
 
 
 def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True) -> PreparedData:
-    """Pair, check and decode the data; split it by seed; compute the training normalisation.
+    """Pair, check and decode the data; split it by seed (or hold out ``cfg.data.val_stems``);
+    compute the training normalisation.
 
     The checks are ``unetseg check``'s (:func:`unetseg.data.dataset.load_data`): any error ends
     the run with one line, warnings are logged.
@@ -105,7 +108,8 @@ def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True
     d = cfg.data
     loaded = load_data(root, d, progress=show_progress)
     classes = loaded.classes
-    train, val = split_pairs(loaded.pairs, d.val_fraction, cfg.train.seed)
+    train, val = (split_pairs(loaded.pairs, d.val_fraction, cfg.train.seed)
+                  if d.val_stems is None else split_by_stems(loaded.pairs, d.val_stems))
     if cfg.train.task == "instance":  # targets (and weights) derived after augmentation
         attach_instances([*train, *val], classes, d)
     elif cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
@@ -444,11 +448,29 @@ def _stop_reason(state: RunState, cfg: TrainConfig) -> str | None:
     return "time_limit" if state.epoch < cfg.epochs else "epochs"
 
 
+@overload
 def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
-        resume: bool = False, show_progress: bool = True,
+        folds: None = None, resume: bool = False, show_progress: bool = True,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
-        loss_fn: LossFn | None = None) -> FitResult:
+        loss_fn: LossFn | None = None) -> FitResult: ...
+@overload
+def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
+        folds: int, resume: bool = False, show_progress: bool = True,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        loss_fn: LossFn | None = None) -> CrossValidation: ...
+
+
+def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
+        folds: int | None = None, resume: bool = False, show_progress: bool = True,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        loss_fn: LossFn | None = None) -> FitResult | CrossValidation:
     """Train a U-Net on ``data`` (``images/`` + ``masks/``) and write the run into ``out``.
+
+    With ``folds`` it cross-validates instead: one run per fold in ``out/fold-<i>/``, each
+    scored on its held-out images, ``out/folds.json`` with the scores' mean and sd, and
+    ``out/modelset.json``, the fold models as one model set with the post-processing chosen on
+    their held-out predictions (:mod:`unetseg.train.crossval`); it returns a
+    :class:`~unetseg.train.crossval.CrossValidation`.
 
     Writes ``best.safetensors`` and ``last.safetensors`` (model + JSON card),
     ``resume.safetensors`` (everything to continue), ``config.json``, ``metrics.csv``,
@@ -470,6 +492,10 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     every global batch of ``batch_size``, only rank 0 writes files and shows progress, the
     logged loss is the mean over processes, and callbacks run on every process with the same row.
     """
+    if folds is not None:
+        return cross_validate(data, out, cfg, folds=folds, train_run=fit, resume=resume,
+                              show_progress=show_progress, callbacks=callbacks,
+                              loss_fn=loss_fn)
     out = Path(out)
     resume_file = check_run_folder(out, resume)
     run, state = _set_up(data, out, cfg, resume_file, show_progress, loss_fn)
