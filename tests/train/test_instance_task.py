@@ -158,3 +158,17 @@ def test_class_weights_count_the_target_classes(tmp_path: Path) -> None:
                     TrainConfig(task="instance", class_weights=(1.0, 2.0)), cfg.instance)
     with pytest.raises(UserError, match="3 classes \\(background, interior, boundary\\)"):
         fit(data, tmp_path / "run", cfg, show_progress=False)
+
+
+def test_instance_models_are_refused_where_objects_cannot_follow(tmp_path: Path) -> None:
+    from shipping import tiny_instance_model
+
+    from unetseg.infer.ensemble import load_ensemble
+
+    data = write_touching(tmp_path / "data", 3)
+    with pytest.raises(UserError, match="--folds"):
+        fit(data, tmp_path / "folds", instance_cfg(), folds=2, show_progress=False)
+    assert not (tmp_path / "folds").exists()
+    model = tiny_instance_model(tmp_path / "objects.safetensors")
+    with pytest.raises(UserError, match="an instance model"):
+        load_ensemble([model, model])
