@@ -10,6 +10,10 @@ object count. Contenders:
 * ``semantic+cc``: the plain semantic model (``unetseg train``), its objects the connected
   components (4-connected) of the predicted object class, as they come (no hole filling, no
   minimum size);
+* ``semantic+cc+size``: the same model, its object probability above 0.5 with holes filled,
+  the components under a minimum size dropped (chosen on the validation images as for the
+  instance models): the instance models' post-processing without the split, so the table
+  separates what the targets bring from what the clean-up brings;
 * ``boundary``: ``--task instance`` with the interior / boundary / background target, split by a
   seeded watershed from the interiors (post-processing chosen on the validation images);
 * ``boundary+weights``: the same with the U-Net paper's border weight map (``--loss
@@ -48,17 +52,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from isbi2012 import split as isbi_split
 from scipy import ndimage
 
-from unetseg.config import RunConfig, replace
+from unetseg.config import InstanceConfig, RunConfig, replace
 from unetseg.data.classes import IGNORE_INDEX
 from unetseg.data.instance_targets import pair_instances
 from unetseg.data.io import read_image
 from unetseg.data.masks import encode_mask
 from unetseg.data.pairs import find_pairs, read_pair_mask
 from unetseg.data.weights import object_class_ids
-from unetseg.infer.instances import instances_from_logits
+from unetseg.infer.instances import (
+    InstanceMaps,
+    choose_postprocess,
+    instances_from_logits,
+    instances_from_maps,
+)
 from unetseg.infer.load import load_predictor
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics_instance import instance_scores, total_instance_scores
@@ -70,12 +80,17 @@ FOUR = ndimage.generate_binary_structure(2, 1)
 
 CONTENDERS: dict[str, dict[str, Any]] = {
     "semantic+cc": {},
+    "semantic+cc+size": {},
     "boundary": {"train.task": "instance", "instance.target": "boundary"},
     "boundary+weights": {"train.task": "instance", "instance.target": "boundary",
                          "train.loss": "weighted-ce"},
     "distance": {"train.task": "instance", "instance.target": "distance"},
 }
 """Contender -> RunConfig fields changed from the default."""
+
+
+TRAINED: dict[Path, tuple[Any, float]] = {}
+"""Run folder -> (its fit result, training seconds), for contenders that share a run."""
 
 
 @dataclass(frozen=True)
@@ -114,13 +129,19 @@ def isbi_dataset(root: Path, out: Path, seed: int) -> Dataset:
                    (("data.class_values", (0, 255)), ("data.class_names", ("membrane", "cell"))))
 
 
-def objects_of(model: Path, device: str) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+def objects_of(model: Path, device: str, cleanup: InstanceConfig | None = None
+               ) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
     """(image -> object labels, model card): the watershed of an instance model, or the
-    connected components of a semantic model's object classes."""
+    connected components of a semantic model's object classes, as they come or, with
+    ``cleanup``, those of its object probability above ``cleanup.mask_threshold`` (holes
+    filled, small ones dropped)."""
     predictor, card = load_predictor(model, device=device)
     if card.instance is not None:
         return lambda image: instances_from_logits(predictor.logits(image), card.instance), card
     objects = object_class_ids(card.classes, None)
+    if cleanup is not None:
+        return lambda image: instances_from_maps(semantic_maps(predictor, image, objects),
+                                                 cleanup), card
 
     def components(image: np.ndarray) -> np.ndarray:
         ids = logits_to_labels(predictor.logits(image)).numpy()
@@ -129,10 +150,37 @@ def objects_of(model: Path, device: str) -> tuple[Callable[[np.ndarray], np.ndar
     return components, card
 
 
-def score(model: Path, test: Path, device: str) -> tuple[dict[str, Any], float]:
+def semantic_maps(predictor: Any, image: np.ndarray, objects: tuple[int, ...]) -> InstanceMaps:
+    """A semantic model's object probability as both maps: every mask component is its own
+    seed, so the post-processing keeps the components whole."""
+    probs = torch.softmax(predictor.logits(image), 0)[list(objects)].sum(0).numpy()
+    return InstanceMaps(probs.astype(np.float32), probs.astype(np.float32))
+
+
+def choose_cleanup(run: Path, data: Dataset, device: str) -> tuple[InstanceConfig, dict[str, Any]]:
+    """The minimum size of the semantic model's components, chosen on its validation images
+    (``config.json``'s ``val_stems``) by the DSB score, as for the instance models."""
+    predictor, card = load_predictor(run / "best.safetensors", device=device)
+    objects = object_class_ids(card.classes, None)
+    val = set(json.loads((run / "config.json").read_text())["val_stems"])
+    examples = []
+    for pair in find_pairs(data.train):
+        if pair.stem in val:
+            ids = encode_mask(read_pair_mask(pair), card.classes)
+            truth = pair_instances(pair.mask, pair.stem, ids, objects)
+            maps = semantic_maps(predictor, read_image(pair.image), objects)
+            ignored = ids == IGNORE_INDEX
+            truth[ignored], maps.foreground[ignored] = 0, 0.0
+            examples.append((maps, truth))
+    return choose_postprocess(examples, InstanceConfig(), seed_thresholds=(0.5,),
+                              mask_thresholds=(0.5,))
+
+
+def score(model: Path, test: Path, device: str, cleanup: InstanceConfig | None = None
+          ) -> tuple[dict[str, Any], float]:
     """The pooled object scores of ``model`` on ``test`` and the seconds they took."""
     started = time.perf_counter()
-    predict_objects, card = objects_of(model, device)
+    predict_objects, card = objects_of(model, device, cleanup)
     objects = object_class_ids(card.classes, None)
     per_image = []
     for pair in find_pairs(test):
@@ -151,17 +199,21 @@ def run_contender(name: str, data: Dataset, out: Path, args: argparse.Namespace
     cfg = replace(RunConfig(), **{
         "train.time_limit_s": args.budget, "train.epochs": 100_000, "train.device": args.device,
         "train.seed": args.seed, **dict(data.overrides), **CONTENDERS[name]})
-    started = time.perf_counter()
-    result = fit(data.train, out / data.name / name, cfg, show_progress=not args.quiet)
-    train_s = time.perf_counter() - started
+    run = out / data.name / ("semantic" if name.startswith("semantic") else name)
+    if run not in TRAINED:  # the two semantic contenders share one training run
+        started = time.perf_counter()
+        result = fit(data.train, run, cfg, show_progress=not args.quiet)
+        TRAINED[run] = (result, time.perf_counter() - started)
+    result, train_s = TRAINED[run]
     last = result.history[-1]
-    totals, eval_s = score(result.best_model, data.test, args.device)
-    post = None
+    post, cleanup = None, None
     if cfg.train.task == "instance":
         from unetseg.modelfile import read_card
 
-        card = read_card(result.best_model)
-        post = card.info.get("instance_postprocess")
+        post = read_card(result.best_model).info.get("instance_postprocess")
+    elif name == "semantic+cc+size":
+        cleanup, post = choose_cleanup(run, data, args.device)
+    totals, eval_s = score(result.best_model, data.test, args.device, cleanup)
     return {"contender": name, "dsb_score": totals["dsb_score"], "f1_0.5": totals["f1"][0],
             "precision_0.5": totals["precision"][0], "recall_0.5": totals["recall"][0],
             "pq": totals["pq"], "n_true": totals["n_true"], "n_pred": totals["n_pred"],
