@@ -289,7 +289,7 @@ def predict_large_tiff_objects(model: torch.nn.Module, stats: ChannelStats, cfg:
         def decode(logits: torch.Tensor) -> np.ndarray:
             return instance_maps(logits, cfg).stack()
 
-        provisional = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.int64,
+        provisional = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint32,
                                                 shape=(height, width))
         try:
             images: dict[int, np.ndarray] = {}
@@ -334,7 +334,7 @@ def _write_objects_tiff(target: Path, provisional: np.ndarray, lookup: np.ndarra
 
     def bands() -> Iterator[tuple[int, np.ndarray]]:
         for top in range(0, height, step):
-            yield top, lookup[provisional[top: top + step]].astype(dtype)
+            yield top, lookup[provisional[top: top + step].astype(np.int64)].astype(dtype)
 
     with atomic_path(target) as tmp:
         tifffile.imwrite(tmp, label_tiles(bands(), height, width, step, dtype),
