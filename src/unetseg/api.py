@@ -90,6 +90,17 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
     predictions; not for streamed TIFFs, whose labels are never whole in memory) or several
     model files (a list, or joined by commas); see :mod:`unetseg.infer.modelset`. Returns the
     label image paths.
+
+    An instance model (``train --task instance``) writes per image ``<stem>_instances.png``
+    (16-bit object labels, 0 background; ``<stem>_instances.tif``, 32-bit, above 65535
+    objects), ``<stem>_overlay.png`` (each object outlined in its own colour),
+    ``<stem>_objects.csv`` (per object: id, area, centroid, bounding box, mean intensity per
+    channel, whether it touches the image's edge; :func:`~unetseg.infer.instances.measure_objects`)
+    and with ``probabilities`` ``<stem>_probs.tif`` (its object and seed maps, (2, H, W)).
+    The network's output is blended over the whole image before the objects are split
+    (:mod:`unetseg.infer.instances`), so tiles cut no object; a streamed TIFF becomes a tiled
+    BigTIFF ``<stem>_instances.tif`` whose objects keep one id across the bands
+    (:mod:`unetseg.infer.instance_bands`). Returns the instance images.
     """
     from unetseg.infer.omezarr import is_zarr_folder
 
@@ -117,7 +128,8 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
     for ome in omezarrs:
         check_omezarr_channels(ome, card.model.in_channels)
     out = output_folder(out)
-    clashes = [p for p in paths for suffix in (".png", ".tif")
+    clashes = [p for p in paths for suffix in (".png", ".tif", "_instances.png",
+                                               "_instances.tif")
                if (out / f"{p.stem}{suffix}").resolve() == p.resolve()]
     if clashes:
         raise UserError(f"{clashes[0]}: predicting into the input folder would overwrite it;"
@@ -133,6 +145,10 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
         image = read_image(path)
         predictor.check_channels(image, path)
         logits = predictor.logits(image)  # either backend's predictor
+        if card.instance is not None:
+            written.append(_write_objects(image, logits, card, out, path.stem,
+                                          overlays=overlays, probabilities=probabilities))
+            continue
         ids = apply_postprocessing(logits_to_labels(logits).numpy(), loaded.postprocessing)
         write_mask(out / f"{path.stem}.png", ids, card.classes)  # in the masks' encoding
         if overlays:
@@ -145,6 +161,25 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
                                         label_name=label_name, overwrite=overwrite_labels,
                                         show_progress=show_progress))
     return written
+
+
+def _write_objects(image: np.ndarray, logits: torch.Tensor, card: ModelCard, out: Path,
+                   stem: str, *, overlays: bool, probabilities: bool) -> Path:
+    """An instance model's files for one image (see :func:`predict`); returns the labels'."""
+    from unetseg.data.write import write_instances
+    from unetseg.infer.instances import instance_maps, instances_from_maps, object_csv
+    from unetseg.viz import object_outlines
+
+    assert card.instance is not None
+    maps = instance_maps(logits, card.instance)
+    labels = instances_from_maps(maps, card.instance)
+    path = write_instances(out, stem, labels)
+    write_text_atomic(out / f"{stem}_objects.csv", object_csv(labels, image))
+    if overlays:
+        write_rgb(out / f"{stem}_overlay.png", object_outlines(image, labels))
+    if probabilities:
+        write_tiff(out / f"{stem}_probs.tif", maps.stack())
+    return path
 
 
 STREAM_PIXELS = 64 * 2**20
@@ -185,11 +220,37 @@ def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, ou
     tile, overlap, batch = predictor.tiling(height, width)
     if predictor.choice is None:
         predictor.choose_precision(_middle_band(path, height, max_pixels))
+    if card.instance is not None:
+        return _predict_streamed_objects(predictor, card, path, out, tile=tile, overlap=overlap,
+                                         batch=batch, overlays=overlays, max_pixels=max_pixels,
+                                         show_progress=show_progress)
     with predictor.autocast():
         predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
                            overlap=overlap, batch_size=batch, max_pixels=max_pixels,
                            preview=save_preview if overlays else None,
                            show_progress=show_progress)
+    return target
+
+
+def _predict_streamed_objects(predictor: ImagePredictor, card: ModelCard, path: Path, out: Path,
+                              *, tile: int, overlap: float, batch: int, overlays: bool,
+                              max_pixels: int | None, show_progress: bool) -> Path:
+    """An instance model streamed over a large TIFF (:mod:`unetseg.infer.instance_bands`):
+    ``<stem>_instances.tif``, ``<stem>_objects.csv`` and a downsampled outline overlay."""
+    from unetseg.infer.instance_bands import predict_large_tiff_objects
+    from unetseg.viz import object_outlines
+
+    assert card.instance is not None
+
+    def save_preview(image: np.ndarray, labels: np.ndarray) -> None:
+        write_rgb(out / f"{path.stem}_overlay.png", object_outlines(image, labels))
+
+    with predictor.autocast():
+        target, table = predict_large_tiff_objects(
+            predictor.model, card.stats, card.instance, path, out, path.stem, tile=tile,
+            overlap=overlap, batch_size=batch, max_pixels=max_pixels,
+            preview=save_preview if overlays else None, show_progress=show_progress)
+    write_text_atomic(out / f"{path.stem}_objects.csv", table)
     return target
 
 
@@ -326,6 +387,13 @@ def evaluate(model: ModelSpec, data: str | Path, out: str | Path | None = None,
     0 = membrane, 255 = cell) adds the ISBI 2012 challenge's pixel, Rand and warping errors of
     the class-1 probability over thresholds 0.0..0.9 (:mod:`unetseg.metrics_isbi`), pooled over
     the images, as ``summary["isbi"]``.
+
+    An instance model (``train --task instance``) is scored object by object instead
+    (:mod:`unetseg.metrics_instance`: objects matched at IoU 0.5..0.95, the DSB 2018 score,
+    precision, recall, F1, panoptic quality, counts): per image in ``per_image.csv`` and
+    overall in ``metrics.json`` (``summary["task"] == "instance"``). The true objects are
+    ``DATA/instances/<stem>.*``, else the connected components of the masks' object classes;
+    ``predictions`` holds the predicted object labels.
     """
     from unetseg.metrics_boundary import hd95  # scipy: not for predict
     from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
@@ -334,6 +402,12 @@ def evaluate(model: ModelSpec, data: str | Path, out: str | Path | None = None,
     tta = cfg.tta
     loaded = load_fastest(model, cfg)
     predictor, card = loaded.predictor, loaded.card
+    if card.instance is not None:
+        if isbi:
+            raise UserError(f"{model}: --isbi scores semantic models; this is an instance"
+                            " model; drop --isbi")
+        return _evaluate_instances(model, data, out, predictor, card, tta,
+                                   show_progress=show_progress)
     if isbi and card.classes.num_classes != 2:
         raise UserError(f"{model}: --isbi needs a 2-class model (boundary, object) but this one"
                         f" has {card.classes.num_classes} classes; drop --isbi")
@@ -381,6 +455,84 @@ def evaluate(model: ModelSpec, data: str | Path, out: str | Path | None = None,
         write_csv_atomic(folder / "per_image.csv", rows)
         write_evaluation_report(folder / "report.html", summary, rows, pairs, predictions,
                                 card.classes)
+    return Evaluation(summary, rows, predictions)
+
+
+INSTANCE_RULE = ("objects match when their IoU is above the threshold (0.5, 0.55, ..., 0.95);"
+                 " the DSB score is the mean over the thresholds of TP / (TP + FP + FN), per"
+                 " image, then over the images; precision, recall, F1 and PQ count the objects"
+                 " of all images together; ignored pixels belong to no object")
+
+
+def _instance_truths(pairs: Sequence[Pair], predictor: Any, card: ModelCard
+                     ) -> Iterator[tuple[Pair, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each pair with its image, true object labels and ignored pixels, read one at a time:
+    ``instances/<stem>.*`` beside the masks, else the connected components of the object
+    classes of the mask."""
+    from unetseg.data.classes import IGNORE_INDEX
+    from unetseg.data.instance_targets import pair_instances
+    from unetseg.data.weights import object_class_ids
+
+    objects = object_class_ids(card.classes,
+                               card.run.data.weight_objects if card.run is not None else None)
+    for pair in pairs:
+        image = read_image(pair.image)
+        predictor.check_channels(image, pair.image)
+        mask = read_pair_mask(pair)
+        check_same_size(pair, image.shape[1:], mask.shape)
+        ids = encode_mask(mask, card.classes)
+        ignored = ids == IGNORE_INDEX
+        truth = pair_instances(pair.mask, pair.stem, ids, objects)
+        truth[ignored] = 0
+        yield pair, image, truth, ignored
+
+
+def _instance_row(stem: str, scores: Any) -> dict[str, Any]:
+    """One image's object scores for ``per_image.csv`` (NaN as None)."""
+    row = {"image": stem, "dsb_score": scores.dsb_score, "f1_0.5": scores.f1[0],
+           "precision_0.5": scores.precision[0], "recall_0.5": scores.recall[0],
+           "pq": scores.pq, "sq": scores.sq, "rq": scores.rq, "objects_true": scores.n_true,
+           "objects_pred": scores.n_pred, "count_error": scores.count_error}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def _evaluate_instances(model: ModelSpec, data: str | Path, out: str | Path | None,
+                        predictor: Any, card: ModelCard, tta: str | None, *,
+                        show_progress: bool) -> Evaluation:
+    """:func:`evaluate` of an instance model: object scores per image and overall
+    (:mod:`unetseg.metrics_instance`)."""
+    from unetseg.config import to_dict
+    from unetseg.infer.instances import instances_from_logits
+    from unetseg.metrics_instance import instance_scores, total_instance_scores
+    from unetseg.report.instances import write_instance_report
+
+    assert card.instance is not None
+    pairs = find_pairs(data)
+    folder = output_folder(out) if out is not None else None
+    rows, per_image, predictions = [], [], {}
+    for pair, image, truth, ignored in progress(
+            _instance_truths(pairs, predictor, card), total=len(pairs), desc="evaluate",
+            unit="image", disable=not show_progress):
+        labels = instances_from_logits(predictor.logits(image), card.instance)
+        labels[ignored] = 0
+        scores = instance_scores(truth, labels)
+        per_image.append(scores)
+        predictions[pair.stem] = labels
+        rows.append(_instance_row(pair.stem, scores))
+    if not per_image:
+        raise UserError(f"{data}: no image/mask pairs to evaluate")
+    total = total_instance_scores(per_image)
+    summary = {"model": str(model), "data": str(data), "task": "instance", **total,
+               "f1_0.5": total["f1"][0], "precision_0.5": total["precision"][0],
+               "recall_0.5": total["recall"][0], "postprocess": to_dict(card.instance),
+               "instance_rule": INSTANCE_RULE}
+    if tta:
+        summary["tta"] = tta
+    if folder is not None:
+        write_text_atomic(folder / "metrics.json", json.dumps(summary, indent=2))
+        write_csv_atomic(folder / "per_image.csv", rows)
+        write_instance_report(folder / "report.html", summary, rows, pairs, predictions,
+                              lambda pair: next(_instance_truths([pair], predictor, card))[2])
     return Evaluation(summary, rows, predictions)
 
 

@@ -87,3 +87,20 @@ def test_model_folders(tmp_path: Path, gray_model: Path) -> None:
     assert resolve_model_file(gray_model) == (gray_model, "")
     with pytest.raises(UserError, match="choose a model file"):
         resolve_model_file("")
+
+
+def test_an_instance_model_gives_object_ids(tmp_path: Path, one_torch_thread: None) -> None:
+    from shipping import sample_images, tiny_instance_model
+
+    from unetseg.data.io import read_image
+    from unetseg.infer.instances import instances_from_logits
+
+    model = tiny_instance_model(tmp_path / "objects.safetensors")
+    predictor, card = load_predictor(model, device="cpu", tile=128)
+    assert card.instance is not None
+    image = read_image(sample_images()[0])[0, :96, :128]
+    planes = model_planes(np.round(image * 255).astype(np.uint8), rgb=False, in_channels=1)
+    ids = predict_planes(predictor, card.classes, planes, instance=card.instance)
+    expected = instances_from_logits(predictor.logits(planes.image(())), card.instance)
+    assert ids.dtype == np.int32 and ids.max() > 3
+    np.testing.assert_array_equal(ids, expected)

@@ -78,12 +78,27 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    if summary.get("task") == "instance":
+        print_instance_summary(summary)
+        return
     print(f"{'class':<20}{'IoU':>8}{'Dice':>8}{'prec.':>8}{'recall':>8}")
     for name, m in summary["per_class"].items():
         cells = "".join(f"{m[k]:>8.4f}" if m[k] is not None else f"{'-':>8}"
                         for k in ("iou", "dice", "precision", "recall"))
         print(f"{name:<20}{cells}")
     print(f"mean IoU {summary['mean_iou']:.4f}   pixel accuracy {summary['pixel_accuracy']:.4f}")
+
+
+def print_instance_summary(summary: dict[str, Any]) -> None:
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    print(f"objects: {summary['n_true']} true, {summary['n_pred']} predicted (count error"
+          f" {summary['count_error']:+d}, mean |error| per image"
+          f" {summary['mean_abs_count_error']:.2f})")
+    print(f"DSB 2018 score {show(summary['dsb_score'])}   F1 at IoU 0.5"
+          f" {show(summary['f1_0.5'])}   precision {show(summary['precision_0.5'])}"
+          f"   recall {show(summary['recall_0.5'])}   PQ {show(summary['pq'])}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -88,11 +88,14 @@ def _train(args: argparse.Namespace) -> int:
         distributed.cleanup()
     if not main_process:
         return 0
-    best = max((h for h in result.history if h.get("val_mean_iou") is not None),
-               key=lambda h: h["val_mean_iou"], default=None)
+    score = ("val_dsb_score" if any(h.get("val_dsb_score") is not None for h in result.history)
+             else "val_mean_iou")
+    best = max((h for h in result.history if h.get(score) is not None),
+               key=lambda h: h[score], default=None)
     print(f"run folder: {result.run_dir}  (stopped: {result.stopped})")
     if best:
-        print(f"best validation mean IoU {best['val_mean_iou']:.4f} at epoch {best['epoch']}")
+        what = "DSB score" if score == "val_dsb_score" else "mean IoU"
+        print(f"best validation {what} {best[score]:.4f} at epoch {best['epoch']}")
     print(f"model: {result.best_model}")
     return 0
 

@@ -102,3 +102,27 @@ def write_tiff(path: PathLike, array: np.ndarray) -> None:
         tifffile.imwrite(
             tmp, array, photometric="minisblack", planarconfig=planar, compression="zlib"
         )
+
+
+def write_instances(folder: PathLike, stem: str, labels: np.ndarray) -> Path:
+    """Write object labels ``(H, W)`` (0 background, ids 1..n) as a 16-bit
+    ``<stem>_instances.png``, or as a zlib-compressed 32-bit TIFF ``<stem>_instances.tif`` when
+    an id exceeds 65535, atomically; return the path."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"object labels must be an integer (H, W) array, got {labels.shape}"
+                         f" {labels.dtype}")
+    high = int(labels.max()) if labels.size else 0
+    if high <= 65535:
+        path = Path(folder) / f"{stem}_instances.png"
+        if int(labels.min(initial=0)) < 0:
+            raise ValueError("object labels must be >= 0")
+        im = Image.fromarray(np.ascontiguousarray(labels.astype(np.uint16)))
+        with atomic_path(path) as tmp:
+            im.save(tmp, format="PNG")
+        return path
+    path = Path(folder) / f"{stem}_instances.tif"
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(np.uint32), photometric="minisblack",
+                         compression="zlib")
+    return path

@@ -404,6 +404,10 @@ def write_package(model: Path, out: Path, export_weights: ExportWeights, *,
     if out.suffix.lower() != ".zip":
         raise UserError(f"{out}: a bioimage.io package is a .zip file; change --out")
     net, card = load_model(model)
+    if card.instance is not None:
+        raise UserError(f"{model}: an instance model; its objects come from a watershed outside"
+                        " the network, which a bioimage.io package cannot describe; export it"
+                        " with --format onnx or torchscript")
     geo = geometry(card.model.padding, card.model.depth, card.model.up)
     test = read_sample(Path(sample), card, geo)
     probabilities = _probabilities(net, card, test.image)

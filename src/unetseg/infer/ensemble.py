@@ -105,6 +105,11 @@ def check_members(paths: Sequence[Path], cards: Sequence[ModelCard]) -> None:
     """:class:`UserError` naming the first member whose class table or input differs from the
     first member's."""
     first = cards[0]
+    for path, card in zip(paths, cards):
+        if card.instance is not None:
+            raise UserError(f"{path}: an instance model; model sets average class"
+                            " probabilities of semantic models, so predict instance models one"
+                            " at a time")
     for path, card in zip(paths[1:], cards[1:]):
         if card.classes != first.classes:
             raise UserError(f"{path}: trained on another class table than {paths[0]}"

@@ -101,11 +101,13 @@ def plan_windows(padding: str, depth: int, height: int, width: int, *, tile: int
 def stream_labels(reader: BandReader, predictor: Predictor, plan: WindowPlan,
                   stats: ChannelStats, *, batch_size: int = DEFAULT_BATCH_SIZE,
                   device: torch.device | None = None,
-                  on_window: Callable[[], None] | None = None
+                  on_window: Callable[[], None] | None = None,
+                  decode: Callable[[torch.Tensor], np.ndarray] | None = None
                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(top, labels (rows, W) int64, image rows (C, rows, W))`` for consecutive bands
     of finished rows, top to bottom. ``predictor`` maps (B, C, in_h, in_w) to logits whose top-left
-    ``out_h`` x ``out_w`` belong to the window."""
+    ``out_h`` x ``out_w`` belong to the window. ``decode`` replaces the labels by another
+    function of the blended logits ``(K, rows, W)`` (an instance model's maps)."""
     device = device or torch.device("cpu")
     h, w = reader.height, reader.width
     weight = blend_weight(plan.blend, plan.out_h, plan.out_w, device=device)
@@ -133,8 +135,9 @@ def stream_labels(reader: BandReader, predictor: Predictor, plan: WindowPlan,
                     on_window()
         assert acc is not None
         end = plan.ys[i + 1] if i + 1 < len(plan.ys) else min(h, y + plan.out_h)
-        labels = logits_to_labels(acc[:, : end - y] / wsum[: end - y])
-        yield y, labels.cpu().numpy(), raw[:, plan.margin : plan.margin + end - y]
+        blended = acc[:, : end - y] / wsum[: end - y]
+        rows = logits_to_labels(blended).cpu().numpy() if decode is None else decode(blended)
+        yield y, rows, raw[:, plan.margin : plan.margin + end - y]
 
 
 def _shift_rows(t: torch.Tensor, n: int) -> torch.Tensor:

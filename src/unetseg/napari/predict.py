@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from unetseg.config import InstanceConfig
 from unetseg.data.classes import ClassTable
 from unetseg.errors import UserError
+from unetseg.infer.instances import instances_from_logits
 from unetseg.infer.predict import logits_to_labels
 from unetseg.napari.labels import class_values, ids_to_values, value_dtype
 from unetseg.napari.planes import Planes
@@ -52,15 +54,18 @@ def resolve_model_file(path: str | Path) -> tuple[Path, str]:
 
 def predict_planes(predictor: Any, classes: ClassTable, planes: Planes, *, name: str = "image",
                    on_progress: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+                   should_stop: Callable[[], bool] | None = None,
+                   instance: InstanceConfig | None = None) -> np.ndarray:
     """Class values (``planes.labels_shape``) of every image of ``planes``, each predicted by
     ``predictor.logits`` (an :class:`~unetseg.infer.engine.ImagePredictor`) as ``unetseg
-    predict`` predicts a file.
+    predict`` predicts a file; with ``instance`` (an instance model's card) object ids
+    instead, int32, 0 background (:mod:`unetseg.infer.instances`).
 
     ``on_progress`` gets (tiles done, tiles in all) over all images after each batch of tiles;
     ``should_stop`` is asked before each batch and True raises :class:`Cancelled`.
     """
-    out = np.empty(planes.labels_shape, value_dtype(class_values(classes)[-1]))
+    dtype = np.int32 if instance is not None else value_dtype(class_values(classes)[-1])
+    out = np.empty(planes.labels_shape, dtype)
     for i, index in enumerate(planes.indices()):
         if should_stop is not None and should_stop():
             raise Cancelled
@@ -72,5 +77,8 @@ def predict_planes(predictor: Any, classes: ClassTable, planes: Planes, *, name:
                 raise Cancelled
 
         logits = predictor.logits(planes.image(index, name), on_batch=on_batch)
-        out[index] = ids_to_values(logits_to_labels(logits).numpy(), classes)
+        if instance is not None:
+            out[index] = instances_from_logits(logits, instance)
+        else:
+            out[index] = ids_to_values(logits_to_labels(logits).numpy(), classes)
     return out

@@ -149,10 +149,14 @@ class PredictWidget(Container):
 
     def _add_labels(self, result: _Result) -> None:
         classes = result.card.classes
-        kwargs = labels_kwargs(class_values(classes), class_colours(classes), classes.names,
-                               name=layer_name(result.model_file.stem, classes.names))
-        ndim, job = result.values.ndim, result.job
         metadata = {"unetseg_classes": classes.to_dict(), "unetseg_model": str(result.model_file)}
+        if result.card.instance is not None:  # object ids: napari's own colours, one per object
+            kwargs: dict[str, Any] = {"name": f"{result.model_file.stem} objects"}
+            metadata["unetseg_task"] = "instance"
+        else:
+            kwargs = labels_kwargs(class_values(classes), class_colours(classes), classes.names,
+                                   name=layer_name(result.model_file.stem, classes.names))
+        ndim, job = result.values.ndim, result.job
         self._viewer.add_labels(result.values, scale=job.scale[-ndim:],
                                 translate=job.translate[-ndim:], metadata=metadata, **kwargs)
         images = "1 image" if result.count == 1 else f"{result.count} images"
@@ -189,7 +193,7 @@ class PredictWidget(Container):
                               name=job.layer)
         values = predict_planes(predictor, card.classes, planes, name=job.layer,
                                 on_progress=self._relay.progressed.emit,
-                                should_stop=self._stop.is_set)
+                                should_stop=self._stop.is_set, instance=card.instance)
         return _Result(job, model_file, note, card, values, planes.count,
                        time.perf_counter() - started)
 

@@ -113,6 +113,14 @@ class ServedModel:
         ids = logits_to_labels(self.predictor.logits(image)).numpy()
         return apply_postprocessing(ids, self.postprocessing)
 
+    def predict_objects(self, image: np.ndarray) -> np.ndarray:
+        """Object labels ``(H, W)`` int32 of an instance model (0 background), split from its
+        output over the whole image (:mod:`unetseg.infer.instances`)."""
+        from unetseg.infer.instances import instances_from_logits
+
+        assert self.card.instance is not None, "not an instance model"
+        return instances_from_logits(self.predictor.logits(image), self.card.instance)
+
 
 def load_served_model(path: ModelSpec, config: PredictConfig | None = None, **options: Any
                       ) -> ServedModel:

@@ -170,6 +170,9 @@ def _write_state(out: Path, state: dict[str, Any]) -> None:
 def _start(data: str | Path, out: Path, cfg: RunConfig, folds: int, resume: bool
            ) -> dict[str, Any]:
     """The stored record of a resumed run, or a new one with the split (written)."""
+    if cfg.train.task == "instance":
+        raise UserError("--folds: cross-validation scores and averages semantic models; train"
+                        " an instance model (--task instance) without --folds")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
     record = out / FOLDS_FILE

@@ -12,10 +12,11 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -25,6 +26,12 @@ from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import LoadedPair, PatchDataset, load_data, split_pairs
 from unetseg.data.folds import split_by_stems
+from unetseg.data.instance_targets import (
+    attach_instances,
+    batch_targets,
+    target_class_names,
+    target_ids,
+)
 from unetseg.data.normalize import ChannelStats, channel_stats, normalize
 from unetseg.data.report import Report
 from unetseg.data.weights import attach_weight_maps
@@ -32,11 +39,19 @@ from unetseg.errors import UserError
 from unetseg.files import output_folder, remove_stale_temps
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.infer.evaluate import score_images, total_confusion
-from unetseg.losses import LossFn, build_loss
-from unetseg.metrics import iou, mean_iou
+from unetseg.infer.instances import (
+    TUNE_MAX_PIXELS,
+    InstanceMaps,
+    choose_postprocess,
+    instance_maps,
+    instances_from_logits,
+)
+from unetseg.infer.predict import logits_to_labels
+from unetseg.losses import LossFn, build_instance_loss, build_loss
+from unetseg.metrics import confusion_matrix, iou, mean_iou
 from unetseg.model import build_model
 from unetseg.model.layout import fastest_memory_format
-from unetseg.modelfile import ModelCard, read_card
+from unetseg.modelfile import ModelCard, load_model, read_card, save_model
 from unetseg.report.training import Example, training_report
 from unetseg.train import distributed
 from unetseg.train.checkpoint import load_training_state, read_loop_state
@@ -95,7 +110,9 @@ def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True
     classes = loaded.classes
     train, val = (split_pairs(loaded.pairs, d.val_fraction, cfg.train.seed)
                   if d.val_stems is None else split_by_stems(loaded.pairs, d.val_stems))
-    if cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
+    if cfg.train.task == "instance":  # targets (and weights) derived after augmentation
+        attach_instances([*train, *val], classes, d)
+    elif cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
         attach_weight_maps(train, classes, d, progress=show_progress)
     return PreparedData(classes, train, val, channel_stats(p.image for p in train),
                         loaded.report)
@@ -116,8 +133,12 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
     """Move, augment and normalise a batch. The augmentation of the whole global batch is drawn
     every step and this process applies its ``rows``, so each sample is augmented the same
     whatever the number of processes. Loss weights, when the batch has them, are warped with
-    the masks and returned third."""
+    the masks and returned third. For the instance task the batch's third tensor holds the
+    instance labels: they are warped in place of the masks and the targets derived from them
+    (:func:`~unetseg.data.instance_targets.batch_targets`)."""
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    if cfg.train.task == "instance":
+        return _instance_batch_preparer(cfg, stats, device, generator, rows)
 
     def prepare(images: torch.Tensor, masks: torch.Tensor,
                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -130,6 +151,27 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
         augmented = apply_params(images, masks, params.rows(rows), weights=weights,
                                  image_mode=cfg.augment.image_interpolation)
         return (normalize(augmented[0], stats), *augmented[1:])
+
+    return prepare
+
+
+def _instance_batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device,
+                             generator: torch.Generator, rows: slice
+                             ) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Warp the instance labels (ignored pixels -1) with the images, nearest, in one
+    resampling, then derive the targets from the warped labels."""
+
+    def prepare(images: torch.Tensor, masks: torch.Tensor,
+                instances: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        images = images.to(device, non_blocking=True)
+        labels = instances.to(device, non_blocking=True)  # ignored pixels are -1 already
+        params = sample_params(cfg.train.batch_size, cfg.augment, generator,
+                               height=images.shape[-2], width=images.shape[-1])
+        images, labels = apply_params(images, labels, params.rows(rows),
+                                      image_mode=cfg.augment.image_interpolation)[:2]
+        targets = batch_targets(labels, cfg.instance, weighted=cfg.train.loss == "weighted-ce",
+                                w0=cfg.data.weight_w0, sigma=cfg.data.weight_sigma)
+        return (normalize(images, stats), *targets)
 
     return prepare
 
@@ -147,6 +189,8 @@ def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: D
     distributed.broadcast_buffers(model, env)
     model.eval()
     predictor = ImagePredictor(model, data.stats, tile=cfg.train.val_tile, batch_size=2)
+    if cfg.train.task == "instance":
+        return _validate_instances(predictor, data, cfg, env, examples)
     truths = ((p.stem, p.image, torch.from_numpy(p.ids))
               for p in data.val[env.rank::env.world_size])
     k = data.classes.num_classes
@@ -159,11 +203,47 @@ def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: D
     return row
 
 
+def _validate_instances(predictor: ImagePredictor, data: PreparedData, cfg: RunConfig,
+                        env: DistEnv, examples: list[Example] | None) -> dict[str, Any]:
+    """Validation of an instance model: the mean IoU of its target classes (the targets of the
+    unwarped validation labels) and the mean 2018 Data Science Bowl score of its objects with
+    the configured post-processing, pooled over the processes."""
+    from unetseg.metrics_instance import instance_scores
+
+    names = target_class_names(cfg.instance)
+    k = len(names)
+    total = torch.zeros(k, k, dtype=torch.int64)
+    dsb = torch.zeros(2, dtype=torch.float64)  # sum of the images' scores, images
+    for pair in data.val[env.rank::env.world_size]:
+        assert pair.instances is not None
+        logits = predictor.logits(pair.image)
+        truth = target_ids(pair.instances, cfg.instance)
+        labels = logits_to_labels(logits[:k])
+        total += confusion_matrix(labels, torch.from_numpy(truth), k)
+        objects = instances_from_logits(logits, cfg.instance)
+        ignored = pair.instances < 0
+        objects[ignored] = 0
+        dsb += torch.tensor([instance_scores(np.maximum(pair.instances, 0), objects).dsb_score,
+                             1.0], dtype=torch.float64)
+        if examples is not None and len(examples) < REPORT_EXAMPLES:
+            examples.append((pair.stem, pair.image, truth, labels.numpy()))
+    total = distributed.all_reduce_sum(total, env)
+    dsb = distributed.all_reduce_sum(dsb, env)
+    row: dict[str, Any] = {"val_mean_iou": float(mean_iou(total))}
+    for name, value in zip(names, iou(total).tolist()):
+        row[f"val_iou/{name}"] = None if math.isnan(value) else value
+    row["val_dsb_score"] = float(dsb[0] / dsb[1]) if dsb[1] > 0 else None
+    return row
+
+
 REPORT_EXAMPLES = 3
 
 
 def _score(row: dict[str, Any]) -> float:
-    """Higher is better: validation mean IoU, or minus the training loss without validation."""
+    """Higher is better: the validation DSB score of an instance model, else the validation
+    mean IoU, or minus the training loss without validation."""
+    if row.get("val_dsb_score") is not None:
+        return row["val_dsb_score"]
     return row["val_mean_iou"] if row["val_mean_iou"] is not None else -row["train_loss"]
 
 
@@ -194,6 +274,9 @@ def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device
     precision = Precision.for_device(device, cfg.train.amp)
     weights = (torch.tensor(cfg.train.class_weights, device=device)
                if cfg.train.class_weights else None)
+    if loss_fn is None and cfg.train.task == "instance":
+        loss_fn = build_instance_loss(cfg.train.loss, cfg.instance.target, class_weights=weights,
+                                      distance_weight=cfg.instance.distance_weight)
     return Training(
         model=model, optimizer=optimizer,
         scheduler=build_scheduler(cfg.train, optimizer, steps_per_epoch=steps),
@@ -204,11 +287,15 @@ def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device
         patch=patch, steps=steps)
 
 
-def _check_class_weights(weights: tuple[float, ...] | None, classes: ClassTable) -> None:
-    """Refuse ``--class-weights`` that do not give one weight per class of the data."""
-    if weights is not None and len(weights) != classes.num_classes:
+def _check_class_weights(weights: tuple[float, ...] | None, classes: ClassTable,
+                         cfg: RunConfig) -> None:
+    """Refuse ``--class-weights`` that do not give one weight per class of the data (of the
+    target, for the instance task)."""
+    names = (target_class_names(cfg.instance) if cfg.train.task == "instance"
+             else classes.names)
+    if weights is not None and len(weights) != len(names):
         raise UserError(f"--class-weights gives {len(weights)} weights for"
-                        f" {classes.num_classes} classes ({', '.join(classes.names)});"
+                        f" {len(names)} classes ({', '.join(names)});"
                         " give one weight per class")
 
 
@@ -247,7 +334,7 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
     rows = distributed.batch_shard(cfg.train.batch_size, env)  # this process's share
     show_progress = show_progress and env.is_main
     prepared = prepare_data(data, cfg, show_progress=show_progress)
-    _check_class_weights(cfg.train.class_weights, prepared.classes)
+    _check_class_weights(cfg.train.class_weights, prepared.classes, cfg)
     resolved = (resolve_config(cfg, prepared.classes, prepared.train, prepared.val,
                                rows.stop - rows.start, device, env, show_progress=show_progress)
                 if resume_file is None
@@ -264,7 +351,8 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
             patch_size=t.patch, steps_per_epoch=t.steps, processes=env.world_size,
             device=device))
     dataset, loader = _data_loader(cfg, prepared, t, env, rows, device)
-    card = ModelCard(cfg.model, prepared.classes, prepared.stats, cfg)
+    card = ModelCard(cfg.model, prepared.classes, prepared.stats, cfg,
+                     instance=cfg.instance if cfg.train.task == "instance" else None)
     return _Run(out, resolved, prepared, t, card, env, device, rows, net, dataset, loader,
                 show_progress), state
 
@@ -335,11 +423,20 @@ def _save_epoch(run: _Run, state: RunState, row: dict[str, Any], improved: bool)
 
     def report() -> str:
         return training_report(run.out, state.history, run.data.check, run.examples,
-                               run.data.classes)
+                               _shown_classes(run))
 
     save_epoch_files(run.out, t.model, run.card, t.optimizer, state.history, row, improved, {
         **state.to_json(), **run.resolved.plans_json(),
         "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()}, report)
+
+
+def _shown_classes(run: _Run) -> ClassTable:
+    """The classes the validation examples show: the data's, or an instance target's."""
+    cfg = run.resolved.cfg
+    if cfg.train.task != "instance":
+        return run.data.classes
+    names = target_class_names(cfg.instance)
+    return ClassTable.from_values(range(len(names)), names)
 
 
 def _stop_reason(state: RunState, cfg: TrainConfig) -> str | None:
@@ -410,14 +507,60 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         distributed.barrier(run.env)  # the epoch's files are whole before any process goes on
         for callback in callbacks:
             callback(row)
+    if run.env.is_main and run.resolved.cfg.train.task == "instance":
+        choose_instance_postprocess(out, run.data, run.resolved.cfg, run.device,
+                                    show_progress=run.show_progress)
     return FitResult(out, out / "best.safetensors", out / "last.safetensors", state.history,
                      state.stopped or "epochs")
 
 
+def choose_instance_postprocess(out: Path, data: PreparedData, cfg: RunConfig,
+                                device: torch.device, *, show_progress: bool = False
+                                ) -> dict[str, Any] | None:
+    """Choose the post-processing of the run's best instance model on the validation images
+    (:func:`~unetseg.infer.instances.choose_postprocess`, on at most
+    :data:`~unetseg.infer.instances.TUNE_MAX_PIXELS` pixels) and store it in the cards of
+    ``best.safetensors`` and ``last.safetensors`` (the choice's record under
+    ``info["instance_postprocess"]``). Without validation images the configured values stay.
+    Returns the record, or None."""
+    if not data.val:
+        log.warning("no validation images: the instance post-processing keeps its configured"
+                    " values")
+        return None
+    model, card = load_model(out / "best.safetensors", device)
+    predictor = ImagePredictor(model, card.stats, tile=cfg.train.val_tile, batch_size=2)
+    examples: list[tuple[InstanceMaps, np.ndarray]] = []
+    pixels = 0
+    for pair in data.val:
+        if examples and pixels + pair.ids.size > TUNE_MAX_PIXELS:
+            break
+        assert pair.instances is not None
+        maps = instance_maps(predictor.logits(pair.image), cfg.instance)
+        ignored = pair.instances < 0
+        maps.foreground[ignored] = 0.0
+        examples.append((maps, np.maximum(pair.instances, 0)))
+        pixels += pair.ids.size
+    chosen, record = choose_postprocess(examples, cfg.instance)
+    for name in ("best.safetensors", "last.safetensors"):
+        path = out / name
+        net, stored = load_model(path)
+        save_model(path, net, replace(stored, instance=chosen,
+                                      info={**stored.info, "instance_postprocess": record}))
+    text = (f"instance post-processing chosen on {record['images']} validation image(s):"
+            f" mask > {chosen.mask_threshold}, seeds > {chosen.seed_threshold}, objects of"
+            f" {chosen.min_size}+ pixels (DSB score {record['dsb_score']:.4f})")
+    if show_progress:
+        tqdm.write(text)
+    log.info(text)
+    return record
+
+
 def _report(row: dict[str, Any], improved: bool, epochs: int, show: bool) -> None:
     val = row["val_mean_iou"]
+    dsb = row.get("val_dsb_score")
     text = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}"
             + (f"  val mIoU {val:.4f}" if val is not None else "")
+            + (f"  val DSB {dsb:.4f}" if dsb is not None else "")
             + ("  (best)" if improved else "") + f"  [{row['elapsed_s']:.0f} s]")
     if show:
         tqdm.write(text)
