@@ -40,7 +40,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning",
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A U-Net trained for a few steps on disc images: (model file, data folder)."""
-    from conftest import write_dataset
+    from helpers import write_dataset
 
     from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from unetseg.train.fit import fit
