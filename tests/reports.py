@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import write_dataset
+from helpers import write_dataset
 from shipping import tiny_model
 
 EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?!data:|#)[^"'\s>]+|url\(\s*["']?"""

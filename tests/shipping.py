@@ -38,3 +38,21 @@ def tiny_model(path: Path, *, padding: str = "same", depth: int = 2, width: int 
     classes = ClassTable.from_values((0, 255), ("membrane", "cell"))
     save_model(path, net, ModelCard(net.config, classes, STATS))
     return path
+
+
+def tiny_instance_model(path: Path, *, seed: int = 0) -> Path:
+    """A random boundary-target U-Net (3 outputs) saved as an instance model file, its interior
+    logit shifted so that its seeds cover about a third of a sample image (many objects)."""
+    from unetseg.config import InstanceConfig
+
+    torch.manual_seed(seed)
+    net = UNet(1, 3, depth=2, width=4, norm="batch").eval()
+    x = normalize(torch.from_numpy(read_image(sample_images()[0])), STATS)[None, :, :128, :128]
+    with torch.no_grad():
+        logits = net(x)[0]
+        net.head.bias[1] -= (logits[1] - torch.maximum(logits[0], logits[2])).quantile(0.66)
+        net.head.bias[2] -= (logits[2] - logits[0]).median()
+    card = ModelCard(net.config, ClassTable.from_values((0, 255), ("background", "cell")), STATS,
+                     instance=InstanceConfig(seed_threshold=0.5, min_size=0))
+    save_model(path, net, card)
+    return path

@@ -16,7 +16,7 @@ from unetseg.cli import main
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny model trained for a few steps on disc data: (model file, data folder)."""
-    from conftest import write_dataset
+    from helpers import write_dataset
 
     root = tmp_path_factory.mktemp("cli")
     data = write_dataset(root / "data", 4, size=(48, 56))

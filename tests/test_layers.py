@@ -15,12 +15,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "unetseg"
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("files", "runtime", "config", "progress"),
-    ("viz", "metrics", "metrics_isbi", "metrics_boundary"),
+    ("viz", "metrics", "metrics_isbi", "metrics_boundary", "metrics_instance"),
     ("data", "model", "losses"),
     ("modelfile",),
     ("infer", "report"),
     ("train", "export"),
-    ("serve", "presets", "preview", "api"),
+    ("serve", "napari", "presets", "preview", "api"),
     ("cli", "__init__"),
 )
 """Top-level modules and packages of ``unetseg``, lowest floor first."""

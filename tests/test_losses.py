@@ -263,3 +263,39 @@ def test_build_loss_errors() -> None:
     logits, target, _ = make_batch(14)
     with pytest.raises(ValueError, match="pixel weight"):
         build_loss("weighted-ce")(logits, target)
+
+
+def test_distance_loss_is_the_mse_of_the_sigmoid_over_valid_pixels() -> None:
+    from unetseg.losses import distance_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 6, generator=g, requires_grad=True)
+    distance = torch.rand(2, 5, 6, generator=g)
+    target = torch.randint(0, 2, (2, 5, 6), generator=g)
+    target[0, :2] = -1
+    valid = target != -1
+    expected = ((torch.sigmoid(logits) - distance)[valid] ** 2).mean()
+    loss = distance_loss(logits, distance, target)
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert logits.grad is not None and (logits.grad[~valid] == 0).all()
+    nothing = distance_loss(logits, distance, torch.full_like(target, -1))
+    assert nothing.item() == 0.0
+
+
+def test_instance_loss_adds_the_weighted_distance_term() -> None:
+    from unetseg.losses import build_instance_loss, build_loss, distance_loss
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 4, generator=g)
+    ids = torch.randint(0, 2, (2, 4, 4), generator=g)
+    distance = torch.rand(2, 4, 4, generator=g)
+    combined = build_instance_loss("dice_ce", "distance", distance_weight=0.5)
+    expected = (build_loss("dice_ce")(logits[:, :2], ids)
+                + 0.5 * distance_loss(logits[:, 2], distance, ids))
+    assert torch.allclose(combined(logits, ids, distance), expected)
+    boundary = build_instance_loss("ce", "boundary")
+    three = torch.randint(0, 3, (2, 4, 4), generator=g)
+    assert torch.allclose(boundary(logits, three), build_loss("ce")(logits, three))
+    with pytest.raises(ValueError, match="3 output channels"):
+        combined(logits[:, :2], ids, distance)

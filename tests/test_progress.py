@@ -66,7 +66,7 @@ def test_predict_into_a_pipe_writes_no_frames(tmp_path: Path) -> None:
 
 
 def test_training_into_a_pipe_writes_a_line_per_epoch(tmp_path: Path) -> None:
-    from conftest import write_dataset
+    from helpers import write_dataset
 
     data = write_dataset(tmp_path / "data", 3, size=(40, 48))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -6,13 +6,14 @@ Each function mirrors one ``unetseg`` command and takes the same options as keyw
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,12 +29,19 @@ from unetseg.export.fastest import load_fastest
 from unetseg.files import output_folder, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from unetseg.infer.engine import ImagePredictor
 from unetseg.infer.evaluate import Truth, score_images
+from unetseg.infer.modelset import ModelSpec
+from unetseg.infer.postprocess import apply_postprocessing
 from unetseg.infer.predict import logits_to_labels
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.modelfile import ModelCard
 from unetseg.progress import progress
 from unetseg.report.evaluation import write_evaluation_report
 from unetseg.viz import overlay
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from unetseg.infer.omezarr import OmeZarrImage
 
 
 def _check_readable(paths: Sequence[Path]) -> None:
@@ -42,21 +50,29 @@ def _check_readable(paths: Sequence[Path]) -> None:
         image_size(path)
 
 
-def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: str | Path,
+def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: str | Path,
             config: PredictConfig | None = None, *, probabilities: bool = False,
             overlays: bool = True, stream: bool | None = None, max_pixels: int | None = None,
+            level: int = 0, label_name: str = "unetseg", overwrite_labels: bool = False,
             show_progress: bool = True, **options: Any) -> list[Path]:
     """Predict label images for images of any size and write them into ``out``.
 
     For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own
     encoding (gray values such as 0/255, the masks' colours, or a palette PNG with their
-    palette), ``<stem>_overlay.png`` the classes drawn over the image, and with
+    palette) and the class table in a text chunk (:func:`~unetseg.data.masks.label_metadata`),
+    ``<stem>_overlay.png`` the classes drawn over the image, and with
     ``probabilities`` ``<stem>_probs.tif`` the class probabilities (K, H, W) float32.
     TIFFs of more than :data:`STREAM_PIXELS` pixels (or any TIFF with ``stream=True``) are
     streamed: read band by band and written as a tiled BigTIFF ``<stem>.tif`` with a
     downsampled overlay, in memory that grows with the image width only, with the same labels
     as in memory. Streamed TIFFs of more than ``max_pixels`` pixels (default
     :data:`~unetseg.data.io.MAX_PIXELS`) are refused from their header as likely bombs.
+
+    OME-Zarr images (``.zarr`` folders, NGFF 0.4 or 0.5) are always streamed: pyramid level
+    ``level`` of every 2-D plane is read band by band and its labels are written into the image
+    itself, as the OME-Zarr label image ``<image>/labels/<label_name>`` with a label pyramid
+    (:mod:`unetseg.infer.omezarr`); ``out`` gets the overlay. An existing label image of that
+    name is replaced only with ``overwrite_labels``.
 
     ``config`` (a :class:`~unetseg.config.PredictConfig`) and ``options`` (its fields as
     keywords, on top: ``tile``, ``overlap``, ``batch_size``, ``device``, ``tta``, ``backend``,
@@ -67,21 +83,53 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
     was measured faster than PyTorch for the model on this machine
     (:mod:`unetseg.export.fastest`). ``precision`` ``auto`` predicts in bf16 on CPUs with
     native bf16 when the model's labels agree with fp32 on the first image's centre (see
-    :mod:`unetseg.infer.precision`). Returns the label image paths.
+    :mod:`unetseg.infer.precision`).
+
+    ``model`` is a model file, or a model set: a run folder of ``train --folds`` (its fold
+    models' mean class probabilities, then the post-processing chosen on their held-out
+    predictions; not for streamed TIFFs, whose labels are never whole in memory) or several
+    model files (a list, or joined by commas); see :mod:`unetseg.infer.modelset`. Returns the
+    label image paths.
+
+    An instance model (``train --task instance``) writes per image ``<stem>_instances.png``
+    (16-bit object labels, 0 background; ``<stem>_instances.tif``, 32-bit, above 65535
+    objects), ``<stem>_overlay.png`` (each object outlined in its own colour),
+    ``<stem>_objects.csv`` (per object: id, area, centroid, bounding box, mean intensity per
+    channel, whether it touches the image's edge; :func:`~unetseg.infer.instances.measure_objects`)
+    and with ``probabilities`` ``<stem>_probs.tif`` (its object and seed maps, (2, H, W)).
+    The network's output is blended over the whole image before the objects are split
+    (:mod:`unetseg.infer.instances`), so tiles cut no object; a streamed TIFF becomes a tiled
+    BigTIFF ``<stem>_instances.tif`` whose objects keep one id across the bands
+    (:mod:`unetseg.infer.instance_bands`). Returns the instance images.
     """
+    from unetseg.infer.omezarr import is_zarr_folder
+
     cfg = predict_config(config, **options)
-    paths = list_images([images] if isinstance(images, str | Path) else images)
+    given = [images] if isinstance(images, str | Path) else list(images)
+    zarrs = list(dict.fromkeys(Path(p) for p in given if is_zarr_folder(p)))
+    others = [p for p in given if not is_zarr_folder(p)]
+    paths = list_images(others) if others or not zarrs else []
     to_stream = [p for p in paths if _streams(p, stream)]
-    loaded = load_fastest(model, cfg, streamed=to_stream)
+    omezarrs = _open_omezarrs(zarrs, level, max_pixels, label_name, overwrite_labels,
+                              tta=cfg.tta, probabilities=probabilities)
+    loaded = load_fastest(model, cfg, streamed=to_stream + zarrs)
     predictor, card = loaded.predictor, loaded.card
+    if (to_stream or zarrs) and loaded.postprocessing:
+        log.warning("%s: streamed TIFFs and OME-Zarr images are not post-processed (their"
+                    " labels are never whole in memory)", (to_stream + zarrs)[0])
     _check_readable(paths)
     _check_streamable([p for p in paths if _streams(p, stream)], max_pixels)
     streamed = [p for p in paths if _streams(p, stream)] if cfg.tta else []
     if streamed:
         raise UserError(f"{streamed[0]}: --tta does not apply to streamed TIFFs; drop --tta"
                         " (or --stream)")
+    from unetseg.infer.omezarr import check_omezarr_channels
+
+    for ome in omezarrs:
+        check_omezarr_channels(ome, card.model.in_channels)
     out = output_folder(out)
-    clashes = [p for p in paths for suffix in (".png", ".tif")
+    clashes = [p for p in paths for suffix in (".png", ".tif", "_instances.png",
+                                               "_instances.tif")
                if (out / f"{p.stem}{suffix}").resolve() == p.resolve()]
     if clashes:
         raise UserError(f"{clashes[0]}: predicting into the input folder would overwrite it;"
@@ -97,14 +145,41 @@ def predict(model: str | Path, images: Sequence[str | Path] | str | Path, out: s
         image = read_image(path)
         predictor.check_channels(image, path)
         logits = predictor.logits(image)  # either backend's predictor
-        ids = logits_to_labels(logits).numpy()
+        if card.instance is not None:
+            written.append(_write_objects(image, logits, card, out, path.stem,
+                                          overlays=overlays, probabilities=probabilities))
+            continue
+        ids = apply_postprocessing(logits_to_labels(logits).numpy(), loaded.postprocessing)
         write_mask(out / f"{path.stem}.png", ids, card.classes)  # in the masks' encoding
         if overlays:
             write_rgb(out / f"{path.stem}_overlay.png", overlay(image, ids, palette))
         if probabilities:
             write_tiff(out / f"{path.stem}_probs.tif", torch.softmax(logits, 0).numpy())
         written.append(out / f"{path.stem}.png")
+    for ome in omezarrs:
+        written.append(_predict_omezarr(predictor, card, ome, out, overlays=overlays,
+                                        label_name=label_name, overwrite=overwrite_labels,
+                                        show_progress=show_progress))
     return written
+
+
+def _write_objects(image: np.ndarray, logits: torch.Tensor, card: ModelCard, out: Path,
+                   stem: str, *, overlays: bool, probabilities: bool) -> Path:
+    """An instance model's files for one image (see :func:`predict`); returns the labels'."""
+    from unetseg.data.write import write_instances
+    from unetseg.infer.instances import instance_maps, instances_from_maps, object_csv
+    from unetseg.viz import object_outlines
+
+    assert card.instance is not None
+    maps = instance_maps(logits, card.instance)
+    labels = instances_from_maps(maps, card.instance)
+    path = write_instances(out, stem, labels)
+    write_text_atomic(out / f"{stem}_objects.csv", object_csv(labels, image))
+    if overlays:
+        write_rgb(out / f"{stem}_overlay.png", object_outlines(image, labels))
+    if probabilities:
+        write_tiff(out / f"{stem}_probs.tif", maps.stack())
+    return path
 
 
 STREAM_PIXELS = 64 * 2**20
@@ -145,11 +220,37 @@ def _predict_streamed(predictor: ImagePredictor, card: ModelCard, path: Path, ou
     tile, overlap, batch = predictor.tiling(height, width)
     if predictor.choice is None:
         predictor.choose_precision(_middle_band(path, height, max_pixels))
+    if card.instance is not None:
+        return _predict_streamed_objects(predictor, card, path, out, tile=tile, overlap=overlap,
+                                         batch=batch, overlays=overlays, max_pixels=max_pixels,
+                                         show_progress=show_progress)
     with predictor.autocast():
         predict_large_tiff(predictor.model, card.stats, card.classes, path, target, tile=tile,
                            overlap=overlap, batch_size=batch, max_pixels=max_pixels,
                            preview=save_preview if overlays else None,
                            show_progress=show_progress)
+    return target
+
+
+def _predict_streamed_objects(predictor: ImagePredictor, card: ModelCard, path: Path, out: Path,
+                              *, tile: int, overlap: float, batch: int, overlays: bool,
+                              max_pixels: int | None, show_progress: bool) -> Path:
+    """An instance model streamed over a large TIFF (:mod:`unetseg.infer.instance_bands`):
+    ``<stem>_instances.tif``, ``<stem>_objects.csv`` and a downsampled outline overlay."""
+    from unetseg.infer.instance_bands import predict_large_tiff_objects
+    from unetseg.viz import object_outlines
+
+    assert card.instance is not None
+
+    def save_preview(image: np.ndarray, labels: np.ndarray) -> None:
+        write_rgb(out / f"{path.stem}_overlay.png", object_outlines(image, labels))
+
+    with predictor.autocast():
+        target, table = predict_large_tiff_objects(
+            predictor.model, card.stats, card.instance, path, out, path.stem, tile=tile,
+            overlap=overlap, batch_size=batch, max_pixels=max_pixels,
+            preview=save_preview if overlays else None, show_progress=show_progress)
+    write_text_atomic(out / f"{path.stem}_objects.csv", table)
     return target
 
 
@@ -162,6 +263,57 @@ def _middle_band(path: Path, height: int, max_pixels: int | None) -> np.ndarray:
     top = max(0, (height - SAMPLE_SIDE) // 2)
     with TiffBandReader(path, max_pixels=max_pixels) as reader:
         return reader.rows(top, min(height, top + SAMPLE_SIDE))
+
+
+def _open_omezarrs(paths: Sequence[Path], level: int, max_pixels: int | None, label_name: str,
+                   overwrite: bool, *, tta: str | None, probabilities: bool
+                   ) -> list[OmeZarrImage]:
+    """Open every OME-Zarr image from its metadata before anything is predicted or written:
+    a bad image, level or label name stops the run early."""
+    if not paths:
+        return []
+    if tta:
+        raise UserError(f"{paths[0]}: --tta does not apply to OME-Zarr images (they are"
+                        " streamed); drop --tta")
+    if probabilities:
+        raise UserError(f"{paths[0]}: --probabilities does not apply to OME-Zarr images (they"
+                        " are streamed); drop --probabilities")
+    if max_pixels is not None and max_pixels < 1:
+        raise UserError(f"--max-pixels {max_pixels}: not a pixel count; give a positive"
+                        " number, e.g. --max-pixels 2000000000")
+    from unetseg.infer.omezarr import import_ome_zarr, label_target, open_omezarr
+
+    opened = []
+    for path in paths:
+        opened.append(open_omezarr(path, level, max_pixels=max_pixels))
+        label_target(path, label_name, overwrite=overwrite)
+        import_ome_zarr(path)
+    return opened
+
+
+def _predict_omezarr(predictor: ImagePredictor, card: ModelCard, image: OmeZarrImage,
+                     out: Path, *, overlays: bool, label_name: str, overwrite: bool,
+                     show_progress: bool) -> Path:
+    """Stream an OME-Zarr image's level into ``<image>/labels/<label_name>`` with the tiling
+    in-memory prediction plans for a plane of its size, so the labels are the same."""
+    from unetseg.infer.omezarr import OmeZarrBandReader, image_stem, predict_omezarr
+    from unetseg.infer.precision import SAMPLE_SIDE
+
+    palette = class_colours(card.classes)
+
+    def save_preview(rows: np.ndarray, ids: np.ndarray) -> None:
+        write_rgb(out / f"{image_stem(image.path)}_overlay.png", overlay(rows, ids, palette))
+
+    tile, overlap, batch = predictor.tiling(image.height, image.width)
+    if predictor.choice is None:
+        top = max(0, (image.height - SAMPLE_SIDE) // 2)
+        with OmeZarrBandReader(image, image.planes()[0]) as reader:
+            predictor.choose_precision(reader.rows(top, min(image.height, top + SAMPLE_SIDE)))
+    with predictor.autocast():
+        return predict_omezarr(predictor.model, card.stats, card.classes, image, label_name,
+                               tile=tile, overlap=overlap, batch_size=batch,
+                               overwrite=overwrite, preview=save_preview if overlays else None,
+                               show_progress=show_progress)
 
 
 @dataclass(frozen=True)
@@ -213,7 +365,7 @@ def _truths(pairs: Sequence[Pair], predictor: ImagePredictor, classes: ClassTabl
         yield pair.stem, image, torch.from_numpy(encode_mask(mask, classes)).long()
 
 
-def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
+def evaluate(model: ModelSpec, data: str | Path, out: str | Path | None = None,
              config: PredictConfig | None = None, *, isbi: bool = False,
              show_progress: bool = True, **options: Any) -> Evaluation:
     """Predict every image of ``data`` (``images/`` + ``masks/``) and score it against its mask.
@@ -228,11 +380,20 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     confusion matrix, the worst images and their errors; :mod:`unetseg.report.evaluation`)
     there. ``config`` and ``options`` say how to predict, as for
     :func:`predict`; ``tta`` augments every tile at test time (see :mod:`unetseg.infer.tta`).
+    ``model`` may be a model set, as for :func:`predict`: its post-processing is applied to the
+    labels before they are scored, and the summary names it (``postprocessing``).
 
     ``isbi=True`` (2-class models: class 0 the boundaries, class 1 the objects, as ISBI 2012's
     0 = membrane, 255 = cell) adds the ISBI 2012 challenge's pixel, Rand and warping errors of
     the class-1 probability over thresholds 0.0..0.9 (:mod:`unetseg.metrics_isbi`), pooled over
     the images, as ``summary["isbi"]``.
+
+    An instance model (``train --task instance``) is scored object by object instead
+    (:mod:`unetseg.metrics_instance`: objects matched at IoU 0.5..0.95, the DSB 2018 score,
+    precision, recall, F1, panoptic quality, counts): per image in ``per_image.csv`` and
+    overall in ``metrics.json`` (``summary["task"] == "instance"``). The true objects are
+    ``DATA/instances/<stem>.*``, else the connected components of the masks' object classes;
+    ``predictions`` holds the predicted object labels.
     """
     from unetseg.metrics_boundary import hd95  # scipy: not for predict
     from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
@@ -241,6 +402,12 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     tta = cfg.tta
     loaded = load_fastest(model, cfg)
     predictor, card = loaded.predictor, loaded.card
+    if card.instance is not None:
+        if isbi:
+            raise UserError(f"{model}: --isbi scores semantic models; this is an instance"
+                            " model; drop --isbi")
+        return _evaluate_instances(model, data, out, predictor, card, tta,
+                                   show_progress=show_progress)
     if isbi and card.classes.num_classes != 2:
         raise UserError(f"{model}: --isbi needs a 2-class model (boundary, object) but this one"
                         f" has {card.classes.num_classes} classes; drop --isbi")
@@ -251,7 +418,10 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
     counts: list[IsbiCounts] = []
     total = torch.zeros(k, k, dtype=torch.int64)
     hd95s: list[np.ndarray] = []
-    scores = score_images(predictor.logits, _truths(pairs, predictor, card.classes), k)
+    steps = loaded.postprocessing
+    scores = score_images(predictor.logits, _truths(pairs, predictor, card.classes), k,
+                          postprocess=(lambda ids: torch.from_numpy(apply_postprocessing(
+                              ids.numpy(), steps))) if steps else None)
     for score in progress(scores, total=len(pairs), desc="evaluate", unit="image",
                       disable=not show_progress):
         if isbi:
@@ -272,6 +442,10 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
         summary["per_class"][name]["hd95"] = value
     if tta:
         summary["tta"] = tta
+    if "members" in card.info:
+        summary["members"] = card.info["members"]
+    if steps:
+        summary["postprocessing"] = [s.to_dict(card.classes.names) for s in steps]
     if counts:
         summary["isbi"] = {"boundary_class": card.classes.names[0],
                            "object_class": card.classes.names[1],
@@ -281,6 +455,84 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None,
         write_csv_atomic(folder / "per_image.csv", rows)
         write_evaluation_report(folder / "report.html", summary, rows, pairs, predictions,
                                 card.classes)
+    return Evaluation(summary, rows, predictions)
+
+
+INSTANCE_RULE = ("objects match when their IoU is above the threshold (0.5, 0.55, ..., 0.95);"
+                 " the DSB score is the mean over the thresholds of TP / (TP + FP + FN), per"
+                 " image, then over the images; precision, recall, F1 and PQ count the objects"
+                 " of all images together; ignored pixels belong to no object")
+
+
+def _instance_truths(pairs: Sequence[Pair], predictor: Any, card: ModelCard
+                     ) -> Iterator[tuple[Pair, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each pair with its image, true object labels and ignored pixels, read one at a time:
+    ``instances/<stem>.*`` beside the masks, else the connected components of the object
+    classes of the mask."""
+    from unetseg.data.classes import IGNORE_INDEX
+    from unetseg.data.instance_targets import pair_instances
+    from unetseg.data.weights import object_class_ids
+
+    objects = object_class_ids(card.classes,
+                               card.run.data.weight_objects if card.run is not None else None)
+    for pair in pairs:
+        image = read_image(pair.image)
+        predictor.check_channels(image, pair.image)
+        mask = read_pair_mask(pair)
+        check_same_size(pair, image.shape[1:], mask.shape)
+        ids = encode_mask(mask, card.classes)
+        ignored = ids == IGNORE_INDEX
+        truth = pair_instances(pair.mask, pair.stem, ids, objects)
+        truth[ignored] = 0
+        yield pair, image, truth, ignored
+
+
+def _instance_row(stem: str, scores: Any) -> dict[str, Any]:
+    """One image's object scores for ``per_image.csv`` (NaN as None)."""
+    row = {"image": stem, "dsb_score": scores.dsb_score, "f1_0.5": scores.f1[0],
+           "precision_0.5": scores.precision[0], "recall_0.5": scores.recall[0],
+           "pq": scores.pq, "sq": scores.sq, "rq": scores.rq, "objects_true": scores.n_true,
+           "objects_pred": scores.n_pred, "count_error": scores.count_error}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def _evaluate_instances(model: ModelSpec, data: str | Path, out: str | Path | None,
+                        predictor: Any, card: ModelCard, tta: str | None, *,
+                        show_progress: bool) -> Evaluation:
+    """:func:`evaluate` of an instance model: object scores per image and overall
+    (:mod:`unetseg.metrics_instance`)."""
+    from unetseg.config import to_dict
+    from unetseg.infer.instances import instances_from_logits
+    from unetseg.metrics_instance import instance_scores, total_instance_scores
+    from unetseg.report.instances import write_instance_report
+
+    assert card.instance is not None
+    pairs = find_pairs(data)
+    folder = output_folder(out) if out is not None else None
+    rows, per_image, predictions = [], [], {}
+    for pair, image, truth, ignored in progress(
+            _instance_truths(pairs, predictor, card), total=len(pairs), desc="evaluate",
+            unit="image", disable=not show_progress):
+        labels = instances_from_logits(predictor.logits(image), card.instance)
+        labels[ignored] = 0
+        scores = instance_scores(truth, labels)
+        per_image.append(scores)
+        predictions[pair.stem] = labels
+        rows.append(_instance_row(pair.stem, scores))
+    if not per_image:
+        raise UserError(f"{data}: no image/mask pairs to evaluate")
+    total = total_instance_scores(per_image)
+    summary = {"model": str(model), "data": str(data), "task": "instance", **total,
+               "f1_0.5": total["f1"][0], "precision_0.5": total["precision"][0],
+               "recall_0.5": total["recall"][0], "postprocess": to_dict(card.instance),
+               "instance_rule": INSTANCE_RULE}
+    if tta:
+        summary["tta"] = tta
+    if folder is not None:
+        write_text_atomic(folder / "metrics.json", json.dumps(summary, indent=2))
+        write_csv_atomic(folder / "per_image.csv", rows)
+        write_instance_report(folder / "report.html", summary, rows, pairs, predictions,
+                              lambda pair: next(_instance_truths([pair], predictor, card))[2])
     return Evaluation(summary, rows, predictions)
 
 

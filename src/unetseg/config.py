@@ -22,6 +22,8 @@ ImageInterpolation = Literal["bilinear", "bicubic"]
 Backend = Literal["auto", "torch", "onnxruntime"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
 NormalizationScheme = Literal["dataset", "image", "percentile"]
+TaskName = Literal["semantic", "instance"]
+InstanceTargetName = Literal["boundary", "distance"]
 
 DEFAULT_TILE = 512
 """Tile side in pixels where none is planned: a given ``overlap``, valid-padding models, the
@@ -82,6 +84,10 @@ class DataConfig:
     images' mean and sd, ``image`` z-scores each image by its own, ``percentile`` clips each
     channel to the training images' 0.5th and 99.5th percentiles, then z-scores it. The model
     file stores it, so prediction applies the same.
+
+    ``val_stems``, when set, are the stems of the pairs held out for validation, in place of a
+    seeded ``val_fraction`` split: each fold of a cross-validation (``train --folds``) sets its
+    held-out images here (see :mod:`unetseg.data.folds`).
     """
 
     val_fraction: float = 0.2
@@ -95,6 +101,7 @@ class DataConfig:
     weight_sigma: float = 5.0
     weight_objects: tuple[int, ...] | None = None
     normalization: NormalizationScheme = "dataset"
+    val_stems: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,9 @@ class TrainConfig:
     ``sync_batchnorm`` then computes batch-norm statistics over the whole batch (GPUs only).
     ``workers`` are DataLoader processes cutting crops ahead of the training step (None: none on
     a CPU, where the crops come from decoded images in memory and a worker would take a core
-    from the convolutions; up to 4 beside a GPU)."""
+    from the convolutions; up to 4 beside a GPU). ``task`` is what the network learns: the masks'
+    classes (``semantic``) or targets that separate touching objects (``instance``, see
+    :class:`InstanceConfig`)."""
 
     epochs: int = 50
     steps_per_epoch: int | None = None
@@ -153,6 +162,38 @@ class TrainConfig:
     val_tile: int = 512
     sync_batchnorm: bool = False
     workers: int | None = None
+    task: TaskName = "semantic"
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """Instance segmentation (``train.task="instance"``): the targets the network learns from
+    the instance labels and how its output becomes one label per object
+    (:mod:`unetseg.data.instance_targets`, :mod:`unetseg.infer.instances`).
+
+    ``target`` ``"boundary"``: three classes, background / object interior / object boundary
+    (object pixels within ``boundary_width`` pixels of another object or the background);
+    ``"distance"``: background / object classes plus a regressed map of each object pixel's
+    distance to its object's edge, divided by the object's largest (``distance_weight`` weighs
+    its mean squared error against the class loss). The loss ``weighted-ce`` adds the U-Net
+    paper's border weight map (``data.weight_w0``, ``data.weight_sigma``) computed on the
+    object interiors after augmentation.
+
+    Post-processing: pixels whose object probability exceeds ``mask_threshold`` are objects
+    (holes filled when ``fill_holes``); connected regions whose seed map (interior probability,
+    or distance) exceeds ``seed_threshold`` seed a watershed that splits them; objects under
+    ``min_size`` pixels are dropped. Training chooses these three on the validation images
+    (the 2018 Data Science Bowl score) and stores them in the model card; the values here are
+    where the choice starts and what a run without validation keeps.
+    """
+
+    target: InstanceTargetName = "boundary"
+    boundary_width: int = 2
+    distance_weight: float = 1.0
+    seed_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    min_size: int = 8
+    fill_holes: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,6 +204,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
 
 
 @dataclass(frozen=True)
@@ -318,6 +360,11 @@ _RANGES: dict[tuple[str, str], tuple[float, float | None, bool]] = {
     ("train", "time_limit_s"): (0.0, None, False),
     ("train", "val_tile"): (16, None, True),
     ("train", "workers"): (0, None, True),
+    ("instance", "boundary_width"): (1, None, True),
+    ("instance", "distance_weight"): (0.0, None, True),
+    ("instance", "seed_threshold"): (0.0, 1.0, True),
+    ("instance", "mask_threshold"): (0.0, 1.0, True),
+    ("instance", "min_size"): (0, None, True),
 }
 
 
@@ -325,6 +372,11 @@ FLAG_NAMES: dict[str, str | None] = {
     "train.time_limit_s": "--time-limit",
     "data.class_values": "--classes",
     "train.val_tile": None,
+    "instance.target": "--instance-target",
+    "instance.seed_threshold": None,
+    "instance.mask_threshold": None,
+    "instance.min_size": None,
+    "instance.fill_holes": None,
 }
 """``train`` flags whose names are not their field's name (None: the field has no flag)."""
 

@@ -15,7 +15,7 @@ Conventions shared by every loss here:
 from __future__ import annotations
 
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -290,3 +290,52 @@ def build_loss(
         "weighted-ce": weighted_ce,
     }
     return losses[name]
+
+
+def distance_loss(distance_logits: Tensor, distance: Tensor, target: Tensor, *,
+                  ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Mean squared error of ``sigmoid(distance_logits)`` against a distance map in [0, 1],
+    over the pixels whose class id is not ``ignore_index``.
+
+    Returns:
+        Scalar loss; 0 (with a zero gradient) if no pixel is valid.
+
+    Shape:
+        distance_logits, distance, target: ``(N, H, W)``.
+    """
+    if distance_logits.shape != distance.shape or distance.shape != target.shape:
+        raise ValueError(f"distance logits {tuple(distance_logits.shape)}, map"
+                         f" {tuple(distance.shape)} and target {tuple(target.shape)} must match")
+    predicted = torch.sigmoid(_working_dtype(distance_logits))
+    valid = (target != ignore_index).to(predicted.dtype)
+    squared = (predicted - distance.to(predicted.dtype)) ** 2 * valid
+    return _safe_divide(squared.sum(), valid.sum())
+
+
+def build_instance_loss(name: str, target: str, *, class_weights: ClassWeights | None = None,
+                        distance_weight: float = 1.0,
+                        ignore_index: int = IGNORE_INDEX) -> Callable[..., Tensor]:
+    """The loss of an instance model (see :mod:`unetseg.data.instance_targets`).
+
+    ``target="boundary"``: ``loss_fn(logits, ids, pixel_weights=None)``, the class loss
+    ``name`` (:func:`build_loss`) over the three classes background / interior / boundary.
+    ``target="distance"``: ``loss_fn(logits, ids, distance, pixel_weights=None)``: the class
+    loss over the first two channels (background / object) plus ``distance_weight`` times
+    :func:`distance_loss` of the third channel against the distance map.
+    """
+    class_loss = build_loss(name, class_weights=class_weights, ignore_index=ignore_index)
+    if target == "boundary":
+        return class_loss
+    if target != "distance":
+        raise ValueError(f"unknown instance target {target!r}; use boundary or distance")
+
+    def with_distance(logits: Tensor, ids: Tensor, distance: Tensor,
+                      pixel_weights: Tensor | None = None) -> Tensor:
+        if logits.shape[1] != 3:
+            raise ValueError(f"the distance target needs 3 output channels (background, object,"
+                             f" distance), got {logits.shape[1]}")
+        return (class_loss(logits[:, :2], ids, pixel_weights)
+                + distance_weight * distance_loss(logits[:, 2], distance, ids,
+                                                  ignore_index=ignore_index))
+
+    return with_distance

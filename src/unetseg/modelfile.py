@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from unetseg.config import ModelConfig, RunConfig, from_dict, to_dict
+from unetseg.config import InstanceConfig, ModelConfig, RunConfig, from_dict, to_dict
 from unetseg.data.classes import ClassTable
 from unetseg.data.normalize import ChannelStats
 from unetseg.errors import UserError
@@ -32,13 +32,24 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What a model file says about itself: enough to rebuild, normalise and decode."""
+    """What a model file says about itself: enough to rebuild, normalise and decode.
+
+    ``instance`` is set for an instance model (``train.task="instance"``): its target and the
+    post-processing that turns its output into objects, as chosen on the validation images;
+    None for a semantic model, whose output channels are ``classes``.
+    """
 
     model: ModelConfig
     classes: ClassTable
     stats: ChannelStats
     run: RunConfig | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    instance: InstanceConfig | None = None
+
+    @property
+    def task(self) -> str:
+        """``"instance"`` or ``"semantic"``."""
+        return "semantic" if self.instance is None else "instance"
 
     def to_json(self) -> str:
         return json.dumps({
@@ -49,6 +60,7 @@ class ModelCard:
             "stats": self.stats.to_dict(),
             "run": to_dict(self.run) if self.run is not None else None,
             "info": self.info,
+            "instance": to_dict(self.instance) if self.instance is not None else None,
         })
 
     @classmethod
@@ -60,6 +72,7 @@ class ModelCard:
             stats=ChannelStats.from_dict(d["stats"]),
             run=from_dict(RunConfig, d["run"]) if d.get("run") else None,
             info=d.get("info") or {},
+            instance=from_dict(InstanceConfig, d["instance"]) if d.get("instance") else None,
         )
 
 

@@ -141,6 +141,32 @@ def mask_outline(ids: np.ndarray) -> np.ndarray:
     return edge
 
 
+def object_colours(count: int) -> np.ndarray:
+    """(count + 1, 3) uint8 colours of object ids 0..count: golden-angle hues, so neighbouring
+    ids differ; row 0 (background) is black."""
+    hues = (np.arange(count + 1) * 0.618034) % 1.0
+    colours = np.array([colorsys.hsv_to_rgb(h, 0.85, 1.0) for h in hues]) * 255
+    colours = colours.round().astype(np.uint8).reshape(count + 1, 3)
+    colours[0] = 0
+    return colours
+
+
+def object_outlines(image: np.ndarray, labels: np.ndarray,
+                    limits: tuple[float, float] | None = None) -> np.ndarray:
+    """The image (C, H, W) as (H, W, 3) uint8 (see :func:`display_rgb`) with each object of
+    ``labels`` (H, W; 0 background) outlined in its own colour (:func:`object_colours`): its
+    pixels with a 4-neighbour of another label, or on the image's edge."""
+    labels = np.asarray(labels)
+    rgb = display_rgb(image, limits)
+    edge = mask_outline(labels)
+    edge[[0, -1], :] = True
+    edge[:, [0, -1]] = True
+    edge &= labels > 0
+    colours = object_colours(int(labels.max()) if labels.size else 0)
+    rgb[edge] = colours[labels[edge]]
+    return rgb
+
+
 def draw_outline(image: np.ndarray, ids: np.ndarray,
                  colour: tuple[int, int, int] = (255, 215, 0),
                  limits: tuple[float, float] | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import write_dataset
+from helpers import write_dataset
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +168,9 @@ def test_attach_weight_maps_reads_instances(tmp_path: Path):
     np.testing.assert_array_equal(pairs[0].weights, want)
     assert pairs[0].weights.max() > 9  # the two touching instances are separated
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "instances" / "a.png")
-    fresh = load_data(root).pairs
+    with pytest.raises(UserError, match="instances/a.png: instance image is 10x10"):
+        load_data(root)  # the data check reads the instance images too
+    fresh = [replace(p, weights=None) for p in pairs]
     with pytest.raises(UserError, match="instances/a.png"):
         attach_weight_maps(fresh, table, DataConfig())
     with pytest.raises(UserError, match="--weight-sigma"):

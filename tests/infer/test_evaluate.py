@@ -42,7 +42,7 @@ def test_scores_count_every_labelled_pixel_once() -> None:
 
 @pytest.mark.slow
 def test_validation_scores_what_evaluate_scores(tmp_path: Path) -> None:
-    from conftest import write_dataset
+    from helpers import write_dataset
 
     import unetseg
 

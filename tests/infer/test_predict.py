@@ -17,6 +17,7 @@ from unetseg.infer.predict import (
     softmax_probabilities,
 )
 from unetseg.infer.tiling import overlap_tile_input_size
+from unetseg.infer.tta import parse_tta
 from unetseg.model import UNet, valid_margin
 
 TILE = 16
@@ -217,3 +218,42 @@ def test_logits_to_labels_is_the_argmax_with_the_first_class_on_ties(k):
     np.testing.assert_array_equal(logits_to_labels(planes).numpy(), planes.argmax(0).numpy())
     strided = logits[0][None].contiguous(memory_format=torch.channels_last)[0]
     np.testing.assert_array_equal(logits_to_labels(strided).numpy(), planes.argmax(0).numpy())
+
+
+@pytest.mark.parametrize("padding, tta", [("same", None), ("same", "flip"), ("valid", None)])
+def test_on_batch_counts_every_window_once(padding: str, tta: str | None, same_unet: UNet,
+                                           valid_unet: UNet, one_torch_thread: None) -> None:
+    """The progress hook sees each batch once, in order, ending at all windows, whatever the
+    augmentation does inside a batch; the windows are counted independently, from the
+    predictor's calls. An exception from the hook stops the prediction."""
+    model = same_unet if padding == "same" else valid_unet
+    image = torch.randn(model.config.in_channels, 45, 70)
+    calls: list[int] = []
+    forward = model.forward
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return forward(x)
+
+    seen: list[tuple[int, int]] = []
+    model.forward = counting  # type: ignore[method-assign]
+    try:
+        predict_logits(model, image, tile=TILE if padding == "same" else 60, overlap=0.25,
+                       batch_size=2, tta=tta, on_batch=lambda d, t: seen.append((d, t)))
+    finally:
+        del model.forward
+    per_batch = len(parse_tta(tta)) or 1  # the model runs once per transform and batch
+    windows = sum(calls) // per_batch
+    assert len(seen) == len(calls) // per_batch > 2
+    assert [t for _, t in seen] == [windows] * len(seen)
+    assert [d for d, _ in seen] == sorted({d for d, _ in seen}) and seen[-1][0] == windows
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(done: int, total: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        predict_logits(model, image, tile=TILE if padding == "same" else 60, batch_size=2,
+                       on_batch=stop_after_first)

@@ -312,7 +312,7 @@ def test_real_data_get_the_normalisation_that_suits_them(name: str, step: int, s
                                                          tmp_path: Path) -> None:
     """DSB 2018 mixes dark-background fluorescence with light-background brightfield and
     histology: per-image z-scores; ISBI 2012's sections share one scale: per-dataset."""
-    from conftest import SHARED_DATA
+    from helpers import SHARED_DATA
 
     from unetseg.data.dataset import load_data
 

@@ -88,7 +88,7 @@ POINTS = ("mid-epoch", "last", "resume")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from conftest import write_dataset
+    from helpers import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("crash") / "data", 3, size=(40, 48))
 

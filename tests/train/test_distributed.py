@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import StopAfter
+from helpers import StopAfter
 from safetensors.torch import load_file
 
 from unetseg.cli import main

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAfter
+from helpers import StopAfter
 from safetensors.torch import load_file
 
 from unetseg.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -74,7 +74,7 @@ def test_time_budget_shortens_the_schedule():
 
 @pytest.mark.slow
 def test_overfits_two_images(tmp_path: Path):
-    from conftest import write_dataset
+    from helpers import write_dataset
 
     data = write_dataset(tmp_path / "two", 2, size=(64, 64), seed=3)
     cfg = RunConfig(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAfter
+from helpers import StopAfter
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 

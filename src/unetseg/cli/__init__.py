@@ -35,6 +35,7 @@ MIRROR_EXCEPTIONS: dict[str, str] = {
     "model.in_channels": "read from the images by fit",
     "model.num_classes": "read from the masks (or --classes) by fit",
     "model.arch": "a registered architecture is Python code; set it in a --config file",
+    "data.val_stems": "the held-out images of a fold, set per fold by --folds",
     **{f"augment.{name}": "augmentation strengths come from a --preset or a --config file"
        for name in ("flip", "rot90", "rotate_deg", "scale", "shift", "affine_p", "elastic_p",
                     "elastic_grid", "elastic_sigma", "brightness", "contrast", "gamma",
@@ -44,6 +45,9 @@ MIRROR_EXCEPTIONS: dict[str, str] = {
     "train.val_tile": "the validation tiling; set it in a --config file",
     "train.amp": "on unless the switch --no-amp",
     "train.sync_batchnorm": "off unless the switch --sync-batchnorm",
+    **{f"instance.{name}": "post-processing chosen on the validation images after training;"
+       " its starting values come from a --config file"
+       for name in ("seed_threshold", "mask_threshold", "min_size", "fill_holes")},
     # keywords of fit, predict and evaluate without a flag of the same name
     "fit:cfg": "the RunConfig that --preset or --config and the train flags build",
     "fit:show_progress": "the top-level -q/--quiet",

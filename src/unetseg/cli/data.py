@@ -9,15 +9,15 @@ from typing import Any
 
 from unetseg.cli.flags import TRAIN_FLAGS, add_train_flags, dest
 
-CHECK_FLAGS = ("--classes", "--class-names", "--ignore-value", "--palette")
+CHECK_FLAGS = ("--classes", "--class-names", "--ignore-value", "--palette", "--weight-objects")
 PREVIEW_FLAGS = tuple(flag for flag, (key, _, _) in TRAIN_FLAGS.items()
                       if key.startswith(("data.", "augment.")))
 
 
 def add_data_commands(sub: Any) -> None:
     p = sub.add_parser("check", help="check a data folder: pairs, unreadable files, sizes, mask"
-                       " values, channels, class balance and suggested class weights")
-    p.add_argument("data", help="folder with images/ and masks/")
+                       " values, channels, class balance and suggested class weights, objects")
+    p.add_argument("data", help="folder with images/ and masks/ (and optionally instances/)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_train_flags(p, CHECK_FLAGS)
     p.set_defaults(run=_check)
@@ -64,7 +64,8 @@ def _check(args: argparse.Namespace) -> int:
     from unetseg.data.report import format_report
 
     cfg = DataConfig(class_values=args.classes, class_names=args.class_names,
-                     ignore_value=args.ignore_value, palette=args.palette)
+                     ignore_value=args.ignore_value, palette=args.palette,
+                     weight_objects=args.weight_objects)
     report = check_data(args.data, cfg, progress=not args.quiet and not args.json)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0 if report.clean else 1

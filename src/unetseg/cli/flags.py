@@ -19,6 +19,7 @@ from unetseg.config import (
     PLANNED_FIELDS,
     AugmentConfig,
     DataConfig,
+    InstanceConfig,
     ModelConfig,
     PredictConfig,
     RunConfig,
@@ -58,7 +59,7 @@ def _ignore_value(text: str) -> int:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "augment": AugmentConfig,
-                             "train": TrainConfig}
+                             "train": TrainConfig, "instance": InstanceConfig}
 
 Flag = tuple[str, Callable[[str], Any], str]
 """(field, parser of the value, help without the default)"""
@@ -104,14 +105,23 @@ TRAIN_FLAGS: dict[str, Flag] = {
     "--weight-w0": ("data.weight_w0", float, "weighted-ce: border weight w0 (the paper's)"),
     "--weight-sigma": ("data.weight_sigma", float, "weighted-ce: border width in px (the"
                        " paper's)"),
-    "--weight-objects": ("data.weight_objects", _ints, "weighted-ce: mask values of the objects"
-                         " (default: all classes but the first, e.g. 255 = ISBI cells)"),
+    "--weight-objects": ("data.weight_objects", _ints, "weighted-ce and instance task: mask"
+                         " values of the objects (default: all classes but the first, e.g."
+                         " 255 = ISBI cells)"),
     "--normalization": ("data.normalization", str, "intensity normalisation: dataset"
                         " (z-score with the training images' mean and sd), image (each image"
                         " by its own), percentile (clip to the training images' 0.5-99.5th"
                         " percentiles, then z-score)"),
     "--image-interpolation": ("augment.image_interpolation", str,
                               "image resampling in augmentation"),
+    "--task": ("train.task", str, "semantic: the masks' classes; instance: one label per object"
+               " (DATA/instances/, else the connected components of the object classes)"),
+    "--instance-target": ("instance.target", str, "instance task: boundary (background,"
+                          " interior, boundary classes) or distance (object classes plus a"
+                          " distance map)"),
+    "--boundary-width": ("instance.boundary_width", int, "instance task: boundary width in px"),
+    "--distance-weight": ("instance.distance_weight", float, "instance task: weight of the"
+                          " distance map's loss"),
 }
 
 # flag -> (PredictConfig field, parser, help)

@@ -8,12 +8,19 @@ from typing import Any
 
 from unetseg.cli.flags import add_prediction_flags, predict_config_from_args
 
+MODEL_HELP = ("model file (RUN/best.safetensors, a .onnx from export, or a bioimage.io package"
+              " from export --format bioimageio), or a model set: a run"
+              " folder of train --folds, or model files joined by commas (their mean"
+              " probabilities)")
+
 
 def add_predict_commands(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict label images for images of any size")
-    p.add_argument("model", help="model file (RUN/best.safetensors, or a .onnx from export)")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, help="folder for labels and overlays")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("images", nargs="+",
+                   help="image files or folders, or OME-Zarr images (.zarr folders)")
+    p.add_argument("--out", required=True, help="folder for labels and overlays (OME-Zarr"
+                   " labels go into the image's own labels/ group)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probs.tif")
     p.add_argument("--stream", action="store_true", default=None,
                    help="stream TIFFs band by band into a tiled BigTIFF (automatic above 64 MP)")
@@ -22,11 +29,19 @@ def add_predict_commands(sub: Any) -> None:
                    help="largest streamed TIFF, height x width pixels (default: the limit of"
                         " every image read); larger ones are refused from their header as"
                         " likely decompression bombs")
+    p.add_argument("--level", type=int, default=0, metavar="N",
+                   help="OME-Zarr images: the pyramid level to predict, 0 the full resolution"
+                        " (default %(default)s)")
+    p.add_argument("--label-name", default="unetseg", metavar="NAME",
+                   help="OME-Zarr images: write the labels into IMAGE/labels/NAME (default"
+                        " %(default)s)")
+    p.add_argument("--overwrite-labels", action="store_true",
+                   help="OME-Zarr images: replace existing labels of that name")
     add_prediction_flags(p)
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("evaluate", help="score a model on DATA/images + DATA/masks")
-    p.add_argument("model", help="model file (RUN/best.safetensors, or a .onnx from export)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("data", help="folder with images/ and masks/")
     p.add_argument("--out", default=None,
                    help="folder for metrics.json, per_image.csv and report.html")
@@ -50,19 +65,40 @@ def _predict(args: argparse.Namespace) -> int:
 
     written = predict(args.model, args.images, args.out, predict_config_from_args(args),
                       probabilities=args.probabilities, overlays=not args.no_overlay,
-                      stream=args.stream, max_pixels=args.max_pixels,
+                      stream=args.stream, max_pixels=args.max_pixels, level=args.level,
+                      label_name=args.label_name, overwrite_labels=args.overwrite_labels,
                       show_progress=not args.quiet)
-    print(f"wrote {len(written)} label image(s) to {args.out}")
+    out = Path(args.out).resolve()
+    beside = [w for w in written if not w.resolve().is_relative_to(out)]
+    if len(beside) < len(written):
+        print(f"wrote {len(written) - len(beside)} label image(s) to {args.out}")
+    for labels in beside:
+        print(f"wrote labels {labels}")
     return 0
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    if summary.get("task") == "instance":
+        print_instance_summary(summary)
+        return
     print(f"{'class':<20}{'IoU':>8}{'Dice':>8}{'prec.':>8}{'recall':>8}")
     for name, m in summary["per_class"].items():
         cells = "".join(f"{m[k]:>8.4f}" if m[k] is not None else f"{'-':>8}"
                         for k in ("iou", "dice", "precision", "recall"))
         print(f"{name:<20}{cells}")
     print(f"mean IoU {summary['mean_iou']:.4f}   pixel accuracy {summary['pixel_accuracy']:.4f}")
+
+
+def print_instance_summary(summary: dict[str, Any]) -> None:
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    print(f"objects: {summary['n_true']} true, {summary['n_pred']} predicted (count error"
+          f" {summary['count_error']:+d}, mean |error| per image"
+          f" {summary['mean_abs_count_error']:.2f})")
+    print(f"DSB 2018 score {show(summary['dsb_score'])}   F1 at IoU 0.5"
+          f" {show(summary['f1_0.5'])}   precision {show(summary['precision_0.5'])}"
+          f"   recall {show(summary['recall_0.5'])}   PQ {show(summary['pq'])}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -22,6 +22,9 @@ def add_train_command(sub: Any) -> None:
                    help="start from a recipe: default or paper (the U-Net paper's; flags"
                         " override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-validate: one model per fold in --out/fold-<i>/, each scored on"
+                        " its held-out images; --out becomes a model set (default: one model)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPUs")
     p.add_argument("--nproc", type=int, default=1, help="train data-parallel in N local"
                    " processes, e.g. one per GPU; --batch-size is split over them (default"
@@ -93,6 +96,11 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: give at least 1 process")
+    if args.folds is not None:
+        if args.nproc > 1:
+            raise UserError(f"--folds {args.folds} trains the folds one after another in one"
+                            " process; drop --nproc")
+        return _cross_validate(args)
     if args.nproc > 1 and not distributed.launched():  # under torchrun the processes exist
         if not args.resume:  # say it once, before starting processes
             distributed.batch_shard(run_config_from_args(args).train.batch_size,
@@ -111,10 +119,40 @@ def _train(args: argparse.Namespace) -> int:
         distributed.cleanup()
     if not main_process:
         return 0
-    best = max((h for h in result.history if h.get("val_mean_iou") is not None),
-               key=lambda h: h["val_mean_iou"], default=None)
+    score = ("val_dsb_score" if any(h.get("val_dsb_score") is not None for h in result.history)
+             else "val_mean_iou")
+    best = max((h for h in result.history if h.get(score) is not None),
+               key=lambda h: h[score], default=None)
     print(f"run folder: {result.run_dir}  (stopped: {result.stopped})")
     if best:
-        print(f"best validation mean IoU {best['val_mean_iou']:.4f} at epoch {best['epoch']}")
+        what = "DSB score" if score == "val_dsb_score" else "mean IoU"
+        print(f"best validation {what} {best[score]:.4f} at epoch {best['epoch']}")
     print(f"model: {result.best_model}")
     return 0
+
+
+def _cross_validate(args: argparse.Namespace) -> int:
+    from unetseg.train.crossval import format_fold_table
+    from unetseg.train.fit import fit
+
+    result = fit(args.data, args.out, run_config_from_args(args), folds=args.folds,
+                 resume=args.resume, show_progress=not args.quiet)
+    print("held-out scores per fold (mean+-sd: sample standard deviation over the folds):")
+    print(format_fold_table(result.folds, result.summary))
+    selection = result.selection
+    if result.postprocessing:
+        print("post-processing kept (mean foreground Dice"
+              f" {selection['before']:.4f} -> {selection['after']:.4f}): "
+              + "; ".join(_step_text(s) for s in selection["trials"] if s["kept"]))
+    else:
+        print("post-processing: none improved the held-out predictions")
+    print(f"run folder: {result.run_dir}  (folds.json, modelset.json)")
+    print(f"predict with: unetseg predict {result.run_dir} IMAGES --out PREDICTIONS")
+    return 0
+
+
+def _step_text(trial: dict[str, Any]) -> str:
+    if trial["step"] == "remove_small":
+        return f"{trial['class']}: remove components under {trial['min_size']} px"
+    return f"{trial['class']}: " + {"largest_component": "keep the largest component",
+                                     "fill_holes": "fill holes"}[trial["step"]]

@@ -49,6 +49,9 @@ class LoadedPair:
         mask_path: the mask file.
         weights: optional float32 per-pixel loss weights ``(H, W)``, computed once per mask
             (see :func:`unetseg.data.weights.attach_weight_maps`) and cropped with the ids.
+        instances: optional int32 instance labels ``(H, W)`` (0 background, one id per
+            object, -1 ignored) for instance training
+            (:func:`unetseg.data.instance_targets.attach_instances`), cropped with the ids.
     """
 
     stem: str
@@ -57,6 +60,7 @@ class LoadedPair:
     image_path: Path
     mask_path: Path
     weights: np.ndarray | None = None
+    instances: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,9 @@ class PatchDataset(Dataset[tuple[torch.Tensor, ...]]):
 
     Shape:
         item: ``(image (C, P, P) float32, ids (P, P) int64)``, plus ``weights (P, P) float32``
-        (the same crop of each pair's loss weights) when the pairs carry weights.
+        (the same crop of each pair's loss weights) when the pairs carry weights, or
+        ``instances (P, P) int64`` (the same crop of their instance labels) when they carry
+        those.
     """
 
     def __init__(
@@ -208,6 +214,13 @@ class PatchDataset(Dataset[tuple[torch.Tensor, ...]]):
             raise ValueError("either every pair or none carries loss weights")
         self._weights = ([_pad_to(p.weights, patch_size) for p in pairs if p.weights is not None]
                          if all(carried) else None)  # (H', W') each
+        labelled = [p.instances is not None for p in pairs]
+        if any(labelled) and not all(labelled):
+            raise ValueError("either every pair or none carries instance labels")
+        if all(carried) and all(labelled):
+            raise ValueError("pairs carry loss weights or instance labels, not both")
+        self._instances = ([_pad_to(p.instances, patch_size) for p in pairs
+                            if p.instances is not None] if all(labelled) else None)
         self._indices = [_class_indices(ids, rng) for ids in self._ids]
 
     def set_epoch(self, epoch: int) -> None:
@@ -242,4 +255,7 @@ class PatchDataset(Dataset[tuple[torch.Tensor, ...]]):
         if self._weights is not None:
             weights = np.array(self._weights[k][window], dtype=np.float32)
             return torch.from_numpy(image), torch.from_numpy(ids), torch.from_numpy(weights)
+        if self._instances is not None:
+            instances = np.array(self._instances[k][window], dtype=np.int64)
+            return torch.from_numpy(image), torch.from_numpy(ids), torch.from_numpy(instances)
         return torch.from_numpy(image), torch.from_numpy(ids)

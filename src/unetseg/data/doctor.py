@@ -41,6 +41,15 @@ import numpy as np
 from unetseg.config import DataConfig
 from unetseg.data.classes import ClassTable, MaskEncoding, pack_rgb, unpack_rgb
 from unetseg.data.fingerprint import Fingerprint, FingerprintBuilder, ignore_aware_ids
+from unetseg.data.instances import (
+    INSTANCES_FOLDER,
+    ObjectTable,
+    components_by_value,
+    instance_files,
+    object_table,
+    read_instances,
+    summarize_objects,
+)
 from unetseg.data.masks import (
     MaskFile,
     build_class_table,
@@ -67,6 +76,7 @@ log = logging.getLogger(__name__)
 _SHOWN = 10  # values listed in one message
 _MANY_COLOURS = 64  # more discovered colours than this are probably blending artefacts
 _GRAY = 0x010101  # packed colour of the gray level 1
+_MISMATCH = 0.01  # share of object pixels where instances and mask may disagree unwarned
 
 
 # --------------------------------------------------------------------------- pairing
@@ -89,6 +99,29 @@ def _pair_files(root: Path, report: Report) -> list[Pair]:
     return scan.pairs
 
 
+def _instance_files(root: Path, pairs: list[Pair], report: Report) -> dict[str, Path]:
+    """The instance image of each pair's stem, from ``instances/`` when it exists; duplicate
+    stems are errors, instance images without a pair and pairs without one warnings."""
+    found = instance_files(root)
+    if not found:
+        return {}
+    for stem, files in found.items():
+        if len(files) > 1:
+            report.add("error", "duplicate", files[0], duplicate_message("instance", stem, files))
+    stems = {p.stem for p in pairs}
+    for stem in sorted(set(found) - stems):
+        f = found[stem][0]
+        report.add("warning", "unpaired", f, f"{f}: instance image has no image/mask pair of"
+                   " the same name; add them or move the instance image out")
+    for pair in pairs:
+        if pair.stem not in found:
+            report.add("warning", "instances", pair.image,
+                       f"{pair.image}: no {INSTANCES_FOLDER}/{pair.stem}.png (or .tif) while"
+                       f" other images have one; its objects come from the mask, where touching"
+                       " objects merge: add its instance image")
+    return {stem: files[0] for stem, files in found.items() if len(files) == 1}
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -103,12 +136,20 @@ class PairRead:
     size: tuple[int, int]
     mask: MaskFile  # its data only when kept
     counts: dict[int, int]  # pixels per label value, palette index or packed colour
+    instance_path: Path | None = None  # instances/<stem>.* when there is one
+    instances: np.ndarray | None = None  # its labels (H, W) when kept and readable
+    objects: ObjectTable | None = None  # when asked for: of the instances, else of the mask
+    inside: dict[int, int] | None = None  # mask pixels per code under the instances' objects
 
 
-def _read_pair(pair: Pair, report: Report, keep: bool,
-               fingerprint: FingerprintBuilder | None = None) -> PairRead | None:
-    """Read one pair, noting each of its problems; None when it cannot be used. A
-    ``fingerprint`` builder is given the pair's pixels before they are dropped."""
+def _read_pair(pair: Pair, report: Report, keep: bool, instance_path: Path | None = None,
+               objects: bool = False, fingerprint: FingerprintBuilder | None = None
+               ) -> PairRead | None:
+    """Read one pair (and its instance image), noting each of its problems; None when the pair
+    cannot be used. ``objects``: also list its objects (:class:`ObjectTable`): those of the
+    instance image, or the components of every mask value (narrowed to the object classes
+    once the class table is known). A ``fingerprint`` builder is given the pair's pixels
+    before they are dropped."""
     read: tuple[np.ndarray, np.ndarray] | None = None
     try:
         read = read_pair_image(pair)
@@ -131,10 +172,23 @@ def _read_pair(pair: Pair, report: Report, keep: bool,
     counts = value_counts(codes)
     if fingerprint is not None:
         fingerprint.add(pair.stem, image, codes, samples.dtype.name, pair.image)
+    labels, table = None, None
+    if instance_path is not None:
+        try:
+            labels = read_instances(instance_path, (samples.shape[1], samples.shape[2]))
+        except UserError as exc:
+            report.add("error", "instances", instance_path, str(exc))
+    inside = None if labels is None else value_counts(codes[labels > 0])
+    if objects and labels is not None:
+        table = object_table(labels)
+    elif objects and instance_path is None:
+        table = components_by_value(codes)
     if not keep:  # checking only: hold the counts, not the pixels
         image, mask = np.empty((0, 0, 0), np.float32), replace(mask, data=np.empty((0, 0)))
+        labels = None
     return PairRead(pair, np.ascontiguousarray(image), int(samples.shape[0]), samples.dtype.name,
-                    (int(samples.shape[1]), int(samples.shape[2])), mask, counts)
+                    (int(samples.shape[1]), int(samples.shape[2])), mask, counts,
+                    instance_path, labels, table, inside)
 
 
 def _majority(values: list[Any]) -> Any:
@@ -193,6 +247,14 @@ def _mask_codes(reads: list[PairRead], encoding: MaskEncoding,
     return out
 
 
+def _colour_values(table: ClassTable) -> dict[int, int]:
+    """Packed colour -> value of a colour table (the ignore colour included)."""
+    lookup = {int(pack_rgb(np.array(c))): v for c, v in zip(table.colors, table.values)}
+    if table.ignore_color is not None and table.ignore_value is not None:
+        lookup[int(pack_rgb(np.array(table.ignore_color)))] = table.ignore_value
+    return lookup
+
+
 def _by_value(counts: dict[int, int], table: ClassTable) -> tuple[dict[int, int], list[int]]:
     """A mask's code counts keyed by the table's values (the ignore value included), and the
     codes the table does not know. Colour codes map through the table's colours."""
@@ -200,9 +262,7 @@ def _by_value(counts: dict[int, int], table: ClassTable) -> tuple[dict[int, int]
     if table.encoding != "rgb":
         return ({c: n for c, n in counts.items() if c in known},
                 sorted(c for c in counts if c not in known))
-    lookup = {int(pack_rgb(np.array(c))): v for c, v in zip(table.colors, table.values)}
-    if table.ignore_color is not None and table.ignore_value is not None:
-        lookup[int(pack_rgb(np.array(table.ignore_color)))] = table.ignore_value
+    lookup = _colour_values(table)
     return ({lookup[c]: n for c, n in counts.items() if c in lookup},
             sorted(c for c in counts if c not in lookup))
 
@@ -312,21 +372,101 @@ def _class_table(coded: list[tuple[PairRead, dict[int, int]]], encoding: MaskEnc
         return None
 
 
+# --------------------------------------------------------------------------- objects
+
+
+def _colours_to_values(codes: np.ndarray, colours: dict[int, int]) -> np.ndarray:
+    """Packed colours -> the table's values; -1 for colours it does not hold."""
+    keys = np.array(sorted(colours), np.int64)
+    values = np.array([colours[k] for k in keys.tolist()], np.int64)
+    where = np.clip(np.searchsorted(keys, codes), 0, max(0, keys.size - 1))
+    found = keys.size > 0 and keys[where] == codes
+    return np.where(found, values[where] if keys.size else -1, -1)
+
+
+def _object_values(table: ClassTable, cfg: DataConfig) -> tuple[int, ...]:
+    """Mask values of the object classes: ``cfg.weight_objects``, default every class but the
+    first (as the border weight maps take them)."""
+    if cfg.weight_objects is not None:
+        return tuple(cfg.weight_objects)
+    return tuple(table.values[1:])
+
+
+def _check_instances(coded: list[tuple[PairRead, dict[int, int]]], table: ClassTable,
+                     cfg: DataConfig, report: Report) -> None:
+    """Warn where an instance image and its mask mark different pixels as objects: object
+    pixels of the mask under no instance, or instance pixels on the mask's other classes
+    (ignored pixels count as neither), more than 1% of the mask's object pixels."""
+    objects = set(_object_values(table, cfg))
+    for r, counts in coded:
+        if r.inside is None or r.instance_path is None:
+            continue
+        gray_in_colour = table.encoding == "rgb" and r.mask.encoding != "rgb"
+        inside, _ = _by_value({c * _GRAY: n for c, n in r.inside.items()} if gray_in_colour
+                              else r.inside, table)
+        in_mask = sum(n for v, n in counts.items() if v in objects)
+        covered = sum(n for v, n in inside.items() if v in objects)
+        extra = sum(n for v, n in inside.items() if v not in objects and v in table.values)
+        missing = in_mask - covered
+        if missing + extra > _MISMATCH * max(in_mask, 1):
+            report.add("warning", "instances", r.instance_path,
+                       f"{r.instance_path}: {missing} object pixels of the mask lie outside"
+                       f" every instance and {extra} instance pixels on other classes (object"
+                       f" values {','.join(map(str, sorted(objects)))}); instance images and"
+                       " masks should mark the same objects")
+
+
+def _summarize_objects(reads: list[PairRead], table: ClassTable, cfg: DataConfig,
+                       report: Report) -> None:
+    """The data set's objects: the instance images' objects, and for images without one the
+    components of the object classes (:func:`_object_values`)."""
+    values = _object_values(table, cfg)
+    unknown = [v for v in values if v not in table.values]
+    if unknown:
+        report.add("error", "objects", report.root / "masks",
+                   f"--weight-objects {unknown[0]}: not a class value of the masks"
+                   f" ({', '.join(map(str, table.values[:_SHOWN]))}); give the values of the"
+                   " object classes, e.g. 255 for the cells of ISBI 2012")
+    colours = _colour_values(table) if table.encoding == "rgb" else None
+    tables, from_instances = [], 0
+    for r in reads:
+        found = r.objects
+        if found is None:
+            continue
+        if found.classes is None:
+            from_instances += 1
+        else:
+            codes = found.classes
+            if colours is not None:
+                codes = _colours_to_values(codes * _GRAY if r.mask.encoding != "rgb" else codes,
+                                           colours)
+            found = found.subset(np.isin(codes, values))
+        tables.append(found)
+    if tables:
+        report.objects = summarize_objects(
+            tables, from_instances, values if from_instances < len(tables) else None)
+
+
 # --------------------------------------------------------------------------- entry points
 
 
 def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
                  keep: bool = False, progress: bool = False,
-                 fingerprint: FingerprintBuilder | None = None
+                 objects: bool = False, fingerprint: FingerprintBuilder | None = None
                  ) -> tuple[Report, list[PairRead]]:
     """Read every pair of a data folder once, check it and collect every problem.
 
+    Instance images (``instances/<stem>.*``, see :mod:`unetseg.data.instances`) are read and
+    checked with their pairs when that folder exists.
+
     Args:
-        root: folder with ``images/`` and ``masks/``.
-        cfg: class options (``class_values``, ``class_names``, ``ignore_value``, ``palette``).
-        keep: keep the decoded image and mask of every usable pair (for training); otherwise
-            only their pixel counts are held.
+        root: folder with ``images/`` and ``masks/`` (and optionally ``instances/``).
+        cfg: class options (``class_values``, ``class_names``, ``ignore_value``, ``palette``;
+            ``weight_objects`` for the objects of masks).
+        keep: keep the decoded image, mask and instance labels of every usable pair (for
+            training); otherwise only their pixel counts are held.
         progress: show a progress bar.
+        objects: count the objects, their sizes and contacts (``report.objects``).
         fingerprint: given, it collects the fingerprint's measurements from every pair as
             it is read (:func:`fingerprint_of` makes the fingerprint).
 
@@ -342,10 +482,12 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
     report = Report(Path(root))
     pairs = _pair_files(report.root, report)
     report.pairs = len(pairs)
+    instances = _instance_files(report.root, pairs, report)
+    report.instances = len(instances)
     items = progress_bar(pairs, desc="checking data", unit="pair", leave=False,
                          disable=not progress)
-    reads = [r for r in (_read_pair(p, report, keep, fingerprint) for p in items)
-             if r is not None]
+    reads = [r for r in (_read_pair(p, report, keep, instances.get(p.stem), objects,
+                                    fingerprint) for p in items) if r is not None]
     reads = _check_consistency(reads, report)
     report.channels = dict(Counter(r.channels for r in reads))
     report.dtypes = dict(Counter(r.dtype for r in reads))
@@ -363,7 +505,11 @@ def examine_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
         return report, reads
     coded = _check_values(coded, report.classes, report)
     _count_classes(coded, report.classes, report)
-    return report, [r for r, _ in coded]
+    _check_instances(coded, report.classes, cfg, report)
+    good = [r for r, _ in coded]
+    if objects:
+        _summarize_objects(good, report.classes, cfg, report)
+    return report, good
 
 
 def _class_ids_of_codes(read: PairRead, encoding: MaskEncoding, table: ClassTable
@@ -392,5 +538,6 @@ def fingerprint_of(report: Report, reads: list[PairRead],
 
 def check_data(root: str | os.PathLike[str], cfg: DataConfig | None = None, *,
                progress: bool = False) -> Report:
-    """What ``unetseg check`` reports: :func:`examine_data` without keeping any pixels."""
-    return examine_data(root, cfg, progress=progress)[0]
+    """What ``unetseg check`` reports: :func:`examine_data` with the objects counted, without
+    keeping any pixels."""
+    return examine_data(root, cfg, progress=progress, objects=True)[0]

@@ -360,6 +360,15 @@ def _pil_mask_array(path: Path, im: Image.Image) -> np.ndarray:
     return data[np.newaxis] if data.ndim == 2 else np.moveaxis(data, -1, 0)
 
 
+def read_mask_samples(path: PathLike) -> np.ndarray:
+    """Read a mask file's samples as stored (any dtype), ``(C, H, W)``, alpha dropped.
+
+    Same files as :func:`read_mask` (palette PNGs give their indices), without its checks of
+    the values, for callers with their own rules (instance labels must be integers).
+    """
+    return _read_samples(Path(path), "mask", _pil_mask_array)
+
+
 def read_mask(path: PathLike) -> np.ndarray:
     """Read a label image as its raw integer values.
 
@@ -377,8 +386,7 @@ def read_mask(path: PathLike) -> np.ndarray:
         UserError: unreadable file, colour mask, negative or non-integer values.
     """
     path = Path(path)
-    data = _read_samples(path, "mask", _pil_mask_array)
-    values = _mask_values(path, _single_channel(path, data))
+    values = _mask_values(path, _single_channel(path, read_mask_samples(path)))
     if not values.flags.writeable:  # arrays viewing PIL's buffer are read-only
         values = values.copy()
     return np.ascontiguousarray(values)

@@ -20,6 +20,7 @@ label and palette masks (its ids are then the mask values) and gives their displ
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from unetseg.data.classes import (
     unpack_rgb,
 )
 from unetseg.data.palette_file import read_palette_file
-from unetseg.data.write import write_label, write_rgb
+from unetseg.data.write import png_text, write_label, write_rgb
 from unetseg.errors import UserError
 from unetseg.files import atomic_path
 
@@ -275,18 +276,51 @@ def mask_palette(table: ClassTable) -> list[int]:
     return list(table.palette) or [v for c in class_colours(table).tolist() for v in c]
 
 
+LABEL_METADATA_KEY = "unetseg"
+"""Key of the class table in the label images unetseg writes: a PNG text chunk, and the first
+ImageDescription of a label TIFF (:func:`label_metadata`)."""
+
+
+def label_metadata(table: ClassTable) -> str:
+    """The JSON stored with every label image unetseg writes: the class table (values, names,
+    encoding) and the classes' display colours (:func:`class_colours`, as in the overlays), so
+    a viewer can name and colour the classes of the file alone."""
+    return json.dumps({"format": "unetseg-labels", "version": 1, "classes": table.to_dict(),
+                       "display_colors": class_colours(table).tolist()})
+
+
+def read_label_metadata(text: str | None) -> tuple[ClassTable, np.ndarray] | None:
+    """The class table and ``(K, 3)`` uint8 display colours of :func:`label_metadata`'s JSON;
+    None for anything else (no text, other JSON, a damaged table)."""
+    if not text:
+        return None
+    try:
+        meta = json.loads(text)
+        if not isinstance(meta, dict) or meta.get("format") != "unetseg-labels":
+            return None
+        table = ClassTable.from_dict(meta["classes"])
+        colours = np.array(meta.get("display_colors") or class_colours(table), dtype=np.int64)
+    except (ValueError, TypeError, KeyError, UserError):
+        return None
+    if colours.shape != (table.num_classes, 3) or colours.min() < 0 or colours.max() > 255:
+        colours = class_colours(table)
+    return table, colours.astype(np.uint8)
+
+
 def write_mask(path: PathLike, ids: np.ndarray, table: ClassTable) -> None:
-    """Write class ids ``(H, W)`` as a PNG in the table's encoding, atomically.
+    """Write class ids ``(H, W)`` as a PNG in the table's encoding, atomically, with the class
+    table in a text chunk (:func:`label_metadata`).
 
     ``"label"``: gray values (8-bit, or 16-bit above 255); ``"rgb"``: an RGB colour image;
     ``"palette"``: a P PNG with the table's palette.
     """
+    text = {LABEL_METADATA_KEY: label_metadata(table)}
     if table.encoding == "rgb":
-        write_rgb(path, table.decode(ids))
+        write_rgb(path, table.decode(ids), text=text)
         return
     values = table.decode(ids)
     if table.encoding == "label":
-        write_label(path, values)
+        write_label(path, values, text=text)
         return
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -294,5 +328,5 @@ def write_mask(path: PathLike, ids: np.ndarray, table: ClassTable) -> None:
     im = Image.fromarray(np.ascontiguousarray(values.astype(np.uint8)))
     im.putpalette(mask_palette(table))
     with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
+        im.save(tmp, format="PNG", pnginfo=png_text(text))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unetseg.data.classes import RGB, ClassTable, MaskEncoding
+from unetseg.data.instances import INSTANCES_FOLDER, ObjectSummary
 from unetseg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class Report:
     counts: list[ClassCount] = field(default_factory=list)
     ignored_pixels: int = 0
     problems: list[Problem] = field(default_factory=list)
+    instances: int = 0  # instance images found (one per stem)
+    objects: ObjectSummary | None = None  # when counted (unetseg check)
 
     @property
     def errors(self) -> list[Problem]:
@@ -101,6 +104,8 @@ class Report:
                          "masks": c.masks, "share": c.share, "weight": c.weight}
                         for c in self.counts],
             "ignored_pixels": self.ignored_pixels,
+            "instances": self.instances,
+            "objects": self.objects.to_dict() if self.objects is not None else None,
             "class_weights": self.class_weights,
             "class_weights_method": "median frequency balancing: median(f) / f[c], f[c] = "
                                     "pixels of c / labelled pixels of the masks holding c",
@@ -163,6 +168,8 @@ def format_report(report: Report) -> str:
         if report.class_weights:
             lines.append("  suggested class weights (median frequency balancing): "
                          f"--class-weights {','.join(f'{w:g}' for w in report.class_weights)}")
+    if report.objects is not None:
+        lines += format_objects(report.objects)
     lines.append("")
     if report.clean:
         lines.append("no problems found")
@@ -171,3 +178,29 @@ def format_report(report: Report) -> str:
                      f" {len(report.warnings)} warning(s)")
         lines += [f"  {p.severity:<8}{p.kind:<12}{p.message}" for p in report.problems]
     return "\n".join(lines)
+
+
+def format_objects(objects: ObjectSummary) -> list[str]:
+    """The lines of :func:`format_report` about the objects."""
+    if objects.from_instances == objects.images:
+        source = f"from {INSTANCES_FOLDER}/"
+    else:
+        values = ",".join(map(str, objects.object_values or ()))
+        source = (f"4-connected components of mask values {values}"
+                  + (f"; {objects.from_instances} of {objects.images} images from"
+                     f" {INSTANCES_FOLDER}/" if objects.from_instances else ""))
+    low, median, high = objects.per_image
+    lines = ["", f"  objects ({source}): {objects.objects} in {objects.images} image(s);"
+                 f" per image min {low}, median {median:g}, max {high}"]
+    if objects.area is not None:
+        low, median, high = objects.area
+        lines.append(f"    area (pixels): min {low}, median {median:g}, max {high}")
+    lines.append(f"    touching pairs: {objects.touching_pairs_4} share an edge (4-adjacent),"
+                 f" {objects.touching_pairs_8} an edge or a corner (8-adjacent)")
+    lines.append(f"    objects touching another: {objects.touching_objects_8}; cut by the image"
+                 f" border: {objects.border_objects}; in several pieces:"
+                 f" {objects.fragmented_objects}")
+    if objects.from_instances < objects.images:
+        lines.append("    (touching objects of one class merge into one component of the mask;"
+                     f" {INSTANCES_FOLDER}/<stem>.png label images keep them apart)")
+    return lines

@@ -29,9 +29,7 @@ per-object computation to within ``1e-9`` while costing far less on images with 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -39,7 +37,13 @@ from scipy import ndimage
 from unetseg.config import DataConfig
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import LoadedPair
-from unetseg.data.io import IMAGE_SUFFIXES, read_mask
+from unetseg.data.instances import INSTANCES_FOLDER as INSTANCES_FOLDER  # re-exported
+from unetseg.data.instances import (
+    instance_mask_path,
+    instances_from_mask,
+    read_instances,
+    relabel,
+)
 from unetseg.errors import UserError
 
 DEFAULT_W0 = 10.0
@@ -48,11 +52,9 @@ DEFAULT_SIGMA = 5.0
 """Width of the border term in pixels (the paper's ``sigma``)."""
 TOLERANCE = 1e-9
 """Border-term values below this are dropped by the windowed distance computation."""
-INSTANCES_FOLDER = "instances"
-"""Optional sibling of ``images/`` and ``masks/`` holding instance masks by stem."""
 
-_CONNECTIVITY = {4: ndimage.generate_binary_structure(2, 1),
-                 8: ndimage.generate_binary_structure(2, 2)}
+objects_from_classes = instances_from_mask
+"""The connected components of each object class (kept under its former name)."""
 
 
 def class_balance_weights(ids: np.ndarray, num_classes: int,
@@ -69,24 +71,6 @@ def class_balance_weights(ids: np.ndarray, num_classes: int,
     if present.any():
         weights[present] = counts.sum() / (present.sum() * counts[present])
     return weights
-
-
-def objects_from_classes(ids: np.ndarray, object_classes: Sequence[int], *,
-                         connectivity: int = 4) -> np.ndarray:
-    """Label the connected components of each object class separately.
-
-    Returns:
-        ``(H, W)`` int32: 0 outside every object, ``1..n`` one label per component.
-    """
-    if connectivity not in _CONNECTIVITY:
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    labels = np.zeros(ids.shape, np.int32)
-    count = 0
-    for k in object_classes:
-        components, n = ndimage.label(ids == k, structure=_CONNECTIVITY[connectivity])
-        labels[components > 0] = components[components > 0] + count
-        count += n
-    return labels
 
 
 def cutoff_distance(w0: float, sigma: float, tolerance: float = TOLERANCE) -> float:
@@ -176,7 +160,7 @@ def border_weight_map(
     if instances is not None:
         if instances.shape != ids.shape:
             raise ValueError(f"instances {instances.shape} must have the mask's shape {ids.shape}")
-        labels = _relabel(instances)
+        labels = relabel(instances)
     else:
         classes = range(1, num_classes) if object_classes is None else object_classes
         labels = objects_from_classes(ids, list(classes), connectivity=connectivity)
@@ -188,26 +172,6 @@ def border_weight_map(
         border = np.where((labels == 0) & np.isfinite(d2), border, 0.0)
         weights = weights + np.where(valid, border, 0.0)
     return weights.astype(np.float32)
-
-
-def _relabel(instances: np.ndarray) -> np.ndarray:
-    """Instance values -> consecutive labels ``1..n``; 0 stays 0. Returns int32."""
-    nonzero = instances != 0
-    _, inverse = np.unique(instances[nonzero], return_inverse=True)
-    labels = np.zeros(instances.shape, np.int32)
-    labels[nonzero] = inverse.ravel() + 1
-    return labels
-
-
-def instance_mask_path(mask_path: str | os.PathLike[str], stem: str) -> Path | None:
-    """``<root>/instances/<stem>.<ext>`` beside ``<root>/masks/``, if such a file exists."""
-    folder = Path(mask_path).parent.parent / INSTANCES_FOLDER
-    if not folder.is_dir():
-        return None
-    for path in sorted(folder.iterdir()):
-        if path.stem == stem and path.suffix.lower() in IMAGE_SUFFIXES:
-            return path
-    return None
 
 
 def object_class_ids(classes: ClassTable, values: Sequence[int] | None) -> tuple[int, ...]:
@@ -248,11 +212,7 @@ def attach_weight_maps(pairs: Sequence[LoadedPair], classes: ClassTable, cfg: Da
         instances = None
         path = instance_mask_path(pair.mask_path, pair.stem)
         if path is not None:
-            instances = read_mask(path)
-            if instances.shape != pair.ids.shape:
-                (h, w), (mh, mw) = instances.shape, pair.ids.shape
-                raise UserError(f"{path}: instance mask is {w}x{h} but its mask is {mw}x{mh}"
-                                " (width x height); instance masks must match their masks")
+            instances = read_instances(path, pair.ids.shape)
         pair.weights = border_weight_map(pair.ids, classes.num_classes, object_classes=objects,
                                          instances=instances, w0=cfg.weight_w0,
                                          sigma=cfg.weight_sigma)

@@ -2,6 +2,8 @@
 
 ``export_model(model, out, "onnx")`` writes a file that describes itself (class table,
 normalisation, tiling) and whose logits match the eager model; see :mod:`.pipeline`.
+``export_model(model, "model.zip", "bioimageio", sample=IMAGE)`` writes both into a BioImage
+Model Zoo package; see :mod:`.bioimageio`.
 """
 
 from unetseg.export.pipeline import ExportError, ExportResult, export_model

@@ -34,10 +34,13 @@ from typing import Any
 import torch
 
 from unetseg.config import DEFAULT_TILE, PredictConfig
+from unetseg.errors import UserError
 from unetseg.files import write_text_atomic
 from unetseg.infer.backends import OnnxImagePredictor, check_backend_options, load_onnx
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.infer.load import load_image_predictor, load_predictor, resolve_backend
+from unetseg.infer.modelset import ModelSet, ModelSpec, load_model_set_predictor, resolve_model
+from unetseg.infer.postprocess import Step
 from unetseg.infer.precision import PrecisionChoice, choice_without_check
 from unetseg.modelfile import ModelCard
 from unetseg.runtime import cpu_model
@@ -78,12 +81,14 @@ class BackendTimings:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A loaded image predictor, its card, the backend it runs on and why."""
+    """A loaded image predictor, its card, the backend it runs on and why, and the
+    post-processing of its labels (a model set's; see :mod:`unetseg.infer.postprocess`)."""
 
     predictor: Any
     card: ModelCard
     backend: str
     reason: str
+    postprocessing: tuple[Step, ...] = ()
 
 
 def cache_folder() -> Path:
@@ -257,16 +262,40 @@ def why_pytorch(model: str | Path, config: PredictConfig, streamed: Sequence[Pat
     return None
 
 
-def load_fastest(model: str | Path, config: PredictConfig, *, streamed: Sequence[Path] = (),
+def load_fastest(model: ModelSpec, config: PredictConfig, *, streamed: Sequence[Path] = (),
                  measure_backends: Measure = measure, folder: Path | None = None) -> Loaded:
     """The image predictor of ``model`` on the fastest backend (see the module's text).
 
+    ``model`` may name a model set (a run folder of ``train --folds``, its ``modelset.json``
+    or several model files; :mod:`unetseg.infer.modelset`): its members' mean probabilities
+    run on PyTorch (ONNX Runtime runs a model set exported as one graph).
     ``measure_backends`` times both backends (tests fake it); ``folder`` is the cache
-    (default :func:`cache_folder`).
+    (default :func:`cache_folder`). A bioimage.io package written by unetseg runs the model
+    file attached to it (:func:`~unetseg.export.bioimageio.package_model_file`).
     """
-    loaded = _load(model, config, streamed, measure_backends, folder)
+    from unetseg.export.bioimageio import is_package, package_model_file
+
+    if isinstance(model, (str, os.PathLike)) and is_package(model):
+        model = package_model_file(model, folder or cache_folder())
+    source = resolve_model(model)
+    if isinstance(source, ModelSet):
+        loaded = _load_model_set(source, config, streamed)
+    else:
+        loaded = _load(source, config, streamed, measure_backends, folder)
     log.info("running on %s: %s", loaded.backend, loaded.reason)
     return loaded
+
+
+def _load_model_set(model_set: ModelSet, config: PredictConfig, streamed: Sequence[Path]
+                    ) -> Loaded:
+    config.check()
+    if config.backend == "onnxruntime":
+        raise UserError(f"{model_set.name}: --backend onnxruntime runs one graph; export the"
+                        " model set first (unetseg export MODELS --out set.onnx) or use"
+                        " --backend torch")
+    predictor, card = load_model_set_predictor(model_set, config)
+    return Loaded(predictor, card, "torch", f"a model set of {len(model_set.members)} models"
+                  " runs on PyTorch", model_set.postprocessing)
 
 
 def _load(model: str | Path, config: PredictConfig, streamed: Sequence[Path],

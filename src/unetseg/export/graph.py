@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unetseg.infer.ensemble import MIN_PROBABILITY, EnsembleNet
 from unetseg.model import UNet
 from unetseg.model.blocks import center_crop
 
@@ -90,3 +91,71 @@ class ExportableUNet(nn.Module):
             cols = torch.arange(width, device=logits.device)
             logits = logits.index_select(2, rows).index_select(3, cols)
         return logits
+
+
+ENSEMBLE_LAYOUT = ("NCHW float32 normalised by the card's stats: the identity (each member"
+                   " normalises with its own inside the graph), or for members normalised per"
+                   " image each image z-scored by its own statistics; the output is the log of"
+                   " the members' mean class probabilities")
+
+
+class ExportableEnsemble(nn.Module):
+    """An :class:`~unetseg.infer.ensemble.EnsembleNet` with size-generic members: images as
+    read -> the log of the members' mean class probabilities, as the ensemble computes it.
+
+    The members' normalisations (and the percentile scheme's clip bounds) are buffers of the
+    graph, so one exported file holds the whole model set. Scriptable and traceable.
+
+    Shape:
+        (N, C, H, W) -> (N, K, H', W'), as one member.
+    """
+
+    def __init__(self, ensemble: EnsembleNet):
+        super().__init__()
+        if ensemble.tta:
+            raise ValueError("an exported graph has no test-time augmentation")
+        members = [ExportableUNet(m.cpu().eval()).eval()  # type: ignore[arg-type]
+                   for m in ensemble.members]
+        self.members = nn.ModuleList(members)
+        count, channels = len(members), ensemble.config.in_channels
+        self.register_buffer("means", torch.tensor([s.mean for s in ensemble.stats],
+                                                   dtype=torch.float32).view(count, channels,
+                                                                             1, 1))
+        self.register_buffer("stds", torch.tensor([s.std for s in ensemble.stats],
+                                                  dtype=torch.float32).view(count, channels,
+                                                                            1, 1))
+        inf = float("inf")
+        self.register_buffer("lows", torch.tensor(
+            [s.low if s.low is not None else (-inf,) * channels for s in ensemble.stats],
+            dtype=torch.float32).view(count, channels, 1, 1))
+        self.register_buffer("highs", torch.tensor(
+            [s.high if s.high is not None else (inf,) * channels for s in ensemble.stats],
+            dtype=torch.float32).view(count, channels, 1, 1))
+        self.clip: bool = any(s.scheme == "percentile" for s in ensemble.stats)
+        self.binary: bool = ensemble.config.num_classes == 1
+        self.floor: float = MIN_PROBABILITY
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = []
+        for i, member in enumerate(self.members):
+            member_x = x
+            if self.clip:  # members normalised by the percentile scheme clip first
+                member_x = torch.minimum(torch.maximum(x, self.lows[i]),  # type: ignore[index]
+                                         self.highs[i])  # type: ignore[index]
+            logits = member((member_x - self.means[i]) / self.stds[i])  # type: ignore[index]
+            probabilities.append(torch.sigmoid(logits) if self.binary
+                                 else torch.softmax(logits, 1))
+        mean = torch.stack(probabilities).mean(0)
+        if self.binary:
+            return torch.log(mean.clamp_min(self.floor)) - torch.log(
+                (1 - mean).clamp_min(self.floor))
+        return torch.log(mean.clamp_min(self.floor))
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """The module an exporter writes for ``model``: a :class:`UNet` as an
+    :class:`ExportableUNet`, an ensemble as an :class:`ExportableEnsemble`; in eval mode on the
+    CPU."""
+    if isinstance(model, EnsembleNet):
+        return ExportableEnsemble(model).eval()
+    return ExportableUNet(model.cpu().eval()).eval()  # type: ignore[arg-type]

@@ -14,16 +14,18 @@ Nothing is left under the output name unless the parity check passed.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unetseg.errors import UserError
 from unetseg.export.verify import (
     FP32_TOLERANCE,
+    ExportError,
     ParityError,
     ParityReport,
     compare,
@@ -32,8 +34,14 @@ from unetseg.export.verify import (
 )
 from unetseg.infer.exported import Tiling
 
-FORMATS = ("onnx", "torchscript")
-SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}
+if TYPE_CHECKING:
+    from unetseg.infer.modelset import ModelSpec
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "bioimageio")
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript"),
+            "bioimageio": (".zip",)}
 EXPORTERS = {"onnx": ("dynamo", "legacy"), "torchscript": ("script", "trace")}
 WHY_FIRST = {
     "dynamo": "torch.onnx.export(dynamo=True): the maintained exporter (torch.export +"
@@ -42,26 +50,26 @@ WHY_FIRST = {
 }
 
 
-class ExportError(Exception):
-    """No exporter could write the model."""
-
-    exit_code = 1
-
-
 @dataclass(frozen=True)
 class ExportResult:
-    """The written file, the exporter used, why, and the parity measured on it."""
+    """The written file, the exporter used, why, and the parity measured on it.
+
+    A bioimage.io package holds two exports: ``parts`` are their results (ONNX, TorchScript),
+    ``report`` their parity together and ``notes`` the description's validation warnings.
+    """
 
     path: Path
     format: str
     exporter: str
     reason: str
     report: ParityReport
+    parts: tuple[ExportResult, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def _check_target(out: Path, fmt: str) -> None:
     if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; use onnx or torchscript")
+        raise UserError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
     if out.suffix.lower() not in SUFFIXES[fmt]:
         raise UserError(f"{out}: {fmt} files end with {' or '.join(SUFFIXES[fmt])};"
                         " change --out")
@@ -127,38 +135,75 @@ def _try(write: Callable[..., Path], net: Any, card: Any, out: Path, fmt: str, n
     return tmp, report, ""
 
 
-def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *,
+def _load(model: ModelSpec) -> tuple[Any, Any]:
+    """The network to export and its card: one model file's UNet, or a model set's
+    :class:`~unetseg.infer.ensemble.EnsembleNet` (see :mod:`unetseg.infer.modelset`)."""
+    from unetseg.infer.ensemble import EnsembleNet, load_ensemble
+    from unetseg.infer.modelset import ModelSet, resolve_model
+    from unetseg.model import model_config
+    from unetseg.modelfile import load_model
+
+    source = resolve_model(model)
+    net: Any
+    if isinstance(source, ModelSet):
+        net, card = load_ensemble(source.members)
+        if source.postprocessing:
+            log.warning("%s: the exported graph does not include the model set's"
+                        " post-processing (%d step(s))", source.name, len(source.postprocessing))
+    else:
+        net, card = load_model(source)
+    members = net.members if isinstance(net, EnsembleNet) else [net]
+    for member in members:
+        arch = model_config(member).arch
+        if arch != "unet":
+            raise UserError(f"{model}: a {arch!r} network; export writes unetseg's own UNet"
+                            " models only")
+    return net, card
+
+
+def export_model(model: ModelSpec, out: str | Path, fmt: str = "onnx", *,
                  exporter: str = "auto", tolerance: float = FP32_TOLERANCE,
-                 tiling: Tiling | None = None) -> ExportResult:
+                 tiling: Tiling | None = None, sample: str | Path | None = None,
+                 author: str | None = None, name: str | None = None) -> ExportResult:
     """Export a unetseg model file to ``out`` and verify it against the eager model.
 
     Args:
-        model: a model file (``RUN/best.safetensors``).
-        out: the file to write (``.onnx``; ``.pt``, ``.ts`` or ``.torchscript``).
-        fmt: ``"onnx"`` or ``"torchscript"``.
+        model: a model file (``RUN/best.safetensors``), or a model set (a run folder of
+            ``train --folds``, or several model files): one graph averaging the members'
+            class probabilities, each member normalising inside it; without the set's
+            post-processing.
+        out: the file to write (``.onnx``; ``.pt``, ``.ts`` or ``.torchscript``; ``.zip``).
+        fmt: ``"onnx"``, ``"torchscript"`` or ``"bioimageio"`` (a BioImage Model Zoo package
+            holding both, see :mod:`unetseg.export.bioimageio`; one model file only).
         exporter: ``"auto"`` (try the format's exporters in order), or one of ``dynamo``,
             ``legacy`` (ONNX), ``script``, ``trace`` (TorchScript).
         tolerance: largest accepted absolute logit difference.
         tiling: tiling defaults stored in the file (default :class:`Tiling`).
+        sample: bioimageio: an image like the training images (same channels, same file
+            type); a crop of it becomes the package's test input and cover.
+        author: bioimageio: the package's author (default ``"unetseg user"``).
+        name: bioimageio: the package's name (default from the class names).
 
     Raises:
         UserError: bad model file, output name or exporter name, or a missing extra.
         ParityError: every export ran but none matched within ``tolerance`` (exit status 1).
-        ExportError: no exporter could export the model (exit status 1).
+        ExportError: no exporter could export the model, or a package's description does not
+            validate (exit status 1).
     """
-    from unetseg.modelfile import load_model
-
     out = Path(out)
     _check_target(out, fmt)
+    if fmt == "bioimageio":
+        return _export_package(_one_model_file(model), out, exporter=exporter, tolerance=tolerance,
+                               tiling=tiling, sample=sample, author=author, name=name)
+    if sample is not None or author is not None or name is not None:
+        raise UserError("--sample, --author and --name describe a bioimage.io package; drop"
+                        " them or use --format bioimageio")
     names = EXPORTERS[fmt] if exporter == "auto" else (exporter,)
     if exporter != "auto" and exporter not in EXPORTERS[fmt]:
         raise UserError(f"--exporter {exporter} does not write {fmt}; use auto or one of"
                         f" {', '.join(EXPORTERS[fmt])}")
     write = _writer(fmt)
-    net, card = load_model(model)
-    if card.model.arch != "unet":
-        raise UserError(f"{model}: a {card.model.arch!r} network; export writes unetseg's own"
-                        " UNet models only")
+    net, card = _load(model)
     notes: list[str] = []
     failed: ParityReport | None = None
     for name in names:
@@ -175,3 +220,44 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *,
         lines = failed.lines() if failed is not None else []
         raise ParityError("\n".join(["; ".join(notes), *lines]))
     raise ExportError(f"{model}: could not export to {fmt}: " + "; ".join(notes))
+
+
+def _one_model_file(model: ModelSpec) -> Path:
+    """The model file a bioimage.io package holds: a model set has several, so it is refused."""
+    from unetseg.infer.modelset import ModelSet, resolve_model
+
+    source = resolve_model(model)
+    if isinstance(source, ModelSet):
+        raise UserError(f"{source.name}: a model set; a bioimage.io package holds one model file,"
+                        " so export one member (e.g. RUN/fold-0/best.safetensors)")
+    return Path(source)
+
+
+def _export_package(model: Path, out: Path, *, exporter: str, tolerance: float,
+                    tiling: Tiling | None, sample: str | Path | None, author: str | None,
+                    name: str | None) -> ExportResult:
+    """A bioimage.io package holding the verified ONNX and TorchScript exports."""
+    from unetseg.export.bioimageio import require_bioimageio, write_package
+
+    require_bioimageio()
+    if exporter != "auto":
+        raise UserError(f"--exporter {exporter}: a bioimage.io package holds both formats,"
+                        " each from its first exporter that passes; drop --exporter")
+    if sample is None:
+        raise UserError("--format bioimageio needs --sample IMAGE: an image like the training"
+                        " images, whose crop and prediction become the package's test tensors"
+                        " and cover")
+    parts: list[ExportResult] = []
+
+    def export_weights(fmt: str, path: Path) -> tuple[str, ParityReport]:
+        result = export_model(model, path, fmt, tolerance=tolerance, tiling=tiling)
+        parts.append(result)
+        return result.exporter, result.report
+
+    package = write_package(model, out, export_weights, sample=Path(sample), author=author,
+                            name=name)
+    report = ParityReport(tuple(d for part in parts for d in part.report.diffs), tolerance)
+    used = ", ".join(f"{part.format} {part.exporter}" for part in parts)
+    return ExportResult(package.path, "bioimageio", used, "ONNX and TorchScript weights, each"
+                        " verified against PyTorch; description validated by bioimageio.spec",
+                        report, tuple(parts), package.warnings)

@@ -23,6 +23,12 @@ Shape = tuple[int, int, int, int]
 FP32_TOLERANCE = 1e-4
 
 
+class ExportError(Exception):
+    """No exporter could write the model, or a package's description does not validate."""
+
+    exit_code = 1
+
+
 class ParityError(Exception):
     """The exported model's logits differ from PyTorch's by more than the tolerance."""
 

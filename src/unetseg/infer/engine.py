@@ -21,7 +21,7 @@ from unetseg.infer.precision import (
     choice_without_check,
     sample_window,
 )
-from unetseg.infer.predict import logits_to_labels, predict_logits
+from unetseg.infer.predict import BatchCallback, logits_to_labels, predict_logits
 from unetseg.model import model_config
 from unetseg.model.layout import fastest_memory_format
 
@@ -173,10 +173,11 @@ class ImagePredictor:
         window = torch.as_tensor(sample_window(image), dtype=torch.float32).to(self.device)
         return normalize(window, self.stats.for_image(own))
 
-    def _tiled_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _tiled_logits(self, x: torch.Tensor, on_batch: BatchCallback | None = None
+                      ) -> torch.Tensor:
         tile, overlap, batch = self.tiling(x.shape[-2], x.shape[-1])
         return predict_logits(self.model, x, tile=tile, overlap=overlap, batch_size=batch,
-                              tta=self.tta).float()
+                              tta=self.tta, on_batch=on_batch).float()
 
     @torch.inference_mode()
     def _labels_in(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -185,17 +186,20 @@ class ImagePredictor:
             return logits_to_labels(self._tiled_logits(x)).cpu()
 
     @torch.inference_mode()
-    def device_logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def device_logits(self, image: np.ndarray | torch.Tensor,
+                      on_batch: BatchCallback | None = None) -> torch.Tensor:
         """Logits (K, H, W) float32 on the model's device for an image (C, H, W) in its read
-        scale, computed in the chosen number format (:meth:`choose_precision`)."""
+        scale, computed in the chosen number format (:meth:`choose_precision`); ``on_batch``
+        is called after each batch of tiles with (tiles done, tiles in all)."""
         self.choose_precision(image)
         x = self._normalized(image)
         with self.autocast():
-            return self._tiled_logits(x)
+            return self._tiled_logits(x, on_batch)
 
-    def logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def logits(self, image: np.ndarray | torch.Tensor,
+               on_batch: BatchCallback | None = None) -> torch.Tensor:
         """Logits (K, H, W) on the CPU for an image (C, H, W) in its read scale."""
-        return self.device_logits(image).cpu()
+        return self.device_logits(image, on_batch).cpu()
 
     @torch.inference_mode()
     def labels(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -41,17 +41,23 @@ class ImageScore:
 
 
 def score_images(logits_of: Callable[[np.ndarray | torch.Tensor], torch.Tensor],
-                 truths: Iterable[Truth], num_classes: int) -> Iterator[ImageScore]:
+                 truths: Iterable[Truth], num_classes: int, *,
+                 postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> Iterator[ImageScore]:
     """Predict and count each image of ``truths`` in turn (one image's logits held at a time).
 
     Args:
         logits_of: image (C, H, W) -> logits (K, H, W), e.g. ``ImagePredictor.logits``.
         truths: the images with their true class ids.
         num_classes: K.
+        postprocess: applied to each image's labels (H, W) on the CPU before they are counted
+            (a model set's post-processing).
     """
     for stem, image, truth in truths:
         logits = logits_of(image)
         labels = logits_to_labels(logits)
+        if postprocess is not None:
+            labels = postprocess(labels.cpu())
         truth = truth.to(labels.device).long()
         yield ImageScore(stem, logits, labels, truth,
                          confusion_matrix(labels, truth, num_classes))

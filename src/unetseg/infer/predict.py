@@ -33,6 +33,9 @@ from unetseg.infer.tta import with_tta
 from unetseg.model.geometry import valid_margin
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+BatchCallback = Callable[[int, int], None]
+"""Called after each batch of windows with (windows done, windows in all): a progress bar's
+hook. An exception it raises stops the prediction (a cancel button)."""
 
 
 _T = TypeVar("_T")
@@ -47,6 +50,7 @@ def sliding_window_logits(
     batch_size: int = DEFAULT_BATCH_SIZE,
     blend: BlendMode = "gaussian",
     out_device: torch.device | str | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> torch.Tensor:
     """Blend the logits of overlapping ``tile`` x ``tile`` windows of a same-padding predictor.
 
@@ -64,6 +68,7 @@ def sliding_window_logits(
         batch_size: windows per predictor call.
         blend: ``"gaussian"`` (centre-weighted) or ``"constant"`` (plain mean).
         out_device: where the result is accumulated; defaults to ``image.device``.
+        on_batch: called after each batch with (windows done, windows in all).
 
     Returns:
         Logits ``(K, H, W)`` in float32 (or float64 if the predictor returns float64).
@@ -78,6 +83,7 @@ def sliding_window_logits(
     windows = iter_windows(height, width, tile, tile, overlap)
     logit_sum: torch.Tensor | None = None
     weight_sum = torch.zeros(height, width, device=device, dtype=weight.dtype)
+    done = 0
     for batch in _chunks(windows, batch_size):
         logits = predictor(torch.stack([image[:, ys, xs] for ys, xs in batch]))
         _check_logits(logits, len(batch), (th, tw), "sliding_window_logits needs a same-padding"
@@ -91,6 +97,9 @@ def sliding_window_logits(
         for (ys, xs), window_logits in zip(batch, logits):
             logit_sum[:, ys, xs] += window_logits * weight
             weight_sum[ys, xs] += weight
+        done += len(batch)
+        if on_batch is not None:
+            on_batch(done, len(windows))
     assert logit_sum is not None  # there is always at least one window
     return logit_sum / weight_sum
 
@@ -103,6 +112,7 @@ def overlap_tile_logits(
     out_tile: int,
     batch_size: int = 1,
     out_device: torch.device | str | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> torch.Tensor:
     """The U-Net paper's overlap-tile strategy for a valid-padding U-Net of ``depth``.
 
@@ -128,6 +138,7 @@ def overlap_tile_logits(
         out_tile: side of the output tiles; a positive multiple of ``2**depth``.
         batch_size: windows per predictor call.
         out_device: where the result is assembled; defaults to ``image.device``.
+        on_batch: called after each batch with (windows done, windows in all).
 
     Returns:
         Logits ``(K, H, W)`` in the predictor's dtype.
@@ -147,6 +158,7 @@ def overlap_tile_logits(
     origins = [(y, x) for y in range(0, height, out_tile) for x in range(0, width, out_tile)]
     device = torch.device(out_device) if out_device is not None else image.device
     out: torch.Tensor | None = None
+    done = 0
     for batch in _chunks(origins, batch_size):
         windows = torch.stack([padded[:, y : y + in_tile, x : x + in_tile] for y, x in batch])
         logits = predictor(windows)
@@ -157,6 +169,9 @@ def overlap_tile_logits(
         for (y, x), tile_logits in zip(batch, logits):
             oh, ow = min(out_tile, height - y), min(out_tile, width - x)
             out[:, y : y + oh, x : x + ow] = tile_logits[:, :oh, :ow]
+        done += len(batch)
+        if on_batch is not None:
+            on_batch(done, len(origins))
     assert out is not None  # there is always at least one tile
     return out
 
@@ -186,6 +201,7 @@ def predict_logits(
     batch_size: int = DEFAULT_BATCH_SIZE,
     blend: BlendMode = "gaussian",
     tta: str | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> torch.Tensor:
     """Logits of a U-Net for an image of any size, by the tiling that suits its padding.
 
@@ -208,6 +224,7 @@ def predict_logits(
         blend: ``"gaussian"`` or ``"constant"`` weighting for same padding.
         tta: test-time augmentation of every window, ``"flip"``, ``"d4"`` or ``"rot:N"``
             (see :mod:`unetseg.infer.tta`); None for none.
+        on_batch: called after each batch of windows with (windows done, windows in all).
 
     Returns:
         Logits ``(K, H, W)``.
@@ -227,7 +244,7 @@ def predict_logits(
     with torch.inference_mode():
         return tiled_logits(predictor, image, padding=config.padding,
                             depth=config.depth, tile=tile, overlap=overlap,
-                            batch_size=batch_size, blend=blend)
+                            batch_size=batch_size, blend=blend, on_batch=on_batch)
 
 
 def tiled_logits(
@@ -240,6 +257,7 @@ def tiled_logits(
     overlap: float = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
     blend: BlendMode = "gaussian",
+    on_batch: BatchCallback | None = None,
 ) -> torch.Tensor:
     """The tiling of :func:`predict_logits` for any predictor of a U-Net with ``padding`` and
     ``depth`` (e.g. an exported model run by ONNX Runtime); the same windows, batches and
@@ -250,11 +268,12 @@ def tiled_logits(
     """
     if padding == "same":
         return sliding_window_logits(predictor, image, tile=tile or DEFAULT_TILE,
-                                     overlap=overlap, batch_size=batch_size, blend=blend)
+                                     overlap=overlap, batch_size=batch_size, blend=blend,
+                                     on_batch=on_batch)
     if padding == "valid":
         out_tile = default_out_tile(depth, tile or DEFAULT_TILE, max(image.shape[-2:]))
         return overlap_tile_logits(predictor, image, depth=depth, out_tile=out_tile,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, on_batch=on_batch)
     raise ValueError(f"unknown padding {padding!r} in the model config; use same or valid")
 
 

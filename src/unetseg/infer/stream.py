@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tifffile
@@ -21,7 +21,7 @@ import torch
 
 from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from unetseg.data.classes import ClassTable
-from unetseg.data.masks import mask_palette
+from unetseg.data.masks import label_metadata, mask_palette
 from unetseg.data.normalize import ChannelStats, channel_stats, normalize
 from unetseg.errors import UserError
 from unetseg.infer.blending import BlendMode, blend_weight
@@ -34,12 +34,28 @@ from unetseg.progress import progress
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["TiffBandReader", "WindowPlan", "label_tiles", "plan_windows",
+__all__ = ["BandReader", "TiffBandReader", "WindowPlan", "label_tiles", "plan_windows",
            "predict_large_tiff", "stream_labels"]
 
 LABEL_TIFF_TILE = 512
 """Side in pixels of the written label BigTIFF's own tiles (its storage layout, not the
 prediction's tiling)."""
+
+
+class BandReader(Protocol):
+    """What :func:`stream_labels` reads: an image's size and its rows, mirrored past the edges
+    (:class:`TiffBandReader`, :class:`~unetseg.infer.omezarr.OmeZarrBandReader`)."""
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    def mirrored_rows(self, top: int, bottom: int) -> np.ndarray:
+        """Rows ``[top, bottom)`` as float32 ``(C, rows, W)``, rows outside the image
+        mirrored."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -82,14 +98,16 @@ def plan_windows(padding: str, depth: int, height: int, width: int, *, tile: int
 
 
 @torch.inference_mode()
-def stream_labels(reader: TiffBandReader, predictor: Predictor, plan: WindowPlan,
+def stream_labels(reader: BandReader, predictor: Predictor, plan: WindowPlan,
                   stats: ChannelStats, *, batch_size: int = DEFAULT_BATCH_SIZE,
                   device: torch.device | None = None,
-                  on_window: Callable[[], None] | None = None
+                  on_window: Callable[[], None] | None = None,
+                  decode: Callable[[torch.Tensor], np.ndarray] | None = None
                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(top, labels (rows, W) int64, image rows (C, rows, W))`` for consecutive bands
     of finished rows, top to bottom. ``predictor`` maps (B, C, in_h, in_w) to logits whose top-left
-    ``out_h`` x ``out_w`` belong to the window."""
+    ``out_h`` x ``out_w`` belong to the window. ``decode`` replaces the labels by another
+    function of the blended logits ``(K, rows, W)`` (an instance model's maps)."""
     device = device or torch.device("cpu")
     h, w = reader.height, reader.width
     stats = stats.for_image(image_stats(reader)) if stats.scheme == "image" else stats
@@ -118,18 +136,19 @@ def stream_labels(reader: TiffBandReader, predictor: Predictor, plan: WindowPlan
                     on_window()
         assert acc is not None
         end = plan.ys[i + 1] if i + 1 < len(plan.ys) else min(h, y + plan.out_h)
-        labels = logits_to_labels(acc[:, : end - y] / wsum[: end - y])
-        yield y, labels.cpu().numpy(), raw[:, plan.margin : plan.margin + end - y]
+        blended = acc[:, : end - y] / wsum[: end - y]
+        rows = logits_to_labels(blended).cpu().numpy() if decode is None else decode(blended)
+        yield y, rows, raw[:, plan.margin : plan.margin + end - y]
 
 
 STATS_ROWS = 256
 """Rows read at a time for a streamed image's own statistics (the ``image`` normalisation)."""
 
 
-def image_stats(reader: TiffBandReader) -> ChannelStats:
+def image_stats(reader: BandReader) -> ChannelStats:
     """The mean and sd per channel of the whole image, read band by band (one extra pass over
     the file), for models normalised per image."""
-    return channel_stats(reader.rows(top, min(reader.height, top + STATS_ROWS))
+    return channel_stats(reader.mirrored_rows(top, min(reader.height, top + STATS_ROWS))
                          for top in range(0, reader.height, STATS_ROWS))
 
 
@@ -183,15 +202,17 @@ class _Thumbnail:
 def label_tiff_options(classes: ClassTable) -> dict[str, Any]:
     """``tifffile.imwrite`` keywords that store decoded labels in the encoding
     :func:`~unetseg.data.masks.write_mask` gives a PNG: gray values, RGB colours, or palette
-    indices with the masks' palette as the TIFF's colour map ((3, 256) uint16, 0..65535)."""
+    indices with the masks' palette as the TIFF's colour map ((3, 256) uint16, 0..65535); the
+    class table goes in the ImageDescription (:func:`~unetseg.data.masks.label_metadata`)."""
+    description = {"description": label_metadata(classes)}
     if classes.encoding == "rgb":
-        return {"photometric": "rgb"}
+        return {"photometric": "rgb", **description}
     if classes.encoding == "palette":
         flat = np.array(mask_palette(classes), np.uint16).reshape(-1, 3)
         colormap = np.zeros((3, 256), np.uint16)
         colormap[:, : len(flat)] = flat.T * 257
-        return {"photometric": "palette", "colormap": colormap}
-    return {"photometric": "minisblack"}
+        return {"photometric": "palette", "colormap": colormap, **description}
+    return {"photometric": "minisblack", **description}
 
 
 def predict_large_tiff(model: torch.nn.Module, stats: ChannelStats, classes: ClassTable,

@@ -85,3 +85,13 @@ def valid_margin(depth: int) -> int:
 def output_size(input_size: int, depth: int, padding: str) -> int:
     """Output side for ``input_size`` under either padding."""
     return input_size if padding == "same" else valid_output_size(input_size, depth)
+
+
+def receptive_radius(depth: int, up: str) -> int:
+    """The farthest an input pixel can lie from an output pixel it changes, along one side, in a
+    same-padding U-Net with local normalisation (instance and group norm see the whole window):
+    :func:`valid_margin` plus, through the poolings' phase, ``2**depth - 1`` (transposed
+    convolutions, nearest upsampling) or twice that (bilinear upsampling also reads a neighbour
+    at every level). 23 at depth 2 with transposed convolutions, 107 at depth 4."""
+    extra = 2**depth - 1
+    return valid_margin(depth) + (2 * extra if up == "bilinear" else extra)

@@ -10,6 +10,10 @@ server; :func:`run_server` uses uvicorn. Limits:
   a message;
 * more than ``workers + queue_size`` requests in inference -> 503 with ``Retry-After``.
 
+An instance model (``train --task instance``) answers ``format=png`` with its object labels
+(a 16-bit PNG, 0 background; a 32-bit TIFF above 65535 objects) and ``format=json`` with the
+object table of ``unetseg predict``'s ``<stem>_objects.csv``.
+
 Decoding, inference and encoding run in worker threads (:mod:`unetseg.serve.worker`), so the
 event loop keeps answering ``/health`` while a large image is predicted.
 """
@@ -25,7 +29,14 @@ from typing import Any
 
 from unetseg.config import PredictConfig, ServeLimits
 from unetseg.errors import UserError
-from unetseg.serve.codec import BadUpload, class_counts, decode, label_png, sniff
+from unetseg.serve.codec import (
+    BadUpload,
+    class_counts,
+    decode,
+    instance_image,
+    label_png,
+    sniff,
+)
 from unetseg.serve.worker import InferenceQueue, QueueFull, ServedModel, load_served_model
 
 Scope = MutableMapping[str, Any]
@@ -109,6 +120,10 @@ def _model_info(served: ServedModel, limits: dict[str, int]) -> dict[str, Any]:
         "tiling": {"tile": predictor.tile, "overlap": predictor.overlap,
                    "batch_size": predictor.batch_size},
         "limits": limits,
+        "members": card.info.get("members", [served.path.name]),
+        "postprocessing": [s.to_dict(card.classes.names) for s in served.postprocessing],
+        "task": card.task,
+        "instance": to_dict(card.instance) if card.instance is not None else None,
     }
 
 
@@ -127,6 +142,19 @@ async def _read_upload(request: Any) -> tuple[bytes, str]:
     return data, Path(upload.filename or "upload").name
 
 
+def _objects_job(served: ServedModel, image: Any, name: str, fmt: str) -> Any:
+    """An instance model's answer: the object labels as ``unetseg predict`` writes them
+    (``(bytes, media type, suffix)``), or JSON with the object table."""
+    from unetseg.infer.instances import measure_objects
+
+    labels = served.predict_objects(image)
+    if fmt == "png":
+        return instance_image(labels)
+    table = measure_objects(labels, image)
+    return {"image": name, "height": int(labels.shape[0]), "width": int(labels.shape[1]),
+            "count": len(table), "objects": table}
+
+
 def _inference_job(served: ServedModel, data: bytes, suffix: str, name: str,
                    fmt: str) -> tuple[Any, float]:
     """Decode, predict and encode one upload (runs in a worker thread)."""
@@ -136,6 +164,8 @@ def _inference_job(served: ServedModel, data: bytes, suffix: str, name: str,
         served.check_channels(image, name)
     except UserError as exc:
         raise BadUpload(400, str(exc)) from None
+    if served.card.instance is not None:
+        return _objects_job(served, image, name, fmt), time.perf_counter() - started
     ids = served.predict_ids(image)
     if fmt == "png":
         body: Any = label_png(ids, served.card.classes)
@@ -145,14 +175,16 @@ def _inference_job(served: ServedModel, data: bytes, suffix: str, name: str,
     return body, time.perf_counter() - started
 
 
-def create_app(model_path: str | Path, config: PredictConfig | None = None, *,
+def create_app(model_path: Any, config: PredictConfig | None = None, *,
                max_upload_bytes: int = LIMITS.max_upload_bytes,
                max_pixels: int = LIMITS.max_pixels, queue_size: int = LIMITS.queue_size,
                workers: int = LIMITS.workers, **options: Any) -> Any:
     """The FastAPI app serving one model file, loaded here, once.
 
     Args:
-        model_path: a ``.safetensors`` model (PyTorch) or an exported ``.onnx`` (ONNX Runtime).
+        model_path: a ``.safetensors`` model (PyTorch), an exported ``.onnx`` (ONNX Runtime),
+            or a model set (a run folder of ``train --folds``, or several model files; see
+            :mod:`unetseg.infer.modelset`).
         max_upload_bytes: largest request body; larger ones get 413.
         max_pixels: largest image height x width; larger ones get 413.
         queue_size: requests that may wait for a worker; beyond them, 503.
@@ -241,13 +273,25 @@ def _add_routes(app: Any, served: ServedModel, queue: InferenceQueue,
         headers = {"X-Inference-Seconds": f"{seconds:.4f}"}
         if format == "json":
             return JSONResponse(body, headers=headers)
+        if served.card.instance is not None:  # object labels: a 16-bit PNG or a TIFF
+            content, media, suffix = body
+            headers["Content-Disposition"] = (f'inline; filename="{Path(name).stem}_instances'
+                                              f'{suffix}"')
+            return Response(content, media_type=media, headers=headers)
         headers["Content-Disposition"] = f'inline; filename="{Path(name).stem}_mask.png"'
         return Response(body, media_type="image/png", headers=headers)
 
     app.mount("/static", StaticFiles(directory=static), name="static")
 
 
-def run_server(model_path: str | Path, config: PredictConfig | None = None, *,
+def served_name(model_path: Any) -> str:
+    """The name of a model file, run folder or list of model files, for the banner."""
+    from unetseg.infer.modelset import model_name
+
+    return model_name(model_path)
+
+
+def run_server(model_path: Any, config: PredictConfig | None = None, *,
                host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
     """Load the model, build the app and serve it with uvicorn until interrupted; ``config``
     and ``options`` are those of :func:`create_app`."""
@@ -256,5 +300,5 @@ def run_server(model_path: str | Path, config: PredictConfig | None = None, *,
     except ImportError:
         raise UserError(f"unetseg serve needs uvicorn; {INSTALL_HINT}") from None
     app = create_app(model_path, config, **options)
-    print(f"serving {Path(model_path).name} on http://{host}:{port}/ (Ctrl-C stops)")
+    print(f"serving {served_name(model_path)} on http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -93,6 +93,17 @@ def label_png(ids: np.ndarray, classes: ClassTable) -> bytes:
         return path.read_bytes()
 
 
+def instance_image(labels: np.ndarray) -> tuple[bytes, str, str]:
+    """Object labels ``(H, W)`` as ``unetseg predict`` writes them (a 16-bit PNG, a 32-bit TIFF
+    above 65535 objects): ``(bytes, media type, file suffix)``."""
+    from unetseg.data.write import write_instances
+
+    with tempfile.TemporaryDirectory(prefix="unetseg-objects-") as folder:
+        path = write_instances(folder, "upload", labels)
+        media = "image/png" if path.suffix == ".png" else "image/tiff"
+        return path.read_bytes(), media, path.suffix
+
+
 def class_counts(ids: np.ndarray, classes: ClassTable) -> list[dict[str, Any]]:
     """Per class: value, name, pixel count and fraction of the image."""
     counts = np.bincount(ids.ravel(), minlength=classes.num_classes)

@@ -9,18 +9,23 @@ when its job has finished, not when its client goes away.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from unetseg.config import PredictConfig, predict_config
 from unetseg.modelfile import ModelCard
+
+if TYPE_CHECKING:
+    from unetseg.infer.modelset import ModelSpec
+    from unetseg.infer.postprocess import Step
 
 T = TypeVar("T")
 
@@ -85,7 +90,8 @@ class ServedModel:
     """A model loaded once: images (C, H, W) as read -> class ids (H, W).
 
     ``predictor`` is an :class:`~unetseg.infer.engine.ImagePredictor` (``torch`` backend) or an
-    :class:`~unetseg.infer.backends.OnnxImagePredictor` (``onnxruntime``).
+    :class:`~unetseg.infer.backends.OnnxImagePredictor` (``onnxruntime``); ``postprocessing``
+    is a model set's (:mod:`unetseg.infer.postprocess`), applied to every label image.
     """
 
     path: Path
@@ -93,24 +99,41 @@ class ServedModel:
     predictor: Any
     card: ModelCard
     loaded_at: float = field(default_factory=time.time)
+    postprocessing: tuple[Step, ...] = ()
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         self.predictor.check_channels(image, name)
 
     def predict_ids(self, image: np.ndarray) -> np.ndarray:
-        """Class ids ``(H, W)`` int64 (argmax of the tiled logits)."""
+        """Class ids ``(H, W)`` int64 (argmax of the tiled logits, then the
+        post-processing)."""
+        from unetseg.infer.postprocess import apply_postprocessing
         from unetseg.infer.predict import logits_to_labels
 
-        return logits_to_labels(self.predictor.logits(image)).numpy()
+        ids = logits_to_labels(self.predictor.logits(image)).numpy()
+        return apply_postprocessing(ids, self.postprocessing)
+
+    def predict_objects(self, image: np.ndarray) -> np.ndarray:
+        """Object labels ``(H, W)`` int32 of an instance model (0 background), split from its
+        output over the whole image (:mod:`unetseg.infer.instances`)."""
+        from unetseg.infer.instances import instances_from_logits
+
+        assert self.card.instance is not None, "not an instance model"
+        return instances_from_logits(self.predictor.logits(image), self.card.instance)
 
 
-def load_served_model(path: str | Path, config: PredictConfig | None = None, **options: Any
+def load_served_model(path: ModelSpec, config: PredictConfig | None = None, **options: Any
                       ) -> ServedModel:
     """Load a model file once for serving, as ``config`` and ``options`` (its fields as
     keywords, on top) say: with the default backend ``auto``, ``.onnx`` files run on ONNX
     Runtime and a ``.safetensors`` model on the backend measured faster for it on this machine
-    (:mod:`unetseg.export.fastest`)."""
+    (:mod:`unetseg.export.fastest`). A model set (a run folder of ``train --folds``, or several
+    model files; :mod:`unetseg.infer.modelset`) serves its members' mean probabilities with its
+    post-processing."""
     from unetseg.export.fastest import load_fastest
+    from unetseg.infer.modelset import model_name
 
     loaded = load_fastest(path, predict_config(config, **options))
-    return ServedModel(Path(path), loaded.backend, loaded.predictor, loaded.card)
+    shown = Path(path) if isinstance(path, str | os.PathLike) else Path(model_name(path))
+    return ServedModel(shown, loaded.backend, loaded.predictor, loaded.card,
+                       postprocessing=loaded.postprocessing)

@@ -14,10 +14,11 @@ import math
 import os
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -26,6 +27,13 @@ from unetseg.config import RunConfig, TrainConfig, check_run_config
 from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import LoadedData, LoadedPair, PatchDataset, load_data, split_pairs
+from unetseg.data.folds import split_by_stems
+from unetseg.data.instance_targets import (
+    attach_instances,
+    batch_targets,
+    target_class_names,
+    target_ids,
+)
 from unetseg.data.normalize import ChannelStats, dataset_stats, normalize, training_view
 from unetseg.data.report import Report
 from unetseg.data.weights import attach_weight_maps
@@ -33,11 +41,19 @@ from unetseg.errors import UserError
 from unetseg.files import output_folder, remove_stale_temps, write_text_atomic
 from unetseg.infer.engine import ImagePredictor, resolve_device
 from unetseg.infer.evaluate import score_images, total_confusion
-from unetseg.losses import LossFn, build_loss
-from unetseg.metrics import iou, mean_iou
+from unetseg.infer.instances import (
+    TUNE_MAX_PIXELS,
+    InstanceMaps,
+    choose_postprocess,
+    instance_maps,
+    instances_from_logits,
+)
+from unetseg.infer.predict import logits_to_labels
+from unetseg.losses import LossFn, build_instance_loss, build_loss
+from unetseg.metrics import confusion_matrix, iou, mean_iou
 from unetseg.model import build_model
 from unetseg.model.layout import fastest_memory_format
-from unetseg.modelfile import ModelCard, read_card
+from unetseg.modelfile import ModelCard, load_model, read_card, save_model
 from unetseg.report.training import Example, training_report
 from unetseg.train import distributed
 from unetseg.train.autoplan import (
@@ -50,6 +66,7 @@ from unetseg.train.autoplan import (
     read_plan,
 )
 from unetseg.train.checkpoint import load_training_state, read_loop_state
+from unetseg.train.crossval import CrossValidation, cross_validate
 from unetseg.train.distributed import DistEnv
 from unetseg.train.loop import Precision, keep_examples, train_one_epoch
 from unetseg.train.manifest import run_manifest, write_manifest
@@ -97,8 +114,9 @@ class FitResult:
 
 def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True,
                  loaded: LoadedData | None = None) -> PreparedData:
-    """Pair, check and decode the data (unless ``loaded`` already holds it); split it by seed;
-    compute the training normalisation of ``cfg.data.normalization``.
+    """Pair, check and decode the data (unless ``loaded`` already holds it); split it by seed
+    (or hold out ``cfg.data.val_stems``); compute the training normalisation of
+    ``cfg.data.normalization``.
 
     The checks are ``unetseg check``'s (:func:`unetseg.data.dataset.load_data`): any error ends
     the run with one line, warnings are logged. The training images are kept as training
@@ -107,8 +125,11 @@ def prepare_data(root: str | Path, cfg: RunConfig, *, show_progress: bool = True
     d = cfg.data
     loaded = loaded or load_data(root, d, progress=show_progress)
     classes = loaded.classes
-    train, val = split_pairs(loaded.pairs, d.val_fraction, cfg.train.seed)
-    if cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
+    train, val = (split_pairs(loaded.pairs, d.val_fraction, cfg.train.seed)
+                  if d.val_stems is None else split_by_stems(loaded.pairs, d.val_stems))
+    if cfg.train.task == "instance":  # targets (and weights) derived after augmentation
+        attach_instances([*train, *val], classes, d)
+    elif cfg.train.loss == "weighted-ce":  # the paper's border weight map, once per mask
         attach_weight_maps(train, classes, d, progress=show_progress)
     stats = dataset_stats([p.image for p in train], d.normalization, seed=cfg.train.seed)
     if stats.scheme != "dataset":
@@ -131,9 +152,13 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
     """Move, augment and normalise a batch. The augmentation of the whole global batch is drawn
     every step and this process applies its ``rows``, so each sample is augmented the same
     whatever the number of processes. Loss weights, when the batch has them, are warped with
-    the masks and returned third."""
+    the masks and returned third. For the instance task the batch's third tensor holds the
+    instance labels: they are warped in place of the masks and the targets derived from them
+    (:func:`~unetseg.data.instance_targets.batch_targets`)."""
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
     batch_stats = stats.training()  # the images are already in their training view
+    if cfg.train.task == "instance":
+        return _instance_batch_preparer(cfg, batch_stats, device, generator, rows)
 
     def prepare(images: torch.Tensor, masks: torch.Tensor,
                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -146,6 +171,27 @@ def _batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device, e
         augmented = apply_params(images, masks, params.rows(rows), weights=weights,
                                  image_mode=cfg.augment.image_interpolation)
         return (normalize(augmented[0], batch_stats), *augmented[1:])
+
+    return prepare
+
+
+def _instance_batch_preparer(cfg: RunConfig, stats: ChannelStats, device: torch.device,
+                             generator: torch.Generator, rows: slice
+                             ) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Warp the instance labels (ignored pixels -1) with the images, nearest, in one
+    resampling, then derive the targets from the warped labels."""
+
+    def prepare(images: torch.Tensor, masks: torch.Tensor,
+                instances: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        images = images.to(device, non_blocking=True)
+        labels = instances.to(device, non_blocking=True)  # ignored pixels are -1 already
+        params = sample_params(cfg.train.batch_size, cfg.augment, generator,
+                               height=images.shape[-2], width=images.shape[-1])
+        images, labels = apply_params(images, labels, params.rows(rows),
+                                      image_mode=cfg.augment.image_interpolation)[:2]
+        targets = batch_targets(labels, cfg.instance, weighted=cfg.train.loss == "weighted-ce",
+                                w0=cfg.data.weight_w0, sigma=cfg.data.weight_sigma)
+        return (normalize(images, stats), *targets)
 
     return prepare
 
@@ -163,6 +209,8 @@ def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: D
     distributed.broadcast_buffers(model, env)
     model.eval()
     predictor = ImagePredictor(model, data.stats, tile=cfg.train.val_tile, batch_size=2)
+    if cfg.train.task == "instance":
+        return _validate_instances(predictor, data, cfg, env, examples)
     truths = ((p.stem, p.image, torch.from_numpy(p.ids))
               for p in data.val[env.rank::env.world_size])
     k = data.classes.num_classes
@@ -175,11 +223,47 @@ def _validate(model: torch.nn.Module, data: PreparedData, cfg: RunConfig, env: D
     return row
 
 
+def _validate_instances(predictor: ImagePredictor, data: PreparedData, cfg: RunConfig,
+                        env: DistEnv, examples: list[Example] | None) -> dict[str, Any]:
+    """Validation of an instance model: the mean IoU of its target classes (the targets of the
+    unwarped validation labels) and the mean 2018 Data Science Bowl score of its objects with
+    the configured post-processing, pooled over the processes."""
+    from unetseg.metrics_instance import instance_scores
+
+    names = target_class_names(cfg.instance)
+    k = len(names)
+    total = torch.zeros(k, k, dtype=torch.int64)
+    dsb = torch.zeros(2, dtype=torch.float64)  # sum of the images' scores, images
+    for pair in data.val[env.rank::env.world_size]:
+        assert pair.instances is not None
+        logits = predictor.logits(pair.image)
+        truth = target_ids(pair.instances, cfg.instance)
+        labels = logits_to_labels(logits[:k])
+        total += confusion_matrix(labels, torch.from_numpy(truth), k)
+        objects = instances_from_logits(logits, cfg.instance)
+        ignored = pair.instances < 0
+        objects[ignored] = 0
+        dsb += torch.tensor([instance_scores(np.maximum(pair.instances, 0), objects).dsb_score,
+                             1.0], dtype=torch.float64)
+        if examples is not None and len(examples) < REPORT_EXAMPLES:
+            examples.append((pair.stem, pair.image, truth, labels.numpy()))
+    total = distributed.all_reduce_sum(total, env)
+    dsb = distributed.all_reduce_sum(dsb, env)
+    row: dict[str, Any] = {"val_mean_iou": float(mean_iou(total))}
+    for name, value in zip(names, iou(total).tolist()):
+        row[f"val_iou/{name}"] = None if math.isnan(value) else value
+    row["val_dsb_score"] = float(dsb[0] / dsb[1]) if dsb[1] > 0 else None
+    return row
+
+
 REPORT_EXAMPLES = 3
 
 
 def _score(row: dict[str, Any]) -> float:
-    """Higher is better: validation mean IoU, or minus the training loss without validation."""
+    """Higher is better: the validation DSB score of an instance model, else the validation
+    mean IoU, or minus the training loss without validation."""
+    if row.get("val_dsb_score") is not None:
+        return row["val_dsb_score"]
     return row["val_mean_iou"] if row["val_mean_iou"] is not None else -row["train_loss"]
 
 
@@ -210,6 +294,9 @@ def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device
     precision = Precision.for_device(device, cfg.train.amp)
     weights = (torch.tensor(cfg.train.class_weights, device=device)
                if cfg.train.class_weights else None)
+    if loss_fn is None and cfg.train.task == "instance":
+        loss_fn = build_instance_loss(cfg.train.loss, cfg.instance.target, class_weights=weights,
+                                      distance_weight=cfg.instance.distance_weight)
     return Training(
         model=model, optimizer=optimizer,
         scheduler=build_scheduler(cfg.train, optimizer, steps_per_epoch=steps),
@@ -220,11 +307,15 @@ def build_training(cfg: RunConfig, train: list[LoadedPair], device: torch.device
         patch=patch, steps=steps)
 
 
-def _check_class_weights(weights: tuple[float, ...] | None, classes: ClassTable) -> None:
-    """Refuse ``--class-weights`` that do not give one weight per class of the data."""
-    if weights is not None and len(weights) != classes.num_classes:
+def _check_class_weights(weights: tuple[float, ...] | None, classes: ClassTable,
+                         cfg: RunConfig) -> None:
+    """Refuse ``--class-weights`` that do not give one weight per class of the data (of the
+    target, for the instance task)."""
+    names = (target_class_names(cfg.instance) if cfg.train.task == "instance"
+             else classes.names)
+    if weights is not None and len(weights) != len(names):
         raise UserError(f"--class-weights gives {len(weights)} weights for"
-                        f" {classes.num_classes} classes ({', '.join(classes.names)});"
+                        f" {len(names)} classes ({', '.join(names)});"
                         " give one weight per class")
 
 
@@ -291,7 +382,7 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
         cfg, planned, loaded = _plan(data, cfg, plan, fixed, device, env, show_progress)
     rows = distributed.batch_shard(cfg.train.batch_size, env)  # this process's share
     prepared = prepare_data(data, cfg, show_progress=show_progress, loaded=loaded)
-    _check_class_weights(cfg.train.class_weights, prepared.classes)
+    _check_class_weights(cfg.train.class_weights, prepared.classes, cfg)
     resolved = (resolve_config(cfg, prepared.classes, prepared.train, prepared.val,
                                rows.stop - rows.start, device, env, show_progress=show_progress)
                 if resume_file is None
@@ -319,7 +410,8 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
             patch_size=t.patch, steps_per_epoch=t.steps, processes=env.world_size,
             device=device))
     dataset, loader = _data_loader(cfg, prepared, t, env, rows, device)
-    card = ModelCard(cfg.model, prepared.classes, prepared.stats, cfg)
+    card = ModelCard(cfg.model, prepared.classes, prepared.stats, cfg,
+                     instance=cfg.instance if cfg.train.task == "instance" else None)
     return _Run(out, resolved, prepared, t, card, env, device, rows, net, dataset, loader,
                 show_progress), state
 
@@ -390,11 +482,20 @@ def _save_epoch(run: _Run, state: RunState, row: dict[str, Any], improved: bool)
 
     def report() -> str:
         return training_report(run.out, state.history, run.data.check, run.examples,
-                               run.data.classes)
+                               _shown_classes(run))
 
     save_epoch_files(run.out, t.model, run.card, t.optimizer, state.history, row, improved, {
         **state.to_json(), **run.resolved.plans_json(),
         "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()}, report)
+
+
+def _shown_classes(run: _Run) -> ClassTable:
+    """The classes the validation examples show: the data's, or an instance target's."""
+    cfg = run.resolved.cfg
+    if cfg.train.task != "instance":
+        return run.data.classes
+    names = target_class_names(cfg.instance)
+    return ClassTable.from_values(range(len(names)), names)
 
 
 def _stop_reason(state: RunState, cfg: TrainConfig) -> str | None:
@@ -406,12 +507,32 @@ def _stop_reason(state: RunState, cfg: TrainConfig) -> str | None:
     return "time_limit" if state.epoch < cfg.epochs else "epochs"
 
 
+@overload
 def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
-        resume: bool = False, show_progress: bool = True,
+        folds: None = None, resume: bool = False, show_progress: bool = True,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
         loss_fn: LossFn | None = None, plan: PlanSource | None = "auto",
-        fixed: Collection[str] = ()) -> FitResult:
+        fixed: Collection[str] = ()) -> FitResult: ...
+@overload
+def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
+        folds: int, resume: bool = False, show_progress: bool = True,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        loss_fn: LossFn | None = None, plan: PlanSource | None = "auto",
+        fixed: Collection[str] = ()) -> CrossValidation: ...
+
+
+def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
+        folds: int | None = None, resume: bool = False, show_progress: bool = True,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        loss_fn: LossFn | None = None, plan: PlanSource | None = "auto",
+        fixed: Collection[str] = ()) -> FitResult | CrossValidation:
     """Train a U-Net on ``data`` (``images/`` + ``masks/``) and write the run into ``out``.
+
+    With ``folds`` it cross-validates instead: one run per fold in ``out/fold-<i>/``, each
+    scored on its held-out images, ``out/folds.json`` with the scores' mean and sd, and
+    ``out/modelset.json``, the fold models as one model set with the post-processing chosen on
+    their held-out predictions (:mod:`unetseg.train.crossval`); it returns a
+    :class:`~unetseg.train.crossval.CrossValidation`.
 
     Writes ``best.safetensors`` and ``last.safetensors`` (model + JSON card),
     ``resume.safetensors`` (everything to continue), ``config.json``, ``metrics.csv``,
@@ -436,13 +557,18 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
     fields, such as ``"data.patch_size"``: what the command line's flags set) and those of
     ``cfg`` that differ from the defaults. The run folder gets ``plan.json`` (the plan with
     a reason per choice, also in ``config.json``) and, when planned from the data,
-    ``fingerprint.json``.
+    ``fingerprint.json``. With ``folds``, the first fold plans and the others take its
+    ``plan.json``.
 
     Launched as several processes (``torchrun``, ``unetseg train --nproc N``; see
     :mod:`unetseg.train.distributed`) it trains data-parallel: each process takes its share of
     every global batch of ``batch_size``, only rank 0 writes files and shows progress, the
     logged loss is the mean over processes, and callbacks run on every process with the same row.
     """
+    if folds is not None:
+        return cross_validate(data, out, cfg, folds=folds, train_run=fit, resume=resume,
+                              show_progress=show_progress, callbacks=callbacks,
+                              loss_fn=loss_fn, plan=plan, fixed=fixed)
     out = Path(out)
     resume_file = check_run_folder(out, resume)
     run, state = _set_up(data, out, cfg, resume_file, show_progress, loss_fn, plan, fixed)
@@ -454,14 +580,60 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         distributed.barrier(run.env)  # the epoch's files are whole before any process goes on
         for callback in callbacks:
             callback(row)
+    if run.env.is_main and run.resolved.cfg.train.task == "instance":
+        choose_instance_postprocess(out, run.data, run.resolved.cfg, run.device,
+                                    show_progress=run.show_progress)
     return FitResult(out, out / "best.safetensors", out / "last.safetensors", state.history,
                      state.stopped or "epochs")
 
 
+def choose_instance_postprocess(out: Path, data: PreparedData, cfg: RunConfig,
+                                device: torch.device, *, show_progress: bool = False
+                                ) -> dict[str, Any] | None:
+    """Choose the post-processing of the run's best instance model on the validation images
+    (:func:`~unetseg.infer.instances.choose_postprocess`, on at most
+    :data:`~unetseg.infer.instances.TUNE_MAX_PIXELS` pixels) and store it in the cards of
+    ``best.safetensors`` and ``last.safetensors`` (the choice's record under
+    ``info["instance_postprocess"]``). Without validation images the configured values stay.
+    Returns the record, or None."""
+    if not data.val:
+        log.warning("no validation images: the instance post-processing keeps its configured"
+                    " values")
+        return None
+    model, card = load_model(out / "best.safetensors", device)
+    predictor = ImagePredictor(model, card.stats, tile=cfg.train.val_tile, batch_size=2)
+    examples: list[tuple[InstanceMaps, np.ndarray]] = []
+    pixels = 0
+    for pair in data.val:
+        if examples and pixels + pair.ids.size > TUNE_MAX_PIXELS:
+            break
+        assert pair.instances is not None
+        maps = instance_maps(predictor.logits(pair.image), cfg.instance)
+        ignored = pair.instances < 0
+        maps.foreground[ignored] = 0.0
+        examples.append((maps, np.maximum(pair.instances, 0)))
+        pixels += pair.ids.size
+    chosen, record = choose_postprocess(examples, cfg.instance)
+    for name in ("best.safetensors", "last.safetensors"):
+        path = out / name
+        net, stored = load_model(path)
+        save_model(path, net, replace(stored, instance=chosen,
+                                      info={**stored.info, "instance_postprocess": record}))
+    text = (f"instance post-processing chosen on {record['images']} validation image(s):"
+            f" mask > {chosen.mask_threshold}, seeds > {chosen.seed_threshold}, objects of"
+            f" {chosen.min_size}+ pixels (DSB score {record['dsb_score']:.4f})")
+    if show_progress:
+        tqdm.write(text)
+    log.info(text)
+    return record
+
+
 def _report(row: dict[str, Any], improved: bool, epochs: int, show: bool) -> None:
     val = row["val_mean_iou"]
+    dsb = row.get("val_dsb_score")
     text = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}"
             + (f"  val mIoU {val:.4f}" if val is not None else "")
+            + (f"  val DSB {dsb:.4f}" if dsb is not None else "")
             + ("  (best)" if improved else "") + f"  [{row['elapsed_s']:.0f} s]")
     if show:
         tqdm.write(text)

@@ -274,12 +274,18 @@ class ResolvedConfig:
 def resolve_config(cfg: RunConfig, classes: ClassTable, train: list[LoadedPair],
                    val: list[LoadedPair], rows: int, device: torch.device, env: DistEnv, *,
                    show_progress: bool) -> ResolvedConfig:
-    """The configuration in its final form, in one step: the data's channels and classes,
+    """The configuration in its final form, in one step: the data's channels and classes (an
+    instance model's output channels: its target's),
     the width planned where ``cfg.model.width`` is None and the epoch length planned for a
     time budget without ``steps_per_epoch``. ``rows`` is this process's share of a batch;
     every process takes rank 0's plans."""
+    outputs = classes.num_classes
+    if cfg.train.task == "instance":
+        from unetseg.data.instance_targets import output_channels
+
+        outputs = output_channels(cfg.instance)
     cfg = replace(cfg, model=replace(cfg.model, in_channels=train[0].image.shape[0],
-                                     num_classes=classes.num_classes))
+                                     num_classes=outputs))
     width_plan: WidthPlan | None = None
     if cfg.model.width is None and cfg.model.arch == "unet":
         width_plan = distributed.broadcast_object(
