@@ -60,13 +60,13 @@ def _fingerprint(*, min_side: int = 512, d90: float | None = 40.0, between: floa
 
 def test_small_images_get_a_smaller_patch_and_a_shallower_network() -> None:
     patch, depth = plan_geometry(_fingerprint(min_side=512, d90=20))
-    assert (patch.value, depth.value) == (CONTEXT_PATCH, 5)
+    assert (patch.value, depth.value) == (CONTEXT_PATCH, 4)
     patch, depth = plan_geometry(_fingerprint(min_side=100, d90=20))
-    assert patch.value == 96 and depth.value == 4  # 100 rounded down to a multiple of 16
+    assert patch.value == 96 and depth.value == 3  # 100 rounded down to a multiple of 8
     assert "smallest image side (100 px)" in patch.reason
     patch, depth = plan_geometry(_fingerprint(min_side=40, d90=5))
-    assert patch.value == 32 and depth.value == 2
-    for value, d in ((CONTEXT_PATCH, 5), (96, 4), (32, 2)):
+    assert patch.value == 32 and depth.value == 1
+    for value, d in ((CONTEXT_PATCH, 4), (96, 3), (32, 1)):
         assert value % 2**d == 0 and value / 2**d <= BOTTLENECK
 
 
@@ -74,8 +74,8 @@ def test_large_objects_get_a_larger_patch() -> None:
     small, _ = plan_geometry(_fingerprint(min_side=2000, d90=30))
     large, depth = plan_geometry(_fingerprint(min_side=2000, d90=150))
     assert small.value == CONTEXT_PATCH
-    assert large.value >= 4 * 150 and large.value % 2**depth.value == 0
-    assert large.value == 608 and depth.value == MAX_DEPTH  # ceil(600 / 32) * 32
+    assert large.value >= 3 * 150 and large.value % 2**depth.value == 0
+    assert large.value == 480 and depth.value == MAX_DEPTH  # ceil(450 / 32) * 32
     assert "150 px" in large.reason
     capped, _ = plan_geometry(_fingerprint(min_side=300, d90=150))
     assert capped.value == 288
@@ -83,7 +83,7 @@ def test_large_objects_get_a_larger_patch() -> None:
 
 def test_given_patch_or_depth_are_kept_and_the_rest_planned_around_them() -> None:
     patch, depth = plan_geometry(_fingerprint(), patch=128)
-    assert (patch.value, depth.value) == (128, 4) and "given" in patch.reason
+    assert (patch.value, depth.value) == (128, 3) and "given" in patch.reason
     patch, depth = plan_geometry(_fingerprint(min_side=512, d90=20), depth=3)
     assert (patch.value, depth.value) == (256, 3) and "given" in depth.reason
 
@@ -153,7 +153,7 @@ def test_plan_json_round_trips_and_fixed_fields_are_given() -> None:
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan
     applied = plan.apply(RunConfig())
-    assert applied.data.normalization == "image" and applied.model.depth == 3
+    assert applied.data.normalization == "image" and applied.model.depth == 2
     with pytest.raises(ValueError, match="unknown planned fields"):
         Plan.from_dict({**plan.to_dict(), "plan": {"train.lr": {"value": 1, "reason": ""}}})
 

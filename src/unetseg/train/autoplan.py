@@ -60,10 +60,13 @@ VERSION = 1
 
 CONTEXT_PATCH = 256
 """Smallest planned patch side where the images allow it (pixels)."""
-OBJECT_CONTEXT = 4
+OBJECT_CONTEXT = 3
 """Planned patches span at least this many 90th-percentile object diameters."""
-BOTTLENECK = 8
-"""Largest bottleneck side (pixels of the patch) the depth pools down to."""
+BOTTLENECK = 16
+"""Largest bottleneck side (pixels of the patch) the depth pools down to. With
+:data:`CONTEXT_PATCH` and :data:`OBJECT_CONTEXT` it keeps the recipe measured on ISBI 2012 and
+CamVid (patch 256, depth 4: ``benchmarks/results/quality-*.md``) for those data sets; a larger
+patch or a smaller bottleneck is a change to measure first."""
 MAX_DEPTH = 5
 CPU_BATCH = 4
 GPU_MIN_BATCH = 2
