@@ -275,8 +275,8 @@ def load_fastest(model: ModelSpec, config: PredictConfig, *, streamed: Sequence[
     """
     from unetseg.export.bioimageio import is_package, package_model_file
 
-    if isinstance(model, (str, os.PathLike)) and is_package(model):
-        model = package_model_file(model, folder or cache_folder())
+    if isinstance(Path(model), (str, os.PathLike)) and is_package(model):
+        model = package_model_file(Path(model), folder or cache_folder())
     source = resolve_model(model)
     if isinstance(source, ModelSet):
         loaded = _load_model_set(source, config, streamed)
