@@ -275,7 +275,7 @@ def load_fastest(model: ModelSpec, config: PredictConfig, *, streamed: Sequence[
     """
     from unetseg.export.bioimageio import is_package, package_model_file
 
-    if isinstance(Path(model), (str, os.PathLike)) and is_package(model):
+    if isinstance(model, (str, os.PathLike)) and is_package(Path(model)):
         model = package_model_file(Path(model), folder or cache_folder())
     source = resolve_model(model)
     if isinstance(source, ModelSet):
