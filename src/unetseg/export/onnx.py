@@ -12,8 +12,8 @@ Two exporters, both ``torch.onnx.export``:
 Either way ONNX Runtime does not enforce the valid-padding sizes: an illegal side can run and
 give wrong logits, so callers check the side first (see
 :class:`~unetseg.infer.exported.ExportInfo`).
-The graph is :class:`~unetseg.export.graph.ExportableUNet`, the model's layers with a forward
-free of size-dependent Python branches.
+The graph is :func:`~unetseg.export.graph.exportable`'s module, the model's layers with a
+forward free of size-dependent Python branches.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from unetseg.config import ModelConfig
-from unetseg.export.graph import ExportableUNet
+from unetseg.export.graph import exportable
 from unetseg.files import atomic_path
 from unetseg.infer.exported import Tiling, export_info, to_props
-from unetseg.model import UNet
 from unetseg.model.geometry import min_legal_input_size
 from unetseg.modelfile import ModelCard
 
@@ -83,7 +83,7 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _dynamo(module: ExportableUNet, cfg: ModelConfig) -> Any:
+def _dynamo(module: nn.Module, cfg: ModelConfig) -> Any:
     with _quiet():
         program = torch.onnx.export(module, (example_input(cfg),), None, dynamo=True,
                                     input_names=[INPUT], output_names=[OUTPUT],
@@ -93,7 +93,7 @@ def _dynamo(module: ExportableUNet, cfg: ModelConfig) -> Any:
     return program.model_proto
 
 
-def _legacy(module: ExportableUNet, cfg: ModelConfig) -> Any:
+def _legacy(module: nn.Module, cfg: ModelConfig) -> Any:
     import onnx
 
     axes = {INPUT: {0: "batch", 2: "height", 3: "width"},
@@ -106,7 +106,7 @@ def _legacy(module: ExportableUNet, cfg: ModelConfig) -> Any:
         return onnx.load(str(target))
 
 
-def export_onnx(model: UNet, card: ModelCard, path: str | Path, *,
+def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, *,
                 exporter: OnnxExporter = "dynamo", tiling: Tiling | None = None) -> Path:
     """Write ``model`` as an ONNX file with the card and tiling in its ``metadata_props``.
 
@@ -122,7 +122,7 @@ def export_onnx(model: UNet, card: ModelCard, path: str | Path, *,
 
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"unknown ONNX exporter {exporter!r}; use dynamo or legacy")
-    module = ExportableUNet(model.cpu().eval()).eval()
+    module = exportable(model)
     make = _dynamo if exporter == "dynamo" else _legacy
     proto = make(module, card.model)
     info = export_info(card, exporter=f"torch.onnx.export(dynamo={exporter == 'dynamo'})",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from unetseg.export.verify import (
     parity_shapes,
 )
 from unetseg.infer.exported import Tiling
+from unetseg.model import model_config
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}
@@ -156,9 +157,7 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *,
                         f" {', '.join(EXPORTERS[fmt])}")
     write = _writer(fmt)
     net, card = load_model(model)
-    if card.model.arch != "unet":
-        raise UserError(f"{model}: a {card.model.arch!r} network; export writes unetseg's own"
-                        " UNet models only")
+    card = replace(card, model=model_config(net))  # the built network's own (depth, padding)
     notes: list[str] = []
     failed: ParityReport | None = None
     for name in names:

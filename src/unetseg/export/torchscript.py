@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
-from unetseg.export.graph import ExportableUNet
+from unetseg.export.graph import exportable
 from unetseg.export.onnx import example_input
 from unetseg.files import atomic_path
 from unetseg.infer.exported import EXPORT_KEY, ExportInfo, Tiling, export_info, from_props, to_props
-from unetseg.model import UNet
 from unetseg.modelfile import FORMAT, ModelCard
 
 ScriptExporter = Literal["script", "trace"]
@@ -30,7 +30,7 @@ def _extra_name(key: str) -> str:
     return f"{key}.json"
 
 
-def export_torchscript(model: UNet, card: ModelCard, path: str | Path, *,
+def export_torchscript(model: nn.Module, card: ModelCard, path: str | Path, *,
                        exporter: ScriptExporter = "script", tiling: Tiling | None = None) -> Path:
     """Write ``model`` as a TorchScript archive with the card and tiling as extra files.
 
@@ -38,7 +38,7 @@ def export_torchscript(model: UNet, card: ModelCard, path: str | Path, *,
     """
     if exporter not in SCRIPT_EXPORTERS:
         raise ValueError(f"unknown TorchScript exporter {exporter!r}; use script or trace")
-    module = ExportableUNet(model.cpu().eval()).eval()
+    module = exportable(model)
     info = export_info(card, exporter=f"torch.jit.{exporter}", tiling=tiling)
     extra = {_extra_name(k): v for k, v in to_props(card, info).items()}
     path = Path(path)
