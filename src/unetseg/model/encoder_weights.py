@@ -13,8 +13,9 @@ unused, like any name the encoder does not have.
 The first convolution is adapted to the network's input channels as timm's
 ``adapt_input_conv`` and segmentation_models_pytorch do: for one channel the RGB filters are
 summed (a gray image then gives the response the RGB network gives to that image in all three
-channels); for other counts the RGB filters are repeated over the channels and scaled by
-``3 / C`` (a constant image gives the same response as in RGB).
+channels); for other counts the RGB filters are repeated over the channels (R, G, B, R, ...)
+and scaled by ``3 / C``, so the filters keep their overall magnitude (for ``C`` a multiple of
+3 a constant image gets the RGB network's response).
 """
 
 from __future__ import annotations
