@@ -311,3 +311,17 @@ def test_the_resnets_carry_their_own_depth_and_width():
     model = shapes_only(ModelConfig(arch="resnet50", num_classes=4))
     assert isinstance(model, SegmentationNet) and model.config == cfg.__class__(
         **{**cfg.__dict__, "num_classes": 4})
+
+
+def test_a_model_config_written_before_the_variants_still_loads():
+    """Model cards written before ``encoder_blocks``, ``deep_supervision`` and ``prune_level``
+    existed lack them: they read as the plain U-Net they describe."""
+    from unetseg.config import from_dict
+
+    old = {"in_channels": 1, "num_classes": 2, "depth": 2, "width": 4, "padding": "same",
+           "up": "transpose", "norm": "instance", "dropout": 0.0, "arch": "unet",
+           "top_width": None}
+    cfg = from_dict(ModelConfig, old)
+    assert (cfg.deep_supervision, cfg.prune_level) == (False, None)
+    model = shapes_only(cfg)
+    assert isinstance(model, UNet) and not len(model.aux_heads)
