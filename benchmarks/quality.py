@@ -14,6 +14,13 @@ and seed (the only differences are named in the model column):
 Not run unless named in ``--models``: ``unetseg-batch`` and ``unetseg-group``, the default with
 batch norm (the default before instance norm) or group norm.
 
+The built-in variants (``--arch``, :mod:`unetseg.model.variants`), each in the default's
+pipeline with its own default or planned width, are named ``unetseg-residual``,
+``unetseg-attention``, ``unetseg-nested`` (U-Net++ with its deep supervision),
+``unetseg-resnet18``, ``unetseg-resnet34``, ``unetseg-resnet50`` (encoders trained from
+scratch: nothing is downloaded) and ``unetseg-ds`` (the default with deep supervision);
+``--models variants`` names them all, ``--models default,variants`` adds the default.
+
 Datasets (``../shared/data``; each skipped with a note when absent):
 
 * ISBI 2012: a seeded 24/6 split of the 30 labelled slices (the split of ``isbi2012.py``);
@@ -38,6 +45,8 @@ Usage::
 
     python benchmarks/quality.py --budget 600 --out quality-bench
     python benchmarks/quality.py --datasets camvid --seeds 1,2,3 --out quality-seeds
+    python benchmarks/quality.py --models default,variants --folds 5 --datasets isbi2012 \
+        --out variants-isbi
 """
 
 from __future__ import annotations
@@ -90,6 +99,25 @@ EXTRA_MODELS = {m.name: m for m in (
     Model("unetseg-batch", overrides=(("model.norm", "batch"),)),
     Model("unetseg-group", overrides=(("model.norm", "group"),)),
 )}
+VARIANT_MODELS = {m.name: m for m in (
+    Model("unetseg-residual", arch="residual"),
+    Model("unetseg-attention", arch="attention"),
+    Model("unetseg-nested", arch="nested", overrides=(("model.deep_supervision", True),)),
+    Model("unetseg-resnet18", arch="resnet18"),
+    Model("unetseg-resnet34", arch="resnet34"),
+    Model("unetseg-resnet50", arch="resnet50"),
+    Model("unetseg-ds", overrides=(("model.deep_supervision", True),)),
+)}
+GROUPS = {"default": ["unetseg-default"], "variants": list(VARIANT_MODELS)}
+"""Names that ``--models`` expands to several contenders."""
+
+
+def model_names(text: str) -> list[str]:
+    """The contenders ``--models`` names, groups expanded, each once in order."""
+    names: list[str] = []
+    for name in (n.strip() for n in text.split(",") if n.strip()):
+        names += [m for m in GROUPS.get(name, [name]) if m not in names]
+    return names
 
 
 @dataclass
@@ -297,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("quality-bench"), help="output folder")
     p.add_argument("--datasets", default="isbi2012,camvid", help="comma-separated")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of "
-                   + ", ".join({**MODELS, **EXTRA_MODELS}) + f" (default {', '.join(MODELS)})")
+                   + ", ".join({**MODELS, **EXTRA_MODELS, **VARIANT_MODELS})
+                   + f", or the groups {', '.join(GROUPS)} (default {', '.join(MODELS)})")
     p.add_argument("--data", type=Path, default=SHARED, help=f"shared data folder ({SHARED})")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     p.add_argument("--folds", type=int, default=1, choices=(1, 5),
@@ -307,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     tune_allocator()  # as the command line does, for every model
-    names = [m for m in args.models.split(",") if m]
-    known = {**MODELS, **EXTRA_MODELS}
+    names = model_names(args.models)
+    known = {**MODELS, **EXTRA_MODELS, **VARIANT_MODELS}
     unknown = [m for m in names if m not in known]
     if unknown:
         raise SystemExit(f"unknown model {unknown[0]}; choose from {', '.join(known)}")

@@ -39,13 +39,16 @@ timing: a value well under the thread count means another process held a core an
 figures are not to be trusted.
 
 ``unetseg`` is the default model (width 64); ``unetseg-w16`` the width that ``unetseg train``
-plans for a CPU budget of minutes (:mod:`unetseg.train.plan`).
+plans for a CPU budget of minutes (:mod:`unetseg.train.plan`); ``unetseg-residual``,
+``-attention``, ``-nested``, ``-resnet18``, ``-resnet34``, ``-resnet50`` the built-in variants
+at their default widths (``--networks variants`` names them all).
 
     pip install -e '.[bench,export]'
     python benchmarks/speed.py --reps 3 --out speed.md --json speed.json   # CPU, everything
     python benchmarks/speed.py --peak-only     # the peaks and the matmul rates alone
     python benchmarks/speed.py --networks unetseg --profile   # where the time goes
     python benchmarks/speed.py --device cuda   # GPU: bf16 autocast, channels_last, compile
+    python benchmarks/speed.py --networks unetseg,variants --out speed-variants.md
 """
 
 from __future__ import annotations
@@ -214,6 +217,18 @@ def measure_peak(threads: int, earlier: dict[str, Any] | None = None) -> dict[st
 # ---------------------------------------------------------------------------- per-network child
 
 
+VARIANTS = ("residual", "attention", "nested", "resnet18", "resnet34", "resnet50")
+"""The built-in variants, measured as ``unetseg-<arch>`` (``--networks unetseg,variants``)."""
+
+
+def network_names(text: str) -> list[str]:
+    """The networks ``--networks`` names, ``variants`` expanded to every built-in variant."""
+    names: list[str] = []
+    for name in (n.strip() for n in text.split(",") if n.strip()):
+        names += [f"unetseg-{v}" for v in VARIANTS] if name == "variants" else [name]
+    return names
+
+
 def build(name: str) -> Any:
     import torch
 
@@ -225,6 +240,12 @@ def build(name: str) -> Any:
         from unetseg.model import UNet
 
         return UNet(1, 2, width=16)  # what a CPU training budget of minutes plans
+    if name.removeprefix("unetseg-") in VARIANTS:
+        from unetseg.config import ModelConfig
+        from unetseg.model import build_model
+
+        # each variant's default width: 64, U-Net++ 32, the ResNet decoders 16
+        return build_model(ModelConfig(1, 2, arch=name.removeprefix("unetseg-")))
     if name == "monai-basicunet":
         from monai.networks.nets import BasicUNet
 
@@ -854,7 +875,7 @@ def main() -> None:
     peaks = measure_peak(threads) if cpu else measure_gpu_peak()
     print("measured the peaks", file=sys.stderr)
     results = []
-    for name in [] if args.peak_only else args.networks.split(","):
+    for name in [] if args.peak_only else network_names(args.networks):
         cmd = [sys.executable, __file__, "--child", name, "--device", args.device, "--reps",
                str(args.reps), "--batch", str(args.batch)]
         for flag in ("no_tiled", "compile", "no_bf16", "no_onnx", "profile"):

@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from unetseg.api import demo_data_root
+from unetseg.config import ModelConfig
 from unetseg.data.classes import ClassTable
 from unetseg.data.io import read_image
 from unetseg.data.normalize import ChannelStats, normalize
-from unetseg.model import UNet
+from unetseg.model import UNet, build_model
 from unetseg.modelfile import ModelCard, save_model
 
 ISBI_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "test" / "images"
@@ -24,17 +25,23 @@ def sample_images() -> list[Path]:
 
 
 def tiny_model(path: Path, *, padding: str = "same", depth: int = 2, width: int = 4,
-               norm: str = "batch", seed: int = 0) -> Path:
-    """A randomly initialised U-Net saved as a model file, its last bias shifted so that about
-    half of the pixels of a sample image fall in each class (so label comparisons mean
-    something: many pixels lie close to the decision boundary)."""
+               norm: str = "batch", seed: int = 0, arch: str = "unet",
+               deep_supervision: bool = False) -> Path:
+    """A randomly initialised U-Net (or variant ``arch``) saved as a model file, its last bias
+    shifted so that about half of the pixels of a sample image fall in each class (so label
+    comparisons mean something: many pixels lie close to the decision boundary)."""
     torch.manual_seed(seed)
-    net = UNet(1, 2, depth=depth, width=width, padding=padding, norm=norm).eval()  # type: ignore[arg-type]
+    if arch == "unet" and not deep_supervision:
+        net = UNet(1, 2, depth=depth, width=width, padding=padding, norm=norm).eval()  # type: ignore[arg-type]
+    else:
+        net = build_model(ModelConfig(1, 2, depth, width, padding, norm=norm, arch=arch,  # type: ignore[arg-type]
+                                      deep_supervision=deep_supervision)).eval()
     image = torch.from_numpy(read_image(sample_images()[0]))
     x = normalize(image, STATS)[None, :, :188, :188]  # legal for valid padding of depth <= 4
+    head = net.inference_head() if hasattr(net, "inference_head") else net.head
     with torch.no_grad():
         logits = net(x)[0]
-        net.head.bias[1] -= (logits[1] - logits[0]).median()
+        head.bias[1] -= (logits[1] - logits[0]).median()
     classes = ClassTable.from_values((0, 255), ("membrane", "cell"))
     save_model(path, net, ModelCard(net.config, classes, STATS))
     return path

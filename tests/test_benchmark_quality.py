@@ -37,3 +37,12 @@ def test_summary_means_sds_and_runs_led_by_hand():
 def test_one_run_has_no_spread():
     (only,) = quality.summarise([[_row("a", 0.3, 0.7, 2)]], isbi=False)
     assert only["mean_iou"] == {"mean": 0.3, "sd": 0.0, "values": [0.3]}
+
+
+def test_the_variants_group_names_every_built_in_variant():
+    from unetseg.model import architectures
+
+    names = quality.model_names("default,variants,unetseg-default")
+    assert names[0] == "unetseg-default" and len(names) == len(set(names))
+    archs = {quality.VARIANT_MODELS[n].arch for n in names[1:]}
+    assert archs == set(architectures()[:7])  # unet (with deep supervision) and the six

@@ -40,3 +40,13 @@ def test_no_percentages_when_a_rate_exceeds_the_peak():
 def test_cold_start_imports():
     cold_start = importlib.import_module("cold_start")
     assert callable(cold_start.measure) and "scipy" in cold_start.HEAVY
+
+
+def test_every_variant_has_a_row_that_builds():
+    names = speed.network_names("unetseg,variants")
+    assert names[0] == "unetseg" and len(names) == 7
+    import torch
+
+    with torch.device("meta"):
+        models = [speed.build(name) for name in names[1:]]
+    assert [m.config.arch for m in models] == list(speed.VARIANTS)

@@ -135,3 +135,19 @@ def test_config_errors_name_real_flags(change: dict, flag: str) -> None:
     message = str(caught.value)
     assert message.endswith(f"({flag})")
     assert all(f in _all_flags() for f in FLAG.findall(message))
+
+
+def test_architecture_flags_set_the_model_config() -> None:
+    from unetseg.cli import run_config_from_args
+
+    args = build_parser().parse_args([
+        "train", "data", "--out", "run", "--arch", "nested", "--deep-supervision", "on",
+        "--prune-level", "2", "--encoder-blocks", "3", "--encoder-weights", "r34.safetensors"])
+    cfg = run_config_from_args(args)
+    assert (cfg.model.arch, cfg.model.deep_supervision, cfg.model.prune_level,
+            cfg.model.encoder_blocks) == ("nested", True, 2, 3)
+    assert cfg.train.encoder_weights == "r34.safetensors"
+    off = build_parser().parse_args(["train", "d", "--out", "r", "--deep-supervision", "off"])
+    assert run_config_from_args(off).model.deep_supervision is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "d", "--out", "r", "--deep-supervision", "maybe"])

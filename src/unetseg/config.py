@@ -44,8 +44,15 @@ class ModelConfig:
     ``top_width``, when set, replaces the first (full-resolution) level's channel count alone;
     a planned width sets it (:func:`unetseg.train.plan.plan_top_width`).
     ``padding="valid"`` is the paper's network (unpadded 3x3 convs, output smaller than input).
-    ``arch`` names the network: ``"unet"`` (this UNet) or one registered with
-    :func:`unetseg.model.register_architecture` (such a network reads only the channel counts).
+    ``arch`` names the network: ``"unet"`` (this UNet), a built-in variant (``residual``,
+    ``attention``, ``nested``, ``resnet18``, ``resnet34``, ``resnet50``; see
+    :mod:`unetseg.model.variants`), one registered with
+    :func:`unetseg.model.register_architecture` or one an installed package declares in the
+    entry point group ``unetseg.architectures`` (such a network reads only the channel counts).
+    ``encoder_blocks`` is the residual variant's number of residual blocks per encoder stage.
+    ``deep_supervision`` adds 1x1 heads to the coarser decoder stages whose losses join the
+    main one in training (for ``nested``, heads on its nested outputs); ``prune_level`` runs a
+    ``nested`` network pruned to its first ``prune_level`` levels at inference (None: all).
     """
 
     in_channels: int = 1
@@ -58,6 +65,9 @@ class ModelConfig:
     dropout: float = 0.0
     arch: str = "unet"
     top_width: int | None = None
+    encoder_blocks: int = 2
+    deep_supervision: bool = False
+    prune_level: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,9 @@ class TrainConfig:
     a CPU, where the crops come from decoded images in memory and a worker would take a core
     from the convolutions; up to 4 beside a GPU). ``task`` is what the network learns: the masks'
     classes (``semantic``) or targets that separate touching objects (``instance``, see
-    :class:`InstanceConfig`)."""
+    :class:`InstanceConfig`). ``encoder_weights`` is a ResNet state dict (safetensors or
+    ``.pth``, torchvision's or timm's names) that initialises the encoder of a ``resnet*``
+    network (:mod:`unetseg.model.encoder_weights`)."""
 
     epochs: int = 50
     steps_per_epoch: int | None = None
@@ -163,6 +175,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
     workers: int | None = None
     task: TaskName = "semantic"
+    encoder_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +361,8 @@ _RANGES: dict[tuple[str, str], tuple[float, float | None, bool]] = {
     ("model", "top_width"): (1, None, True),
     ("model", "depth"): (0, None, True),
     ("model", "dropout"): (0.0, 1.0, True),
+    ("model", "encoder_blocks"): (1, None, True),
+    ("model", "prune_level"): (1, None, True),
     ("data", "patch_size"): (1, None, True),
     ("data", "foreground_fraction"): (0.0, 1.0, True),
     ("data", "val_fraction"): (0.0, 1.0, True),

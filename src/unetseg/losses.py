@@ -339,3 +339,21 @@ def build_instance_loss(name: str, target: str, *, class_weights: ClassWeights |
                                                   ignore_index=ignore_index))
 
     return with_distance
+
+
+def deep_supervision_weights(count: int) -> list[float]:
+    """Loss weights of ``count`` outputs, the main one first: halving per output and summing to
+    1, as nnU-Net weighs its deep supervision (Isensee et al., Nature Methods 2021): for 4
+    outputs 8/15, 4/15, 2/15, 1/15."""
+    raw = [0.5**i for i in range(count)]
+    return [w / sum(raw) for w in raw]
+
+
+def deep_supervision_loss(loss_fn: LossFn, outputs: Sequence[Tensor], target: Tensor,
+                          *pixel_weights: Tensor) -> Tensor:
+    """``sum_i w_i * loss_fn(outputs[i], target, ...)`` with :func:`deep_supervision_weights`:
+    the main logits first, then the auxiliary ones of coarser decoder levels, each already at
+    the target's size (:mod:`unetseg.model.segnet`). One output: ``loss_fn`` itself."""
+    weights = deep_supervision_weights(len(outputs))
+    terms = [w * loss_fn(o, target, *pixel_weights) for w, o in zip(weights, outputs)]
+    return torch.stack(terms).sum()

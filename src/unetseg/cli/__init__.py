@@ -34,7 +34,6 @@ MIRROR_EXCEPTIONS: dict[str, str] = {
     # RunConfig fields without a train flag of their own
     "model.in_channels": "read from the images by fit",
     "model.num_classes": "read from the masks (or --classes) by fit",
-    "model.arch": "a registered architecture is Python code; set it in a --config file",
     "data.val_stems": "the held-out images of a fold, set per fold by --folds",
     **{f"augment.{name}": "augmentation strengths come from a --preset or a --config file"
        for name in ("flip", "rot90", "rotate_deg", "scale", "shift", "affine_p", "elastic_p",

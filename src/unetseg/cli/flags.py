@@ -40,6 +40,16 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _switch(text: str) -> bool:
+    """``on``/``off`` (also ``true``/``false``, ``yes``/``no``, ``1``/``0``)."""
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not on or off")
+
+
 def _ignore_value(text: str) -> int:
     """A mask value (``11``), or a colour (``0,0,0`` or ``#000000``) packed as
     ``R*65536 + G*256 + B`` for colour masks."""
@@ -91,6 +101,19 @@ TRAIN_FLAGS: dict[str, Flag] = {
     "--up": ("model.up", str, "upsampling"),
     "--norm": ("model.norm", str, "normalisation layers"),
     "--dropout": ("model.dropout", float, "drop-out at the end of the contracting path"),
+    "--arch": ("model.arch", str, "network: unet, residual, attention, nested (U-Net++),"
+               " resnet18, resnet34, resnet50, or one an installed package provides (entry"
+               " point group unetseg.architectures)"),
+    "--encoder-blocks": ("model.encoder_blocks", int, "--arch residual: residual blocks per"
+                         " encoder stage"),
+    "--deep-supervision": ("model.deep_supervision", _switch, "on or off: auxiliary heads on"
+                           " the coarser decoder levels (nested: on its nested outputs),"
+                           " trained with the main one"),
+    "--prune-level": ("model.prune_level", int, "--arch nested: predict with the first N"
+                      " levels only, the U-Net++ paper's pruning (default: all)"),
+    "--encoder-weights": ("train.encoder_weights", str, "ResNet state dict (.safetensors or"
+                          " .pth, torchvision's or timm's names) that initialises a resnet*"
+                          " encoder"),
     "--patch-size": ("data.patch_size", int, "training crop side in pixels"),
     "--val-fraction": ("data.val_fraction", float, "share of pairs held out"),
     "--foreground-fraction": ("data.foreground_fraction", float, "share of crops centred on a"

@@ -5,7 +5,9 @@
 only when their size differs. Exporters that trace the model (``torch.jit.trace``, the legacy
 ONNX exporter) would bake those branches in for the example's size, and ``torch.export`` would
 specialise on them. :class:`ExportableUNet` shares the UNet's layers (and weights) and computes
-the same function with index arithmetic instead, so one exported graph serves every size.
+the same function with index arithmetic instead, so one exported graph serves every size;
+:class:`ExportableNet` does the same for the built-in variants (their body and inference head:
+no auxiliary heads of deep supervision) and :class:`ExportableExternal` for other networks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from unetseg.infer.ensemble import MIN_PROBABILITY, EnsembleNet
-from unetseg.model import UNet
+from unetseg.model import ExternalNet, SegmentationNet, UNet
 from unetseg.model.blocks import center_crop
 
 
@@ -93,6 +95,59 @@ class ExportableUNet(nn.Module):
         return logits
 
 
+def _crop_indexed(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The top-left ``height`` x ``width`` of ``logits``, by gathering: a slice needs a bound
+    torch.export cannot prove."""
+    rows = torch.arange(height, device=logits.device)
+    cols = torch.arange(width, device=logits.device)
+    return logits.index_select(2, rows).index_select(3, cols)
+
+
+class ExportableNet(nn.Module):
+    """A :class:`~unetseg.model.SegmentationNet`'s body and inference head with a size-generic
+    forward; the same logits as ``net(x)`` in eval mode. Shares the layers. Shape: (N, C, H, W)
+    -> (N, K, H, W) for any H, W >= 1."""
+
+    def __init__(self, net: SegmentationNet):
+        super().__init__()
+        self.multiple: int = 2**net.config.depth
+        self.body = net.body
+        self.head = net.inference_head()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        features = self.body(pad_to_multiple_indexed(x, self.multiple))
+        return _crop_indexed(self.head(features[0]), height, width)
+
+
+class ExportableExternal(nn.Module):
+    """An :class:`~unetseg.model.ExternalNet` with indexed padding and cropping. Whether its
+    network exports is up to the network."""
+
+    def __init__(self, net: ExternalNet):
+        super().__init__()
+        self.multiple: int = 2**net.config.depth
+        self.net = net.net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        logits = self.net(pad_to_multiple_indexed(x, self.multiple))
+        return _crop_indexed(logits, height, width)
+
+
+def exportable_network(model: nn.Module) -> nn.Module:
+    """The export-friendly module of a network :func:`unetseg.model.build_model` built, in
+    eval mode, sharing its layers."""
+    model = model.cpu().eval()
+    if isinstance(model, UNet):
+        return ExportableUNet(model).eval()
+    if isinstance(model, SegmentationNet):
+        return ExportableNet(model).eval()
+    if isinstance(model, ExternalNet):
+        return ExportableExternal(model).eval()
+    raise TypeError(f"{type(model).__name__} is not a network build_model builds")
+
+
 ENSEMBLE_LAYOUT = ("NCHW float32 normalised by the card's stats: the identity (each member"
                    " normalises with its own inside the graph), or for members normalised per"
                    " image each image z-scored by its own statistics; the output is the log of"
@@ -114,8 +169,7 @@ class ExportableEnsemble(nn.Module):
         super().__init__()
         if ensemble.tta:
             raise ValueError("an exported graph has no test-time augmentation")
-        members = [ExportableUNet(m.cpu().eval()).eval()  # type: ignore[arg-type]
-                   for m in ensemble.members]
+        members = [exportable_network(m) for m in ensemble.members]
         self.members = nn.ModuleList(members)
         count, channels = len(members), ensemble.config.in_channels
         self.register_buffer("means", torch.tensor([s.mean for s in ensemble.stats],
@@ -153,9 +207,8 @@ class ExportableEnsemble(nn.Module):
 
 
 def exportable(model: nn.Module) -> nn.Module:
-    """The module an exporter writes for ``model``: a :class:`UNet` as an
-    :class:`ExportableUNet`, an ensemble as an :class:`ExportableEnsemble`; in eval mode on the
-    CPU."""
+    """The module an exporter writes for ``model``: a network as :func:`exportable_network`
+    makes it, an ensemble as an :class:`ExportableEnsemble`; in eval mode on the CPU."""
     if isinstance(model, EnsembleNet):
         return ExportableEnsemble(model).eval()
-    return ExportableUNet(model.cpu().eval()).eval()  # type: ignore[arg-type]
+    return exportable_network(model)

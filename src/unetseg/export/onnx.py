@@ -12,8 +12,8 @@ Two exporters, both ``torch.onnx.export``:
 Either way ONNX Runtime does not enforce the valid-padding sizes: an illegal side can run and
 give wrong logits, so callers check the side first (see
 :class:`~unetseg.infer.exported.ExportInfo`).
-The graph is :class:`~unetseg.export.graph.ExportableUNet`, the model's layers with a forward
-free of size-dependent Python branches; a model set's is
+The graph is :func:`~unetseg.export.graph.exportable`'s module, the model's layers with a
+forward free of size-dependent Python branches; a model set's is
 :class:`~unetseg.export.graph.ExportableEnsemble`, its members' graphs and normalisations
 averaged in one graph.
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from unetseg.config import ModelConfig
 from unetseg.export.graph import ENSEMBLE_LAYOUT, ExportableEnsemble, exportable
@@ -85,7 +86,7 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _dynamo(module: torch.nn.Module, cfg: ModelConfig) -> Any:
+def _dynamo(module: nn.Module, cfg: ModelConfig) -> Any:
     with _quiet():
         program = torch.onnx.export(module, (example_input(cfg),), None, dynamo=True,
                                     input_names=[INPUT], output_names=[OUTPUT],
@@ -95,7 +96,7 @@ def _dynamo(module: torch.nn.Module, cfg: ModelConfig) -> Any:
     return program.model_proto
 
 
-def _legacy(module: torch.nn.Module, cfg: ModelConfig) -> Any:
+def _legacy(module: nn.Module, cfg: ModelConfig) -> Any:
     import onnx
 
     axes = {INPUT: {0: "batch", 2: "height", 3: "width"},
@@ -108,7 +109,7 @@ def _legacy(module: torch.nn.Module, cfg: ModelConfig) -> Any:
         return onnx.load(str(target))
 
 
-def export_onnx(model: torch.nn.Module, card: ModelCard, path: str | Path, *,
+def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, *,
                 exporter: OnnxExporter = "dynamo", tiling: Tiling | None = None) -> Path:
     """Write ``model`` as an ONNX file with the card and tiling in its ``metadata_props``.
 

@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from unetseg.export.verify import (
     parity_shapes,
 )
 from unetseg.infer.exported import Tiling
+from unetseg.model import model_config
 
 if TYPE_CHECKING:
     from unetseg.infer.modelset import ModelSpec
@@ -136,11 +137,10 @@ def _try(write: Callable[..., Path], net: Any, card: Any, out: Path, fmt: str, n
 
 
 def _load(model: ModelSpec) -> tuple[Any, Any]:
-    """The network to export and its card: one model file's UNet, or a model set's
+    """The network to export and its card: one model file's network, or a model set's
     :class:`~unetseg.infer.ensemble.EnsembleNet` (see :mod:`unetseg.infer.modelset`)."""
-    from unetseg.infer.ensemble import EnsembleNet, load_ensemble
+    from unetseg.infer.ensemble import load_ensemble
     from unetseg.infer.modelset import ModelSet, resolve_model
-    from unetseg.model import model_config
     from unetseg.modelfile import load_model
 
     source = resolve_model(model)
@@ -152,12 +152,7 @@ def _load(model: ModelSpec) -> tuple[Any, Any]:
                         " post-processing (%d step(s))", source.name, len(source.postprocessing))
     else:
         net, card = load_model(source)
-    members = net.members if isinstance(net, EnsembleNet) else [net]
-    for member in members:
-        arch = model_config(member).arch
-        if arch != "unet":
-            raise UserError(f"{model}: a {arch!r} network; export writes unetseg's own UNet"
-                            " models only")
+        card = replace(card, model=model_config(net))  # the built network's own (depth, padding)
     return net, card
 
 

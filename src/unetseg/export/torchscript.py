@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 from unetseg.export.graph import ENSEMBLE_LAYOUT, ExportableEnsemble, exportable
 from unetseg.export.onnx import example_input
@@ -30,7 +31,7 @@ def _extra_name(key: str) -> str:
     return f"{key}.json"
 
 
-def export_torchscript(model: torch.nn.Module, card: ModelCard, path: str | Path, *,
+def export_torchscript(model: nn.Module, card: ModelCard, path: str | Path, *,
                        exporter: ScriptExporter = "script", tiling: Tiling | None = None) -> Path:
     """Write ``model`` as a TorchScript archive with the card and tiling as extra files.
 

@@ -1,4 +1,4 @@
-"""U-Net models: blocks, the UNet, and their geometry."""
+"""U-Net models: blocks, the UNet and its variants, and their geometry."""
 
 from unetseg.model.geometry import (
     input_size_for_output,
@@ -9,17 +9,23 @@ from unetseg.model.geometry import (
     valid_output_size,
 )
 from unetseg.model.registry import (
+    ENTRY_POINT_GROUP,
     ExternalNet,
+    arch_config,
     architectures,
     build_model,
     model_config,
     register_architecture,
 )
+from unetseg.model.segnet import SegmentationNet
 from unetseg.model.unet import UNet
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "ExternalNet",
+    "SegmentationNet",
     "UNet",
+    "arch_config",
     "architectures",
     "build_model",
     "model_config",

@@ -8,6 +8,7 @@ from torch import nn
 from unetseg.config import ModelConfig, Norm, Padding, UpMode
 from unetseg.model.blocks import DoubleConv, Down, OutConv, Up, pad_to_multiple
 from unetseg.model.geometry import valid_output_size
+from unetseg.model.segnet import upsample_to
 
 
 class UNet(nn.Module):
@@ -31,19 +32,25 @@ class UNet(nn.Module):
         top_width: channels of the first (full-resolution) level alone, if not ``width``. That
             level sees the raw image and feeds the classifier; widening it alone costs far less
             than widening the network (see :func:`unetseg.train.plan.plan_top_width`).
+        deep_supervision: a 1x1 head on each decoder level but the last (``aux_heads``, the
+            coarsest first), whose logits, upsampled to the output, join the main ones in
+            training (:mod:`unetseg.model.segnet`); unused at inference.
 
     Shape:
-        (N, in_channels, H, W) -> (N, num_classes, H', W'), H' = H (same) or the valid output size.
+        (N, in_channels, H, W) -> (N, num_classes, H', W'), H' = H (same) or the valid output size;
+        in training with deep supervision a list of such maps, the main one first.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, *, depth: int = 4,
                  width: int = 64, padding: Padding = "same", up: UpMode = "transpose",
-                 norm: Norm = "instance", dropout: float = 0.0, top_width: int | None = None):
+                 norm: Norm = "instance", dropout: float = 0.0, top_width: int | None = None,
+                 deep_supervision: bool = False):
         super().__init__()
         if padding not in ("same", "valid"):
             raise ValueError(f"unknown padding {padding!r}; use same or valid")
         self.config = ModelConfig(in_channels, num_classes, depth, width, padding, up, norm,
-                                  dropout, top_width=top_width)
+                                  dropout, top_width=top_width,
+                                  deep_supervision=deep_supervision)
         widths = [top_width or width, *(width * 2**i for i in range(1, depth + 1))]
         self.inc = DoubleConv(in_channels, widths[0], padding=padding, norm=norm)
         self.downs = nn.ModuleList(
@@ -56,6 +63,9 @@ class UNet(nn.Module):
             for i in reversed(range(depth))
         )
         self.head = OutConv(widths[0], num_classes)
+        self.aux_heads = nn.ModuleList(
+            OutConv(widths[level], num_classes) for level in reversed(range(1, depth))
+        ) if deep_supervision else nn.ModuleList()
         he_init(self)
 
     @classmethod
@@ -65,7 +75,7 @@ class UNet(nn.Module):
             raise ValueError(f"{cfg.arch!r} is not a UNet config; use unetseg.model.build_model")
         return cls(cfg.in_channels, cfg.num_classes, depth=cfg.depth, width=cfg.width or 64,
                    padding=cfg.padding, up=cfg.up, norm=cfg.norm, dropout=cfg.dropout,
-                   top_width=cfg.top_width)
+                   top_width=cfg.top_width, deep_supervision=cfg.deep_supervision)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Logit map size for an input of ``height`` x ``width``."""
@@ -74,7 +84,7 @@ class UNet(nn.Module):
         return valid_output_size(height, self.config.depth), valid_output_size(width,
                                                                               self.config.depth)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         same = self.config.padding == "same"
         if same:
             x, (h, w) = pad_to_multiple(x, 2**self.config.depth)
@@ -84,10 +94,19 @@ class UNet(nn.Module):
         for down in self.downs:
             skips.append(down(skips[-1]))
         x = self.dropout(skips.pop())
+        decoded = []
         for up in self.ups:
             x = up(x, skips.pop())
+            decoded.append(x)
         logits = self.head(x)
-        return logits[..., :h, :w] if same else logits
+        if same:
+            logits = logits[..., :h, :w]
+        if not (self.training and len(self.aux_heads)):
+            return logits
+        levels = range(self.config.depth - 1, 0, -1)  # aux_heads' levels, coarsest first
+        aux = [upsample_to(head(decoded[-1 - level]), 2**level, logits, same=same)
+               for head, level in zip(self.aux_heads, levels)]
+        return [logits, *aux]
 
 
 def he_init(module: nn.Module) -> None:

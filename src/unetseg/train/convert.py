@@ -25,7 +25,7 @@ from unetseg.config import ModelConfig, RunConfig, from_dict
 from unetseg.data.classes import ClassTable
 from unetseg.data.normalize import ChannelStats
 from unetseg.errors import UserError
-from unetseg.model import UNet
+from unetseg.model import build_model
 from unetseg.modelfile import PICKLE_SUFFIXES, ModelCard, save_model
 
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "weights")
@@ -70,7 +70,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike[str], config: str | os.Path
     """Write ``out`` (safetensors + JSON card) from a trusted pickled state_dict.
 
     Args:
-        checkpoint: ``.pt``/``.pth``/``.ckpt`` holding a state_dict of a :class:`UNet` (or a
+        checkpoint: ``.pt``/``.pth``/``.ckpt`` holding a state_dict of a unetseg network (or a
             dict with it under ``state_dict``/``model``); ``module.`` prefixes are dropped.
         config: the run's ``config.json`` (``run.model``, ``classes``, ``stats``).
         out: the model file to write.
@@ -94,7 +94,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike[str], config: str | os.Path
         raise UserError(f"{checkpoint}: cannot be read as plain weights ({first}); save"
                         " torch.save(model.state_dict(), path) from the trusted model and convert"
                         " that") from None
-    model = UNet.from_config(model_cfg)
+    model = build_model(model_cfg)
     weights = _state_dict(obj, checkpoint)
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]

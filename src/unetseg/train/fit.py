@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from unetseg.config import RunConfig, TrainConfig, check_run_config
+from unetseg.config import RunConfig, TrainConfig, check_run_config, replace
 from unetseg.data.augment import apply_params, sample_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import LoadedData, LoadedPair, PatchDataset, load_data, split_pairs
@@ -51,8 +51,10 @@ from unetseg.infer.instances import (
 from unetseg.infer.predict import logits_to_labels
 from unetseg.losses import LossFn, build_instance_loss, build_loss
 from unetseg.metrics import confusion_matrix, iou, mean_iou
-from unetseg.model import build_model
+from unetseg.model import arch_config, build_model
+from unetseg.model.encoder_weights import load_encoder_weights
 from unetseg.model.layout import fastest_memory_format
+from unetseg.model.resnet import RESNET_LAYERS
 from unetseg.modelfile import ModelCard, load_model, read_card, save_model
 from unetseg.report.training import Example, training_report
 from unetseg.train import distributed
@@ -373,6 +375,9 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
         cfg = read_card(resume_file).run
     cfg = cfg or RunConfig()
     check_run_config(cfg)
+    cfg = replace(cfg, model=arch_config(cfg.model))  # an unknown --arch fails here, at once
+    if resume_file is None:
+        _check_encoder_weights(cfg)
     env, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if env.is_main:
         remove_stale_temps(out)  # left by a run killed mid-write
@@ -402,6 +407,8 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
             write_text_atomic(out / "fingerprint.json",
                               json.dumps(loaded.fingerprint.to_dict(), indent=2))
     t = build_training(cfg, prepared.train, device, loss_fn=loss_fn)
+    if resume_file is None and cfg.train.encoder_weights:
+        _load_encoder_weights(t.model, cfg.train.encoder_weights, show_progress)
     state = _start_state(resolved, t) if resume_file is None else _restore_state(resume_file, t)
     net = distributed.distribute(t.model, env, device, sync_batchnorm=cfg.train.sync_batchnorm)
     if env.is_main:
@@ -414,6 +421,32 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
                      instance=cfg.instance if cfg.train.task == "instance" else None)
     return _Run(out, resolved, prepared, t, card, env, device, rows, net, dataset, loader,
                 show_progress), state
+
+
+def _check_encoder_weights(cfg: RunConfig) -> None:
+    """Refuse ``--encoder-weights`` that cannot load, before the data is read."""
+    path = cfg.train.encoder_weights
+    if path is None:
+        return
+    if cfg.model.arch not in RESNET_LAYERS:
+        raise UserError(f"--encoder-weights initialises a ResNet encoder, and --arch"
+                        f" {cfg.model.arch} has none; use --arch resnet18, resnet34 or resnet50,"
+                        " or drop --encoder-weights")
+    if not Path(path).is_file():
+        raise UserError(f"--encoder-weights {path}: file not found; give a ResNet state dict"
+                        " (.safetensors or .pth)")
+
+
+def _load_encoder_weights(model: torch.nn.Module, path: str, show_progress: bool) -> None:
+    """Initialise the encoder from ``path`` and say what was loaded (a warning for keys the
+    file lacked)."""
+    result = load_encoder_weights(model, path)
+    if result.missing:
+        log.warning("%s", result.summary())
+    else:
+        log.info("%s", result.summary())
+    if show_progress:
+        tqdm.write(result.summary())
 
 
 def _start_state(resolved: ResolvedConfig, t: Training) -> RunState:

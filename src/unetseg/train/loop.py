@@ -13,6 +13,7 @@ from torch import nn
 from unetseg.data.dataset import LoadedPair
 from unetseg.errors import UserError
 from unetseg.infer.evaluate import ImageScore
+from unetseg.losses import deep_supervision_loss
 from unetseg.model.blocks import center_crop
 from unetseg.progress import progress
 from unetseg.report.training import Example
@@ -86,7 +87,10 @@ def train_one_epoch(
     ``prepare`` moves a CPU batch to the device and augments and normalises it; targets of
     valid-padding models are centre-cropped to the logits. A batch of three tensors carries
     per-pixel loss weights (the U-Net paper's weight map), cropped like the targets and passed
-    to ``loss_fn`` as its third argument. A non-finite loss stops training with a
+    to ``loss_fn`` as its third argument. A model that returns a list in training (deep
+    supervision: main logits first, then auxiliary ones of the same size) is trained on the
+    weighted sum of their losses (:func:`~unetseg.losses.deep_supervision_loss`). A non-finite
+    loss stops training with a
     :class:`UserError` before the weights are touched; so do non-finite weights at the end of
     the epoch (checked before the caller saves them).
     """
@@ -102,8 +106,8 @@ def train_one_epoch(
         x, *targets = prepare(*batch)
         with torch.autocast(device.type, dtype=precision.dtype or torch.float32,
                             enabled=precision.dtype is not None):
-            logits = model(x)
-        loss = loss_fn(logits.float(), *_crop_to(logits, targets))
+            outputs = model(x)
+        loss = supervised_loss(loss_fn, outputs, targets)
         value = float(loss.detach())
         if not math.isfinite(value):
             bar.close()
@@ -126,6 +130,16 @@ def train_one_epoch(
         raise UserError("training diverged: the weights became NaN or infinite in this epoch;"
                         " lower --lr (the last good checkpoint is kept)")
     return EpochStats(total / max(done, 1), done, seen, time.perf_counter() - start)
+
+
+def supervised_loss(loss_fn: LossFn, outputs: torch.Tensor | Sequence[torch.Tensor],
+                    targets: list[torch.Tensor]) -> torch.Tensor:
+    """The loss of a training forward's ``outputs``: one logit map, or a list under deep
+    supervision; targets cropped to the logits, logits in float32."""
+    if isinstance(outputs, torch.Tensor):
+        return loss_fn(outputs.float(), *_crop_to(outputs, targets))
+    return deep_supervision_loss(loss_fn, [o.float() for o in outputs],
+                                 *_crop_to(outputs[0], targets))
 
 
 def _crop_to(logits: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:

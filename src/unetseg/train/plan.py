@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 from unetseg.config import RunConfig, TrainConfig
 from unetseg.model import build_model, nearest_legal_input_size
 from unetseg.model.layout import fastest_memory_format
+from unetseg.model.variants import DEFAULT_WIDTHS, PLANNED_WIDTH
 from unetseg.train import distributed
 from unetseg.train.distributed import DistEnv
-from unetseg.train.loop import Precision
+from unetseg.train.loop import Precision, supervised_loss
 from unetseg.train.optim import build_optimizer
 from unetseg.train.state import RunState
 
@@ -94,14 +95,8 @@ def time_train_step(cfg: RunConfig, rows: int, patch: int, device: torch.device,
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=precision.dtype or torch.float32,
                             enabled=precision.dtype is not None):
-            logits = model(x)
-        if logits.shape[-2:] != y.shape[-2:]:
-            top = (y.shape[-2] - logits.shape[-2]) // 2
-            left = (y.shape[-1] - logits.shape[-1]) // 2
-            target = y[..., top:top + logits.shape[-2], left:left + logits.shape[-1]]
-        else:
-            target = y
-        loss = F.cross_entropy(logits.float(), target)
+            outputs = model(x)
+        loss = supervised_loss(F.cross_entropy, outputs, [y])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -156,12 +151,14 @@ def choose_width(budget_s: float, probe_width: int, probe_step_s: float,
 def plan_width(cfg: RunConfig, rows: int, patch: int, device: torch.device) -> WidthPlan:
     """The width for a run whose ``cfg.model.width`` is None (see the module docstring).
 
-    Without a time budget the run length is set by epochs, not by the width: the paper's 64.
+    Without a time budget the run length is set by epochs, not by the width: the paper's 64
+    (32 for U-Net++, its paper's).
     """
     budget = cfg.train.time_limit_s
     if budget is None:
-        return WidthPlan(64, 64, float("nan"), "width 64: no time budget, the paper's width",
-                         cfg.model.top_width)
+        width = DEFAULT_WIDTHS.get(cfg.model.arch, 64)
+        return WidthPlan(width, width, float("nan"),
+                         f"width {width}: no time budget, the paper's width", cfg.model.top_width)
     probe = CANDIDATE_WIDTHS[-1]
     probe_model = replace(cfg.model, width=probe,
                           top_width=cfg.model.top_width
@@ -287,7 +284,7 @@ def resolve_config(cfg: RunConfig, classes: ClassTable, train: list[LoadedPair],
     cfg = replace(cfg, model=replace(cfg.model, in_channels=train[0].image.shape[0],
                                      num_classes=outputs))
     width_plan: WidthPlan | None = None
-    if cfg.model.width is None and cfg.model.arch == "unet":
+    if cfg.model.width is None and cfg.model.arch in PLANNED_WIDTH:
         width_plan = distributed.broadcast_object(
             plan_width(cfg, rows, patch_size_for(cfg), device), env)
         cfg = replace(cfg, model=replace(cfg.model, width=width_plan.width,

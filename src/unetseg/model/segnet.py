@@ -1,0 +1,87 @@
+"""The frame the built-in U-Net variants share: pad, run a body, classify, crop; plus the
+auxiliary heads of deep supervision.
+
+A body maps an input padded to a multiple of ``2**depth`` to its decoder features, finest
+first: ``[level 0, level 1, ...]`` where level ``l`` has ``1 / 2**l`` of the padded side (or,
+for U-Net++, its nested outputs, all at full resolution). The frame holds the 1x1 heads. In
+training with deep supervision it returns the main logits followed by one auxiliary logit map
+per coarser feature, each upsampled to the input's size, so the loss can compare every map
+with the same target (:func:`unetseg.losses.deep_supervision_loss`); at inference only the
+main head runs, and an exported graph holds only the body and that head
+(:class:`unetseg.export.graph.ExportableNet`).
+
+Deep supervision: Lee et al., "Deeply-Supervised Nets", AISTATS 2015; on U-Net decoders as in
+nnU-Net (Isensee et al., Nature Methods 2021), whose weights (halving per level) the loss uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from unetseg.config import ModelConfig
+from unetseg.model.blocks import OutConv, center_crop, pad_to_multiple
+
+
+def upsample_to(logits: torch.Tensor, scale: int, like: torch.Tensor, *, same: bool
+                ) -> torch.Tensor:
+    """Auxiliary ``logits`` of a level ``scale`` times coarser than ``like`` (the main logits,
+    (N, K, H, W)), upsampled bilinearly by ``scale`` and cropped to ``like``'s size: from the
+    top left for same padding (the padding is at the bottom/right), centred for valid padding
+    (whose maps shrink symmetrically)."""
+    if scale > 1:
+        logits = F.interpolate(logits, scale_factor=float(scale), mode="bilinear",
+                               align_corners=False)
+    h, w = like.shape[-2:]
+    return logits[..., :h, :w] if same else center_crop(logits, h, w)
+
+
+class SegmentationNet(nn.Module):
+    """A body and its heads, with the ``config`` the pipeline reads (same padding).
+
+    Args:
+        config: the network's :class:`ModelConfig` (``depth`` sets the padding multiple).
+        body: module mapping (N, C, H, W), H and W multiples of ``2**depth``, to a list of
+            features, finest first (see the module docstring); in eval mode only the first is
+            used.
+        head_channels: channels of the body's first feature.
+        aux: (channels, scale) of each further feature the body returns in training; one
+            auxiliary head each when ``config.deep_supervision``.
+
+    Shape:
+        (N, in_channels, H, W) -> (N, num_classes, H, W) for any H, W; in training with deep
+        supervision a list of such maps, the main one first.
+    """
+
+    def __init__(self, config: ModelConfig, body: nn.Module, head_channels: int,
+                 aux: Sequence[tuple[int, int]] = ()):
+        super().__init__()
+        self.config = config
+        self.body = body
+        self.head = OutConv(head_channels, config.num_classes)
+        self.aux_heads = nn.ModuleList(
+            OutConv(channels, config.num_classes) for channels, _ in aux
+        ) if config.deep_supervision else nn.ModuleList()
+        self.aux_scales = [scale for _, scale in aux]
+
+    def inference_head(self) -> nn.Module:
+        """The head that classifies the body's first feature at inference."""
+        return self.head
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        x, (h, w) = pad_to_multiple(x, 2**self.config.depth)
+        features = self.body(x)
+        if not self.training:
+            return self.inference_head()(features[0])[..., :h, :w]
+        logits = self.head(features[0])[..., :h, :w]
+        if not len(self.aux_heads):
+            return logits
+        aux = [upsample_to(head(f), scale, logits, same=True)
+               for head, scale, f in zip(self.aux_heads, self.aux_scales, features[1:])]
+        return [logits, *aux]
