@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAfter
+from helpers import StopAfter
 from resnet_weights import torchvision_state
 from safetensors.torch import load_file, save_file
 
