@@ -57,20 +57,22 @@ class NestedUNet(SegmentationNet):
         return self.head if level == depth else self.aux_heads[depth - 1 - level]
 
 
-def build_residual(cfg: ModelConfig) -> SegmentationNet:
+def _ladder_net(cfg: ModelConfig, body: type[nn.Module]) -> SegmentationNet:
+    """A U-Net-shaped ``body`` with the main head and one auxiliary head per coarser decoder
+    level (channels, scale)."""
     widths = unet_widths(cfg)
-    net = SegmentationNet(cfg, ResidualUNetBody(cfg, widths), widths[0],
+    net = SegmentationNet(cfg, body(cfg, widths), widths[0],
                           [(widths[lvl], 2**lvl) for lvl in range(1, cfg.depth)])
     he_init(net)
     return net
+
+
+def build_residual(cfg: ModelConfig) -> SegmentationNet:
+    return _ladder_net(cfg, ResidualUNetBody)
 
 
 def build_attention(cfg: ModelConfig) -> SegmentationNet:
-    widths = unet_widths(cfg)
-    net = SegmentationNet(cfg, AttentionUNetBody(cfg, widths), widths[0],
-                          [(widths[lvl], 2**lvl) for lvl in range(1, cfg.depth)])
-    he_init(net)
-    return net
+    return _ladder_net(cfg, AttentionUNetBody)
 
 
 def build_nested(cfg: ModelConfig) -> SegmentationNet:

@@ -47,16 +47,6 @@ def _class_section(summary: Mapping[str, Any]) -> str:
                        "support (pixels)"], rows, sortable=True, table_id="per-class")
 
 
-def _per_image_section(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return "<p>no images</p>"
-    columns = list(rows[0])
-    cells = [[r.get(c) for c in columns] for r in rows]
-    return ('<p class="note">Click a column header to sort by it; click again to reverse.</p>'
-            f'<div class="scroll">{page.table(columns, cells, sortable=True, table_id="per-image")}'
-            "</div>")
-
-
 def _worst_picture(stem: str, pair: Pair, pred: np.ndarray, classes: ClassTable,
                    colours: np.ndarray, row: Mapping[str, Any]) -> str:
     """One worst image: image, truth, prediction and the two error maps, side by side."""
@@ -106,7 +96,7 @@ def evaluation_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, An
         ("Per class", _class_section(summary)),
         ("Confusion matrix", page.image(confusion_png(cm, names), "confusion matrix")),
         ("IoU per class", page.image(class_bars_png(ious, names, colours), "IoU per class")),
-        ("Per image", _per_image_section(rows)),
+        ("Per image", page.per_image_table(rows)),
         ("Worst images", _worst_section(rows, pairs, predictions, classes)),
     ]
     return page.page("Evaluation report", sections, intro=intro)

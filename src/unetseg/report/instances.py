@@ -43,16 +43,6 @@ def _threshold_section(summary: Mapping[str, Any]) -> str:
                        "TP / (TP + FP + FN), mean over images"], rows)
 
 
-def _per_image_section(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return "<p>no images</p>"
-    columns = list(rows[0])
-    cells = [[r.get(c) for c in columns] for r in rows]
-    return ('<p class="note">Click a column header to sort by it; click again to reverse.</p>'
-            f'<div class="scroll">{page.table(columns, cells, sortable=True, table_id="per-image")}'
-            "</div>")
-
-
 def _worst_section(rows: Sequence[Mapping[str, Any]], pairs: Sequence[Pair],
                    predictions: Mapping[str, np.ndarray],
                    truth_of: Callable[[Pair], np.ndarray]) -> str:
@@ -88,7 +78,7 @@ def instance_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
     sections = [
         ("Summary", _summary_section(summary)),
         ("Per IoU threshold", _threshold_section(summary)),
-        ("Per image", _per_image_section(rows)),
+        ("Per image", page.per_image_table(rows)),
         ("Worst images", _worst_section(rows, pairs, predictions, truth_of)),
     ]
     return page.page("Evaluation report (objects)", sections, intro=intro)

@@ -11,7 +11,7 @@ import base64
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,17 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, sortable: bo
     attributes = (' class="sortable"' if sortable else "") + (
         f' id="{text(table_id)}"' if table_id else "")
     return f"<table{attributes}><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+
+
+def per_image_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One sortable, scrolling table row per image; the columns are the first row's keys."""
+    if not rows:
+        return "<p>no images</p>"
+    columns = list(rows[0])
+    cells = [[r.get(c) for c in columns] for r in rows]
+    return ('<p class="note">Click a column header to sort by it; click again to reverse.</p>'
+            f'<div class="scroll">{table(columns, cells, sortable=True, table_id="per-image")}'
+            "</div>")
 
 
 def rgb_png(rgb: np.ndarray, max_side: int = 480, min_side: int = 160) -> bytes:
