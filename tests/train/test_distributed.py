@@ -126,13 +126,11 @@ def _train_worker(data: Path, runs: Path, reports: Path) -> int:
     writes: list[str] = []
     if not env.is_main:
         _record_writes(runs, writes)
-    try:
+    with distributed.leaving_at_the_end():
         full = fit(data, runs / "ddp", CFG, show_progress=False)
         with contextlib.suppress(KeyboardInterrupt):
             fit(data, runs / "resumed", CFG, show_progress=False, callbacks=[StopAfter(1)])
         resumed = fit(data, runs / "resumed", resume=True, show_progress=False)
-    finally:
-        distributed.cleanup()
     report = {"full": full.history, "resumed": resumed.history, "writes": writes}
     (reports / f"rank{env.rank}.json").write_text(json.dumps(report))
     return 0

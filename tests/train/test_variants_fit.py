@@ -127,10 +127,8 @@ def _ddp_worker(data: Path, out: Path, reports: Path) -> int:
     from unetseg.train.distributed import DistEnv
 
     env = DistEnv.from_environ()
-    try:
+    with distributed.leaving_at_the_end():
         result = fit(data, out, DDP_CFG, show_progress=False)
-    finally:
-        distributed.cleanup()
     (reports / f"rank{env.rank}.json").write_text(json.dumps(result.history))
     return 0
 

@@ -111,12 +111,10 @@ def _train(args: argparse.Namespace) -> int:
     main_process = distributed.DistEnv.from_environ().is_main
     if not main_process:  # warnings once, from rank 0
         logging.getLogger("unetseg").setLevel(logging.ERROR)
-    try:
+    with distributed.leaving_at_the_end():
         result = fit(args.data, args.out, run_config_from_args(args), resume=args.resume,
                      show_progress=not args.quiet, plan=_plan_source(args),
                      fixed=fixed_from_args(args))
-    finally:
-        distributed.cleanup()
     if not main_process:
         return 0
     score = ("val_dsb_score" if any(h.get("val_dsb_score") is not None for h in result.history)

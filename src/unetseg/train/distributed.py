@@ -17,7 +17,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -111,10 +112,31 @@ def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
     return env, device
 
 
-def cleanup() -> None:
-    """Leave the process group, if one was joined."""
+def cleanup(*, wait: bool = True) -> None:
+    """Leave the process group, if one was joined.
+
+    With ``wait`` (the normal end) every process first comes to leave it: without that
+    barrier a process that finishes first tears down its side (rank 0 hosts the rendezvous
+    store) while another still talks to it, which gloo can answer with an abort. Give
+    ``wait=False`` on the way out of an error, which the other processes may never reach.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if wait:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+@contextmanager
+def leaving_at_the_end() -> Iterator[None]:
+    """Leave the process group after the block: together on success, at once on an error."""
+    try:
+        yield
+    except BaseException:
+        cleanup(wait=False)
+        raise
+    cleanup()
 
 
 def _comm_device() -> torch.device:
@@ -242,8 +264,11 @@ def _worker(local_rank: int, nproc: int, port: int, threads: int,
                       LOCAL_WORLD_SIZE=str(nproc), OMP_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
     code = fn(*args)
-    if code:
-        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # End here, as a forked child does: the interpreter's teardown would destroy whatever the
+    # communication backend left behind in an order its threads do not survive.
+    os._exit(code or 0)
 
 
 def spawn_local(nproc: int, fn: Callable[..., int | None], *args: Any,
