@@ -21,6 +21,13 @@ pipeline with its own default or planned width, are named ``unetseg-residual``,
 scratch: nothing is downloaded) and ``unetseg-ds`` (the default with deep supervision);
 ``--models variants`` names them all, ``--models default,variants`` adds the default.
 
+The automated recipe (``--models automation``, with the default beside it):
+``unetseg-5fold`` (``train --folds 5`` under the same total budget, so each fold gets about a
+fifth, scored as the ensemble of the five fold models), ``unetseg-5fold+post`` (the same
+ensemble with the post-processing the run chose on its held-out folds), and each of the three
+at five times the budget (``unetseg-default-5x``, ``unetseg-5fold-5x``,
+``unetseg-5fold+post-5x``).
+
 Datasets (``../shared/data``; each skipped with a note when absent):
 
 * ISBI 2012: a seeded 24/6 split of the 30 labelled slices (the split of ``isbi2012.py``);
@@ -28,6 +35,8 @@ Datasets (``../shared/data``; each skipped with a note when absent):
   thresholds of the cell probability).
 * CamVid (11 classes, void ignored): train on ``train/`` (367), evaluate on ``val/`` (81):
   mean IoU over the 11 classes, per-class IoU and pixel accuracy.
+* DSB 2018 (nuclei, semantic masks): a split of the 506 images seeded by the training seed,
+  405 to train and 101 to test; nuclei IoU and Dice, mean IoU and pixel accuracy.
 
 Each training run validates on a seeded fifth of its training images and keeps the best
 epoch; the test images are seen only by the final evaluation. Writes ``OUT/results.md`` (one
@@ -47,11 +56,14 @@ Usage::
     python benchmarks/quality.py --datasets camvid --seeds 1,2,3 --out quality-seeds
     python benchmarks/quality.py --models default,variants --folds 5 --datasets isbi2012 \
         --out variants-isbi
+    python benchmarks/quality.py --models unetseg-default,monai-basicunet --datasets dsb2018 \
+        --seeds 0,1,2 --out dsb-seeds
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -62,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from isbi2012 import split as isbi_split
 from peers import monai_dice_ce, register_peers
@@ -86,6 +99,9 @@ class Model:
     tta: str | None = None
     trained_as: str | None = None  # reuse the run of another contender (same training)
     overrides: tuple[tuple[str, Any], ...] = ()  # config fields changed from the default
+    folds: int | None = None  # train --folds K: scored as the ensemble of the fold models
+    postprocess: bool = False  # with folds: apply the post-processing the run chose
+    budget_scale: float = 1.0  # this many times --budget (of the whole run, folds included)
 
 
 MODELS = {m.name: m for m in (
@@ -108,7 +124,16 @@ VARIANT_MODELS = {m.name: m for m in (
     Model("unetseg-resnet50", arch="resnet50"),
     Model("unetseg-ds", overrides=(("model.deep_supervision", True),)),
 )}
-GROUPS = {"default": ["unetseg-default"], "variants": list(VARIANT_MODELS)}
+AUTOMATION_MODELS = {m.name: m for m in (
+    Model("unetseg-5fold", folds=5),
+    Model("unetseg-5fold+post", folds=5, postprocess=True, trained_as="unetseg-5fold"),
+    Model("unetseg-default-5x", budget_scale=5.0),
+    Model("unetseg-5fold-5x", folds=5, budget_scale=5.0),
+    Model("unetseg-5fold+post-5x", folds=5, postprocess=True, budget_scale=5.0,
+          trained_as="unetseg-5fold-5x"),
+)}
+GROUPS = {"default": ["unetseg-default"], "variants": list(VARIANT_MODELS),
+          "automation": ["unetseg-default", *AUTOMATION_MODELS]}
 """Names that ``--models`` expands to several contenders."""
 
 
@@ -126,10 +151,14 @@ class Dataset:
     train: Path
     test: Path
     config: RunConfig
-    isbi: bool
+    kind: str  # "isbi2012", "camvid" or "dsb2018": which metrics the tables show
     seed: int = 0
     fold: int | None = None  # ISBI 2012 cross-validation fold; None for a fixed split
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def isbi(self) -> bool:
+        return self.kind == "isbi2012"
 
     @property
     def run_name(self) -> str:
@@ -144,15 +173,36 @@ def isbi_dataset(root: Path, out: Path, split_seed: int, seed: int, fold: int | 
     cfg = replace(RunConfig(), **{"data.class_values": (0, 255),
                                   "data.class_names": ("membrane", "cell")})
     where = "seeded 24/6 split" if fold is None else f"fold {fold} of a seeded 5-fold split"
-    return Dataset("isbi2012", train, test, cfg, True, seed, fold,
+    return Dataset("isbi2012", train, test, cfg, "isbi2012", seed, fold,
                    [f"{where}, test slices {', '.join(stems)}"])
 
 
 def camvid_dataset(root: Path, seed: int) -> Dataset:
     cfg = replace(RunConfig(), **{"data.class_values": tuple(range(11)),
                                   "data.class_names": CAMVID_CLASSES, "data.ignore_value": 11})
-    return Dataset("camvid", root / "train", root / "val", cfg, False, seed, None,
+    return Dataset("camvid", root / "train", root / "val", cfg, "camvid", seed, None,
                    ["train 367, evaluated on val (81), class 11 (void) ignored"])
+
+
+def dsb_dataset(root: Path, out: Path, seed: int, test_fraction: float = 0.2) -> Dataset:
+    """DSB 2018 nuclei (semantic masks): a split seeded by ``seed``, linked into ``out``."""
+    stems = sorted(p.stem for p in (root / "images").glob("*.png"))
+    order = np.random.default_rng(seed).permutation(len(stems))
+    n_test = max(1, round(len(stems) * test_fraction))
+    test = {stems[i] for i in order[:n_test]}
+    base = out / f"dsb2018-data-seed{seed}"
+    for stem in stems:
+        part = "test" if stem in test else "train"
+        for sub in ("images", "masks"):
+            link = base / part / sub / f"{stem}.png"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                os.symlink(root / sub / f"{stem}.png", link)
+    cfg = replace(RunConfig(), **{"data.class_values": (0, 1),
+                                  "data.class_names": ("background", "nuclei")})
+    return Dataset("dsb2018", base / "train", base / "test", cfg, "dsb2018", seed, None,
+                   [f"{len(stems) - n_test} training and {n_test} test images of {len(stems)},"
+                    f" split seeded by the seed"])
 
 
 def cpu_seconds() -> float:
@@ -164,44 +214,70 @@ def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Names
                     runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     source = model.trained_as or model.name
     if source not in runs:
-        cfg = replace(data.config, **{"train.time_limit_s": args.budget,
+        cfg = replace(data.config, **{"train.time_limit_s": args.budget * model.budget_scale,
                                       "train.epochs": 100_000, "train.seed": data.seed,
                                       "train.device": "cpu", "model.arch": model.arch,
                                       **dict(model.overrides)})
         wall, cpu = time.perf_counter(), cpu_seconds()
         result = fit(data.train, out / source, cfg, show_progress=not args.quiet,
-                     loss_fn=model.loss() if model.loss else None)
+                     loss_fn=model.loss() if model.loss else None, folds=model.folds)
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-        planned = json.loads((out / source / "config.json").read_text())
-        model_cfg = planned["run"]["model"]
+        first = out / source / ("fold-0" if model.folds else "")
+        model_cfg = json.loads((first / "config.json").read_text())["run"]["model"]
         runs[source] = {"result": result, "wall_s": wall, "cpu_util": cpu / wall,
-                        "width": model_cfg["width"], "top_width": model_cfg.get("top_width")}
+                        "width": model_cfg["width"], "top_width": model_cfg.get("top_width"),
+                        "history": _histories(out / source, model.folds)}
     run = runs[source]
-    result = run["result"]
+    if model.folds:  # the fold models' average; with their chosen post-processing or without
+        members = [out / source / f"fold-{k}" / "best.safetensors" for k in range(model.folds)]
+        predicted: Any = out / source if model.postprocess else members
+    else:
+        predicted = run["result"].best_model
     began = time.perf_counter()
-    ev = evaluate(result.best_model, data.test, out / f"eval-{model.name}", device="cpu",
+    ev = evaluate(predicted, data.test, out / f"eval-{model.name}", device="cpu",
                   tta=model.tta, isbi=data.isbi, show_progress=not args.quiet)
     s = ev.summary
-    last = result.history[-1]
-    best = max(result.history, key=lambda r: r["val_mean_iou"] or -1.0)
+    histories = run["history"]
+    last = [h[-1] for h in histories]
+    best = max(histories[0], key=lambda r: r["val_mean_iou"] or -1.0)
     row: dict[str, Any] = {
         "model": model.name, "seed": data.seed, "fold": data.fold,
         "train_s": round(run["wall_s"], 1), "cpu_util": round(run["cpu_util"], 2),
-        "epochs": int(last["epoch"]),
-        "steps": int(last["step"]), "images_seen": int(last["images_seen"]),
+        "epochs": sum(int(r["epoch"]) for r in last),
+        "steps": sum(int(r["step"]) for r in last),
+        "images_seen": sum(int(r["images_seen"]) for r in last),
         "best_epoch": int(best["epoch"]), "width": run["width"], "top_width": run["top_width"],
         "mean_iou": s["mean_iou"], "pixel_accuracy": s["pixel_accuracy"],
         "per_class_iou": {k: v["iou"] for k, v in s["per_class"].items()},
         "eval_s": round(time.perf_counter() - began, 1), "tta": model.tta,
         "history": [{"elapsed_s": r["elapsed_s"], "val_mean_iou": r["val_mean_iou"]}
-                    for r in result.history],
+                    for r in histories[0]],
+        "postprocessing": s.get("postprocessing"),
     }
+    if data.kind == "dsb2018":
+        row.update(nuclei_iou=s["per_class"]["nuclei"]["iou"],
+                   nuclei_dice=s["per_class"]["nuclei"]["dice"])
     if data.isbi:
         row.update(membrane_iou=s["per_class"]["membrane"]["iou"],
                    pixel_error=s["isbi"]["pixel_error"]["value"],
                    rand_error=s["isbi"]["rand_error"]["value"],
                    warping_error=s["isbi"]["warping_error"]["value"])
     return row
+
+
+def _histories(run_dir: Path, folds: int | None) -> list[list[dict[str, Any]]]:
+    """Each training run's metrics rows (one run, or one per fold), numbers as numbers."""
+    def number(v: str) -> Any:
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    dirs = [run_dir] if not folds else [run_dir / f"fold-{k}" for k in range(folds)]
+    out = []
+    for d in dirs:
+        with open(d / "metrics.csv", newline="") as f:
+            out.append([{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)])
+    return out
 
 
 def _f(value: float | None, digits: int = 4) -> str:
@@ -217,8 +293,10 @@ def _widths(row: dict[str, Any]) -> str:
 
 def table(data: Dataset, rows: list[dict[str, Any]], budget: float) -> str:
     head = ["model", "train s (CPU util)", "epochs", "images seen"]
-    if data.isbi:
+    if data.kind == "isbi2012":
         head += ["membrane IoU", "mean IoU", "pixel error", "Rand error", "warping error"]
+    elif data.kind == "dsb2018":
+        head += ["nuclei IoU", "nuclei Dice", "mean IoU", "pixel acc"]
     else:
         head += ["mean IoU (11)", "pixel acc", *CAMVID_CLASSES]
     notes = "; ".join([f"training seed {data.seed}", *data.notes])
@@ -228,9 +306,12 @@ def table(data: Dataset, rows: list[dict[str, Any]], budget: float) -> str:
         cells = [r["model"] + _widths(r),
                  f"{r['train_s']:.0f} ({r['cpu_util']:.2f})", str(r["epochs"]),
                  str(r["images_seen"])]
-        if data.isbi:
+        if data.kind == "isbi2012":
             cells += [_f(r["membrane_iou"]), _f(r["mean_iou"]), _f(r["pixel_error"]),
                       _f(r["rand_error"]), _f(r["warping_error"], 6)]
+        elif data.kind == "dsb2018":
+            cells += [_f(r["nuclei_iou"]), _f(r["nuclei_dice"]), _f(r["mean_iou"]),
+                      _f(r["pixel_accuracy"])]
         else:
             cells += [_f(r["mean_iou"]), _f(r["pixel_accuracy"]),
                       *(_f(r["per_class_iou"][c], 3) for c in CAMVID_CLASSES)]
@@ -238,22 +319,24 @@ def table(data: Dataset, rows: list[dict[str, Any]], budget: float) -> str:
     return "\n".join(lines)
 
 
-HEADLINES = {  # is ISBI 2012 -> (row key, column title); the first is higher-is-better
-    True: (("membrane_iou", "membrane IoU"), ("mean_iou", "mean IoU"),
-           ("pixel_error", "pixel error"), ("rand_error", "Rand error"),
-           ("warping_error", "warping error")),
-    False: (("mean_iou", "mean IoU (11)"), ("pixel_accuracy", "pixel acc")),
+HEADLINES = {  # dataset kind -> (row key, column title); the first is higher-is-better
+    "isbi2012": (("membrane_iou", "membrane IoU"), ("mean_iou", "mean IoU"),
+                 ("pixel_error", "pixel error"), ("rand_error", "Rand error"),
+                 ("warping_error", "warping error")),
+    "camvid": (("mean_iou", "mean IoU (11)"), ("pixel_accuracy", "pixel acc")),
+    "dsb2018": (("nuclei_iou", "nuclei IoU"), ("nuclei_dice", "nuclei Dice"),
+                ("mean_iou", "mean IoU"), ("pixel_accuracy", "pixel acc")),
 }
 
 
-def summarise(runs: list[list[dict[str, Any]]], isbi: bool) -> list[dict[str, Any]]:
+def summarise(runs: list[list[dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
     """Each model's mean, sample standard deviation and values of the headline figures.
 
     ``runs`` holds one list of rows per run (seed or fold), every run with the same models.
     ``led`` counts the runs in which the model had the best first headline figure (mean IoU
     or membrane IoU), ties counting for each model that reached it.
     """
-    metrics = HEADLINES[isbi]
+    metrics = HEADLINES[kind]
     key, _ = metrics[0]
     best_per_run = [max(r[key] for r in rows) for rows in runs]
     summary = []
@@ -271,9 +354,9 @@ def summarise(runs: list[list[dict[str, Any]]], isbi: bool) -> list[dict[str, An
     return summary
 
 
-def summary_table(name: str, summary: list[dict[str, Any]], isbi: bool, budget: float,
+def summary_table(name: str, summary: list[dict[str, Any]], kind: str, budget: float,
                   runs: list[str]) -> str:
-    metrics = HEADLINES[isbi]
+    metrics = HEADLINES[kind]
     key, title = metrics[0]
     digits = {"warping_error": 6}
     head = ["model", "runs", "mean epochs", *(f"{t} (mean ± sd)" for _, t in metrics),
@@ -323,9 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=600.0,
                    help="training seconds per model and dataset (default 600)")
     p.add_argument("--out", type=Path, default=Path("quality-bench"), help="output folder")
-    p.add_argument("--datasets", default="isbi2012,camvid", help="comma-separated")
+    p.add_argument("--datasets", default="isbi2012,camvid",
+                   help="comma-separated, of isbi2012, camvid, dsb2018")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of "
-                   + ", ".join({**MODELS, **EXTRA_MODELS, **VARIANT_MODELS})
+                   + ", ".join({**MODELS, **EXTRA_MODELS, **VARIANT_MODELS,
+                                **AUTOMATION_MODELS})
                    + f", or the groups {', '.join(GROUPS)} (default {', '.join(MODELS)})")
     p.add_argument("--data", type=Path, default=SHARED, help=f"shared data folder ({SHARED})")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
@@ -337,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tune_allocator()  # as the command line does, for every model
     names = model_names(args.models)
-    known = {**MODELS, **EXTRA_MODELS, **VARIANT_MODELS}
+    known = {**MODELS, **EXTRA_MODELS, **VARIANT_MODELS, **AUTOMATION_MODELS}
     unknown = [m for m in names if m not in known]
     if unknown:
         raise SystemExit(f"unknown model {unknown[0]}; choose from {', '.join(known)}")
@@ -357,9 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     builders: dict[str, Callable[[int, int | None], Dataset]] = {
         "isbi2012": lambda seed, fold: isbi_dataset(args.data / "isbi2012", args.out,
                                                     args.split_seed, seed, fold),
-        "camvid": lambda seed, fold: camvid_dataset(args.data / "camvid", seed)}
+        "camvid": lambda seed, fold: camvid_dataset(args.data / "camvid", seed),
+        "dsb2018": lambda seed, fold: dsb_dataset(args.data / "dsb2018", args.out, seed)}
     sections, results, summaries = [], {}, {}
     for name in [d for d in args.datasets.split(",") if d]:
+        if name not in builders:
+            raise SystemExit(f"unknown dataset {name}; choose from {', '.join(builders)}")
         if not (args.data / name).is_dir():
             print(f"{name}: {args.data / name} not found; skipped")
             continue
@@ -377,9 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(name, rows, args.out / f"curves-{name}.png")
         results[name] = rows
         if len(runs) > 1:
-            summaries[name] = summarise(runs, name == "isbi2012")
-            sections.append(summary_table(name, summaries[name], name == "isbi2012",
-                                          args.budget, labels))
+            summaries[name] = summarise(runs, name)
+            sections.append(summary_table(name, summaries[name], name, args.budget, labels))
             print(sections[-1] + "\n", flush=True)
     text = (f"Quality benchmark: CPU, {torch.get_num_threads()} torch threads"
             f" ({os.cpu_count()} CPUs), training seeds {', '.join(map(str, seeds))}; every model"

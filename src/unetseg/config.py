@@ -53,6 +53,10 @@ class ModelConfig:
     ``deep_supervision`` adds 1x1 heads to the coarser decoder stages whose losses join the
     main one in training (for ``nested``, heads on its nested outputs); ``prune_level`` runs a
     ``nested`` network pruned to its first ``prune_level`` levels at inference (None: all).
+    ``spatial_dims`` is 2 for images, 3 for volumes (``unet`` only, so far). For anisotropic
+    volumes ``kernel_sizes`` (``depth + 1`` entries, finest level first) and ``pool_sizes``
+    (``depth`` entries) give the conv kernel and the pooling per axis (``(z, y, x)``) of each
+    level (:func:`unetseg.model.geometry.anisotropic_plan`); None: 3 and 2 along every axis.
     """
 
     in_channels: int = 1
@@ -68,6 +72,9 @@ class ModelConfig:
     encoder_blocks: int = 2
     deep_supervision: bool = False
     prune_level: int | None = None
+    spatial_dims: int = 2
+    kernel_sizes: tuple[tuple[int, ...], ...] | None = None
+    pool_sizes: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -363,6 +370,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float | None, bool]] = {
     ("model", "dropout"): (0.0, 1.0, True),
     ("model", "encoder_blocks"): (1, None, True),
     ("model", "prune_level"): (1, None, True),
+    ("model", "spatial_dims"): (2, 3, True),
     ("data", "patch_size"): (1, None, True),
     ("data", "foreground_fraction"): (0.0, 1.0, True),
     ("data", "val_fraction"): (0.0, 1.0, True),

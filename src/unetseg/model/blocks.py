@@ -2,9 +2,17 @@
 
 ``padding="valid"`` uses unpadded 3x3 convolutions as in the paper: every conv trims one pixel
 from each side, so a skip connection is centre-cropped to the decoder's size before concatenation.
+
+Every block takes ``dims`` (2 for images, 3 for volumes, as the 3D U-Net of Cicek et al. 2016,
+"3D U-Net: learning dense volumetric segmentation from sparse annotation") and, for
+anisotropic volumes, a kernel or pooling size per axis (``(1, 3, 3)``: no mixing across
+slices; ``(1, 2, 2)``: pool within slices only), as nnU-Net plans them (Isensee et al. 2021).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,8 +20,26 @@ from torch.nn import functional as F
 
 from unetseg.config import Norm, Padding, UpMode
 
+Size = int | Sequence[int]
+"""One size for every axis, or one per axis (slowest first: ``(z, y, x)``)."""
 
-def norm_layer(norm: Norm, channels: int) -> nn.Module:
+
+def per_axis(size: Size, dims: int) -> tuple[int, ...]:
+    """``size`` as one int per axis of a ``dims``-dimensional input."""
+    if isinstance(size, int):
+        return (size,) * dims
+    size = tuple(int(v) for v in size)
+    if len(size) != dims:
+        raise ValueError(f"size {size} has {len(size)} axes; the input has {dims}")
+    return size
+
+
+def conv_layer(dims: int) -> Callable[..., nn.Module]:
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    return nn.Conv3d if dims == 3 else nn.Conv2d
+
+
+def norm_layer(norm: Norm, channels: int, dims: int = 2) -> nn.Module:
     """The normalisation after each conv; ``group`` uses up to 8 groups that divide ``channels``.
 
     ``instance`` is built as a group norm with one channel per group: the same function and
@@ -22,7 +48,7 @@ def norm_layer(norm: Norm, channels: int) -> nn.Module:
     ``InstanceNorm2d`` in its fastest layout (2 cores of an AVX-512 Xeon, 4 x 1 x 256 x 256).
     """
     if norm == "batch":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm3d(channels) if dims == 3 else nn.BatchNorm2d(channels)
     if norm == "instance":
         return nn.GroupNorm(channels, channels)
     if norm == "group":
@@ -35,36 +61,50 @@ def norm_layer(norm: Norm, channels: int) -> nn.Module:
 
 class DoubleConv(nn.Sequential):
     """(3x3 conv -> norm -> ReLU) x 2. Shape: (N, C_in, H, W) -> (N, C_out, H', W') with
-    H' = H for same padding and H - 4 for valid padding."""
+    H' = H for same padding and H - 4 for valid padding; (N, C, D, H, W) for ``dims=3``, where
+    an axis of ``kernel`` 1 is left as it is."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, padding: Padding, norm: Norm):
-        pad = 1 if padding == "same" else 0
+    def __init__(self, in_channels: int, out_channels: int, *, padding: Padding, norm: Norm,
+                 dims: int = 2, kernel: Size = 3):
+        kernel = per_axis(kernel, dims)
+        pad = tuple(k // 2 for k in kernel) if padding == "same" else 0
         bias = norm == "none"
+        conv = conv_layer(dims)
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=pad, bias=bias),
-            norm_layer(norm, out_channels),
+            conv(in_channels, out_channels, kernel, padding=pad, bias=bias),
+            norm_layer(norm, out_channels, dims),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=pad, bias=bias),
-            norm_layer(norm, out_channels),
+            conv(out_channels, out_channels, kernel, padding=pad, bias=bias),
+            norm_layer(norm, out_channels, dims),
             nn.ReLU(inplace=True),
         )
 
 
 class Down(nn.Sequential):
-    """2x2 max-pool (stride 2) then :class:`DoubleConv`: one step down the contracting path."""
+    """2x2 max-pool (stride 2) then :class:`DoubleConv`: one step down the contracting path.
+    ``pool`` per axis for volumes (``(1, 2, 2)`` keeps the slices)."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, padding: Padding, norm: Norm):
+    def __init__(self, in_channels: int, out_channels: int, *, padding: Padding, norm: Norm,
+                 dims: int = 2, pool: Size = 2, kernel: Size = 3):
+        pool = per_axis(pool, dims)
         super().__init__(
-            nn.MaxPool2d(2),
-            DoubleConv(in_channels, out_channels, padding=padding, norm=norm),
+            nn.MaxPool3d(pool) if dims == 3 else nn.MaxPool2d(pool),
+            DoubleConv(in_channels, out_channels, padding=padding, norm=norm, dims=dims,
+                       kernel=kernel),
         )
 
 
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The central ``height`` x ``width`` window of ``x`` (N, C, H, W)."""
-    top = (x.shape[-2] - height) // 2
-    left = (x.shape[-1] - width) // 2
-    return x[..., top : top + height, left : left + width]
+    return center_crop_to(x, (height, width))
+
+
+def center_crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The central window of ``size`` of ``x``'s last ``len(size)`` axes."""
+    window: tuple[Any, ...] = (..., *(slice((have - want) // 2, (have - want) // 2 + want)
+                                      for have, want in zip(x.shape[-len(size):], size,
+                                                            strict=True)))
+    return x[window]
 
 
 class Up(nn.Module):
@@ -73,30 +113,40 @@ class Up(nn.Module):
     ``up="transpose"`` is the paper's 2x2 up-convolution; ``bilinear``/``nearest`` interpolate and
     then map the channels with a 1x1 conv, so every mode has the same channel counts.
     ``skip_channels`` defaults to half of ``in_channels`` (the paper's halving).
-    Shape: x (N, C_in, h, w), skip (N, C_skip, H, W) -> (N, C_out, ...).
+    Shape: x (N, C_in, h, w), skip (N, C_skip, H, W) -> (N, C_out, ...); volumes alike with
+    ``dims=3``, upsampled by ``scale`` per axis (the pooling it undoes; bilinear is trilinear).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, padding: Padding, norm: Norm,
-                 up: UpMode, skip_channels: int | None = None):
+                 up: UpMode, skip_channels: int | None = None, dims: int = 2,
+                 scale: Size = 2, kernel: Size = 3):
         super().__init__()
         skip_channels = skip_channels or in_channels // 2
+        scale = per_axis(scale, dims)
         if up == "transpose":
-            self.up: nn.Module = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2,
-                                                    stride=2)
+            transpose: Callable[..., nn.Module] = (nn.ConvTranspose3d if dims == 3
+                                                   else nn.ConvTranspose2d)
+            self.up: nn.Module = transpose(in_channels, skip_channels, kernel_size=scale,
+                                           stride=scale)
         elif up in ("bilinear", "nearest"):
+            mode = "trilinear" if up == "bilinear" and dims == 3 else up
             align = False if up == "bilinear" else None
+            factor: float | tuple[float, ...] = (
+                2.0 if set(scale) == {2} else tuple(float(v) for v in scale))
             self.up = nn.Sequential(
-                nn.Upsample(scale_factor=2, mode=up, align_corners=align),
-                nn.Conv2d(in_channels, skip_channels, kernel_size=1),
+                nn.Upsample(scale_factor=factor, mode=mode, align_corners=align),
+                conv_layer(dims)(in_channels, skip_channels, kernel_size=1),
             )
         else:
             raise ValueError(f"unknown up mode {up!r}; use transpose, bilinear or nearest")
-        self.conv = DoubleConv(2 * skip_channels, out_channels, padding=padding, norm=norm)
+        self.conv = DoubleConv(2 * skip_channels, out_channels, padding=padding, norm=norm,
+                               dims=dims, kernel=kernel)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        if skip.shape[-2:] != x.shape[-2:]:
-            skip = center_crop(skip, x.shape[-2], x.shape[-1])
+        spatial = x.ndim - 2
+        if skip.shape[-spatial:] != x.shape[-spatial:]:
+            skip = center_crop_to(skip, x.shape[-spatial:])
         return self.conv(torch.cat([skip, x], dim=1))
 
 
@@ -107,15 +157,35 @@ class OutConv(nn.Conv2d):
         super().__init__(in_channels, num_classes, kernel_size=1)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad H and W of ``x`` (N, C, H, W) at the bottom/right up to a multiple of ``multiple``.
+class OutConv3d(nn.Conv3d):
+    """The 1x1x1 conv that maps features to one logit per class and voxel."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__(in_channels, num_classes, kernel_size=1)
+
+
+def out_conv(in_channels: int, num_classes: int, dims: int = 2) -> nn.Module:
+    """The classifier of a ``dims``-dimensional network."""
+    return OutConv3d(in_channels, num_classes) if dims == 3 else OutConv(in_channels,
+                                                                         num_classes)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: Size
+                    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pad the spatial axes of ``x`` (N, C, H, W) at the bottom/right up to a multiple of
+    ``multiple``; volumes (N, C, D, H, W) with ``multiple`` per axis or one for all three.
 
     Mirror padding where the image is large enough, edge replication otherwise.
-    Returns the padded tensor and the original (H, W) to crop back to.
+    Returns the padded tensor and the original (H, W) or (D, H, W) to crop back to.
     """
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
+    dims = x.ndim - 2
+    multiples = per_axis(multiple, dims)
+    shape = tuple(int(v) for v in x.shape[-dims:])
+    pads = [-s % m for s, m in zip(shape, multiples, strict=True)]
+    if any(pads):
+        mode = "reflect" if all(p < s for p, s in zip(pads, shape, strict=True)) else "replicate"
+        flat: list[int] = []
+        for p in reversed(pads):  # F.pad lists the last axis first
+            flat += [0, p]
+        x = F.pad(x, flat, mode=mode)
+    return x, shape

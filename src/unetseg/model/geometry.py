@@ -8,6 +8,8 @@ All sizes are one side in pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from unetseg.errors import UserError
 
 
@@ -95,3 +97,78 @@ def receptive_radius(depth: int, up: str) -> int:
     at every level). 23 at depth 2 with transposed convolutions, 107 at depth 4."""
     extra = 2**depth - 1
     return valid_margin(depth) + (2 * extra if up == "bilinear" else extra)
+
+
+def _valid_axis(input_size: int, kernels: Sequence[int], pools: Sequence[int]
+                ) -> tuple[int, str]:
+    """(output side, "") or (0, why not) along one axis; see :func:`valid_output_size_axis`."""
+    depth = len(pools)
+    if len(kernels) != depth + 1:
+        raise ValueError(f"{len(kernels)} kernel sizes for depth {depth}; need {depth + 1}")
+    s = input_size
+    for level, (k, p) in enumerate(zip(kernels, pools, strict=False)):
+        s -= 2 * (k - 1)
+        if s <= 0 or s % p:
+            return 0, f"the pooling at level {level + 1} would see {s}, not a multiple of {p}"
+        s //= p
+    s -= 2 * (kernels[depth] - 1)
+    for k, p in zip(reversed(kernels[:depth]), reversed(pools), strict=True):
+        s = s * p - 2 * (k - 1)
+    return (s, "") if s > 0 else (0, "nothing would be left")
+
+
+def valid_output_size_axis(input_size: int, kernels: Sequence[int], pools: Sequence[int]
+                           ) -> int:
+    """Output side along one axis of a valid-padding U-Net whose levels use ``kernels``
+    (depth + 1 conv kernel sizes along this axis, finest level first) and ``pools`` (depth
+    pooling factors). With kernels of 3 and pools of 2 it is :func:`valid_output_size`.
+
+    Raises:
+        UserError: a pooling would see a size it does not divide, or nothing is left.
+    """
+    size, why = _valid_axis(input_size, kernels, pools)
+    if not size:
+        legal = nearest_legal_input_size_axis(input_size, kernels, pools)
+        raise UserError(f"input size {input_size} is not legal for this valid-padding U-Net"
+                        f" ({why}); use {legal}")
+    return size
+
+
+def nearest_legal_input_size_axis(input_size: int, kernels: Sequence[int],
+                                  pools: Sequence[int]) -> int:
+    """The smallest legal input side >= ``input_size`` for :func:`valid_output_size_axis`."""
+    s = max(1, input_size)
+    while not _valid_axis(s, kernels, pools)[0]:
+        s += 1
+    return s
+
+
+def anisotropic_plan(spacing: Sequence[float], depth: int, *, ratio: float = 2.0
+                     ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Per-level conv kernels and poolings for data whose pixels are not cubes (nnU-Net's rule
+    of thumb, Isensee et al. 2021): an axis whose current spacing is more than ``ratio`` times
+    the finest is neither convolved across (kernel 1) nor pooled, until the pooling of the
+    finer axes has brought their spacing within ``ratio`` of it.
+
+    Args:
+        spacing: size of a pixel along each axis (``(z, y, x)``, any unit).
+        depth: number of poolings.
+
+    Returns:
+        ``(kernel_sizes, pool_sizes)``: ``depth + 1`` and ``depth`` tuples of one size per
+        axis, as :class:`~unetseg.model.UNet` takes them. Isotropic spacing gives 3 and 2
+        everywhere; ``(4, 1, 1)`` starts with ``(1, 3, 3)`` and ``(1, 2, 2)``.
+    """
+    current = [float(v) for v in spacing]
+    if not current or min(current) <= 0:
+        raise ValueError(f"spacing {tuple(spacing)}: give a positive size per axis")
+    kernels: list[tuple[int, ...]] = []
+    pools: list[tuple[int, ...]] = []
+    for level in range(depth + 1):
+        finest = min(current)
+        fine = [c <= ratio * finest for c in current]
+        kernels.append(tuple(3 if f else 1 for f in fine))
+        if level < depth:
+            pools.append(tuple(2 if f else 1 for f in fine))
+            current = [c * p for c, p in zip(current, pools[-1], strict=True)]
+    return tuple(kernels), tuple(pools)

@@ -17,26 +17,36 @@ nnU-Net (Isensee et al., Nature Methods 2021), whose weights (halving per level)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from unetseg.config import ModelConfig
-from unetseg.model.blocks import OutConv, center_crop, pad_to_multiple
+from unetseg.model.blocks import OutConv, center_crop_to, pad_to_multiple, per_axis
 
 
-def upsample_to(logits: torch.Tensor, scale: int, like: torch.Tensor, *, same: bool
-                ) -> torch.Tensor:
+def upsample_to(logits: torch.Tensor, scale: int | Sequence[int], like: torch.Tensor, *,
+                same: bool) -> torch.Tensor:
     """Auxiliary ``logits`` of a level ``scale`` times coarser than ``like`` (the main logits,
-    (N, K, H, W)), upsampled bilinearly by ``scale`` and cropped to ``like``'s size: from the
-    top left for same padding (the padding is at the bottom/right), centred for valid padding
-    (whose maps shrink symmetrically)."""
-    if scale > 1:
-        logits = F.interpolate(logits, scale_factor=float(scale), mode="bilinear",
+    (N, K, H, W) or (N, K, D, H, W); ``scale`` one factor or one per axis), upsampled
+    (bi/trilinearly) by ``scale`` and cropped to ``like``'s size: from the top left for same
+    padding (the padding is at the bottom/right), centred for valid padding (whose maps shrink
+    symmetrically)."""
+    dims = logits.ndim - 2
+    scales = per_axis(scale, dims)
+    if any(v > 1 for v in scales):
+        factor: float | tuple[float, ...] = (float(scales[0]) if len(set(scales)) == 1
+                                             else tuple(float(v) for v in scales))
+        logits = F.interpolate(logits, scale_factor=factor,
+                               mode="trilinear" if dims == 3 else "bilinear",
                                align_corners=False)
-    h, w = like.shape[-2:]
-    return logits[..., :h, :w] if same else center_crop(logits, h, w)
+    size = tuple(like.shape[-dims:])
+    if same:
+        top_left: tuple[Any, ...] = (..., *(slice(0, n) for n in size))
+        return logits[top_left]
+    return center_crop_to(logits, size)
 
 
 class SegmentationNet(nn.Module):

@@ -1,14 +1,23 @@
-"""The U-Net (Ronneberger, Fischer, Brox. MICCAI 2015, arXiv:1505.04597)."""
+"""The U-Net (Ronneberger, Fischer, Brox. MICCAI 2015, arXiv:1505.04597), and its volumetric
+form, the 3D U-Net (Cicek, Abdulkadir, Lienkamp, Brox, Ronneberger. MICCAI 2016,
+arXiv:1606.06650)."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from unetseg.config import ModelConfig, Norm, Padding, UpMode
-from unetseg.model.blocks import DoubleConv, Down, OutConv, Up, pad_to_multiple
-from unetseg.model.geometry import valid_output_size
+from unetseg.model.blocks import DoubleConv, Down, Up, out_conv, pad_to_multiple
+from unetseg.model.geometry import valid_output_size, valid_output_size_axis
 from unetseg.model.segnet import upsample_to
+
+Plan = Sequence[Sequence[int]]
+"""Per level, one size per axis: ``((1, 3, 3), (3, 3, 3), ...)``."""
 
 
 class UNet(nn.Module):
@@ -35,36 +44,56 @@ class UNet(nn.Module):
         deep_supervision: a 1x1 head on each decoder level but the last (``aux_heads``, the
             coarsest first), whose logits, upsampled to the output, join the main ones in
             training (:mod:`unetseg.model.segnet`); unused at inference.
+        spatial_dims: 2 (images) or 3 (volumes: 3x3x3 convs, 2x2x2 poolings).
+        kernel_sizes: per level (``depth + 1``, finest first) the conv kernel along each axis,
+            e.g. ``(1, 3, 3)`` for a level that must not mix slices; None: 3 everywhere.
+        pool_sizes: per pooling (``depth``) the factor along each axis, e.g. ``(1, 2, 2)``
+            for one that keeps the slices; None: 2 everywhere. See
+            :func:`unetseg.model.geometry.anisotropic_plan`.
 
     Shape:
         (N, in_channels, H, W) -> (N, num_classes, H', W'), H' = H (same) or the valid output size;
-        in training with deep supervision a list of such maps, the main one first.
+        volumes (N, in_channels, D, H, W) -> (N, num_classes, D', H', W'); in training with deep
+        supervision a list of such maps, the main one first.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, *, depth: int = 4,
                  width: int = 64, padding: Padding = "same", up: UpMode = "transpose",
                  norm: Norm = "instance", dropout: float = 0.0, top_width: int | None = None,
-                 deep_supervision: bool = False):
+                 deep_supervision: bool = False, spatial_dims: int = 2,
+                 kernel_sizes: Plan | None = None, pool_sizes: Plan | None = None):
         super().__init__()
         if padding not in ("same", "valid"):
             raise ValueError(f"unknown padding {padding!r}; use same or valid")
-        self.config = ModelConfig(in_channels, num_classes, depth, width, padding, up, norm,
-                                  dropout, top_width=top_width,
-                                  deep_supervision=deep_supervision)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims {spatial_dims}: use 2 (images) or 3 (volumes)")
+        kernels = _plan(kernel_sizes, depth + 1, spatial_dims, 3, "kernel_sizes")
+        pools = _plan(pool_sizes, depth, spatial_dims, 2, "pool_sizes")
+        if padding == "same" and any(k % 2 == 0 for level in kernels for k in level):
+            raise ValueError(f"kernel_sizes {kernels}: same padding needs odd kernels")
+        self.config = ModelConfig(
+            in_channels, num_classes, depth, width, padding, up, norm, dropout,
+            top_width=top_width, deep_supervision=deep_supervision, spatial_dims=spatial_dims,
+            kernel_sizes=kernels if kernel_sizes is not None else None,
+            pool_sizes=pools if pool_sizes is not None else None)
+        self.kernels, self.pools = kernels, pools
+        dims = spatial_dims
         widths = [top_width or width, *(width * 2**i for i in range(1, depth + 1))]
-        self.inc = DoubleConv(in_channels, widths[0], padding=padding, norm=norm)
+        self.inc = DoubleConv(in_channels, widths[0], padding=padding, norm=norm, dims=dims,
+                              kernel=kernels[0])
         self.downs = nn.ModuleList(
-            Down(widths[i], widths[i + 1], padding=padding, norm=norm) for i in range(depth)
+            Down(widths[i], widths[i + 1], padding=padding, norm=norm, dims=dims, pool=pools[i],
+                 kernel=kernels[i + 1]) for i in range(depth)
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.ups = nn.ModuleList(
             Up(widths[i + 1], widths[i], padding=padding, norm=norm, up=up,
-               skip_channels=widths[i])
+               skip_channels=widths[i], dims=dims, scale=pools[i], kernel=kernels[i])
             for i in reversed(range(depth))
         )
-        self.head = OutConv(widths[0], num_classes)
+        self.head = out_conv(widths[0], num_classes, dims)
         self.aux_heads = nn.ModuleList(
-            OutConv(widths[level], num_classes) for level in reversed(range(1, depth))
+            out_conv(widths[level], num_classes, dims) for level in reversed(range(1, depth))
         ) if deep_supervision else nn.ModuleList()
         he_init(self)
 
@@ -75,21 +104,39 @@ class UNet(nn.Module):
             raise ValueError(f"{cfg.arch!r} is not a UNet config; use unetseg.model.build_model")
         return cls(cfg.in_channels, cfg.num_classes, depth=cfg.depth, width=cfg.width or 64,
                    padding=cfg.padding, up=cfg.up, norm=cfg.norm, dropout=cfg.dropout,
-                   top_width=cfg.top_width, deep_supervision=cfg.deep_supervision)
+                   top_width=cfg.top_width, deep_supervision=cfg.deep_supervision,
+                   spatial_dims=cfg.spatial_dims, kernel_sizes=cfg.kernel_sizes,
+                   pool_sizes=cfg.pool_sizes)
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Logit map size for an input of ``height`` x ``width``."""
+    @property
+    def size_multiple(self) -> tuple[int, ...]:
+        """Per axis, what a same-padding input is padded to a multiple of: the product of the
+        poolings along it (``2**depth`` for isotropic plans)."""
+        return tuple(math.prod(level[a] for level in self.pools)
+                     for a in range(self.config.spatial_dims))
+
+    def output_size(self, *size: int) -> tuple[int, ...]:
+        """Logit map size for an input of ``height`` x ``width`` (or ``depth`` x ``height``
+        x ``width`` for volumes)."""
         if self.config.padding == "same":
-            return height, width
-        return valid_output_size(height, self.config.depth), valid_output_size(width,
-                                                                              self.config.depth)
+            return tuple(size)
+        if self.config.kernel_sizes is None and self.config.pool_sizes is None:
+            return tuple(valid_output_size(s, self.config.depth) for s in size)
+        return tuple(valid_output_size_axis(s, [k[a] for k in self.kernels],
+                                            [p[a] for p in self.pools])
+                     for a, s in enumerate(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         same = self.config.padding == "same"
+        dims = self.config.spatial_dims
+        if x.ndim != dims + 2:
+            raise ValueError(f"input of shape {tuple(x.shape)}: this {dims}D network takes"
+                             f" {'(N, C, D, H, W)' if dims == 3 else '(N, C, H, W)'}")
         if same:
-            x, (h, w) = pad_to_multiple(x, 2**self.config.depth)
+            multiple = self.size_multiple
+            x, size = pad_to_multiple(x, multiple[0] if len(set(multiple)) == 1 else multiple)
         else:
-            self.output_size(x.shape[-2], x.shape[-1])  # raises on an illegal size
+            self.output_size(*x.shape[2:])  # raises on an illegal size
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
@@ -100,13 +147,32 @@ class UNet(nn.Module):
             decoded.append(x)
         logits = self.head(x)
         if same:
-            logits = logits[..., :h, :w]
+            crop: tuple[Any, ...] = (..., *(slice(0, n) for n in size))
+            logits = logits[crop]
         if not (self.training and len(self.aux_heads)):
             return logits
         levels = range(self.config.depth - 1, 0, -1)  # aux_heads' levels, coarsest first
-        aux = [upsample_to(head(decoded[-1 - level]), 2**level, logits, same=same)
+        aux = [upsample_to(head(decoded[-1 - level]), self._scale(level), logits, same=same)
                for head, level in zip(self.aux_heads, levels)]
         return [logits, *aux]
+
+    def _scale(self, level: int) -> int | tuple[int, ...]:
+        """How much coarser level ``level`` is than the output, per axis (one int if equal)."""
+        scale = tuple(math.prod(p[a] for p in self.pools[:level])
+                      for a in range(self.config.spatial_dims))
+        return scale[0] if len(set(scale)) == 1 else scale
+
+
+def _plan(sizes: Plan | None, levels: int, dims: int, default: int, name: str
+          ) -> tuple[tuple[int, ...], ...]:
+    """``sizes`` checked (``levels`` entries of ``dims`` positive ints), or ``default``
+    everywhere."""
+    if sizes is None:
+        return tuple((default,) * dims for _ in range(levels))
+    plan = tuple(tuple(int(v) for v in level) for level in sizes)
+    if len(plan) != levels or any(len(level) != dims or min(level) < 1 for level in plan):
+        raise ValueError(f"{name} {plan}: give {levels} entries of {dims} positive sizes")
+    return plan
 
 
 def he_init(module: nn.Module) -> None:
@@ -115,7 +181,8 @@ def he_init(module: nn.Module) -> None:
     Tensors on the meta device (shapes only, no storage) are left alone: they hold no values,
     and drawing random numbers there costs PyTorch a second of imports on first use."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and not m.weight.is_meta:
+        if (isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Conv3d | nn.ConvTranspose3d)
+                and not m.weight.is_meta):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -1,0 +1,330 @@
+"""Volume files (image stacks, CT and MRI scans) to arrays with their voxel spacing, and back.
+
+Formats, by suffix:
+
+* ``.tif``/``.tiff`` (and ``.ome.tif``): a multi-page TIFF stack, one page per slice, or an
+  OME-TIFF. Spacing from OME's ``PhysicalSize{Z,Y,X}`` or from ImageJ's ``spacing`` (z) and
+  the resolution tags (y, x).
+* ``.nii``/``.nii.gz``: NIfTI-1/2 through nibabel (extra ``nifti``). Its voxel axes are
+  ``(x, y, z)``; they are reversed to ``(z, y, x)`` here, and :func:`write_volume` reverses them
+  back and keeps the input's affine, so a prediction lies where its scan lies in a viewer.
+* ``.npy``: ``(D, H, W)`` or ``(C, D, H, W)``; no spacing.
+
+Every array here is slowest axis first: images ``(C, D, H, W)``, masks ``(D, H, W)``, spacing
+``(z, y, x)`` in the file's unit (micrometres for microscopy, millimetres for CT and MRI).
+Problems with a file are one-line :class:`~unetseg.errors.UserError` naming it and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from unetseg.errors import UserError
+
+VOLUME_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy")
+SPACING_TOLERANCE = 1e-3
+"""Relative difference below which two spacings are the same (headers round differently)."""
+
+PathLike = str | os.PathLike[str]
+Spacing = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume as read: the voxels, their spacing and, for NIfTI, the scanner geometry.
+
+    Attributes:
+        array: images ``(C, D, H, W)`` in the file's dtype; masks ``(D, H, W)`` integers.
+        spacing: ``(z, y, x)`` voxel size in the file's unit, or None when the file has none
+            (see :func:`with_spacing`).
+        affine: NIfTI's 4 x 4 voxel-to-world matrix (for the file's own ``(x, y, z)`` axes),
+            else None.
+        path: the file.
+    """
+
+    array: np.ndarray
+    spacing: Spacing | None
+    affine: np.ndarray | None
+    path: Path
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(D, H, W)``."""
+        d, h, w = self.array.shape[-3:]
+        return int(d), int(h), int(w)
+
+
+def volume_suffix(path: PathLike) -> str:
+    """The format suffix of ``path`` (``.nii.gz`` counts as one), lower case."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def is_volume_file(path: PathLike) -> bool:
+    return volume_suffix(path) in VOLUME_SUFFIXES
+
+
+def anisotropy(spacing: Sequence[float] | None) -> float:
+    """Coarsest over finest voxel size (1.0 for cubes or unknown spacing)."""
+    if not spacing:
+        return 1.0
+    return max(spacing) / min(spacing)
+
+
+def parse_spacing(text: str) -> Spacing:
+    """``"z,y,x"`` (``--spacing``) as three positive floats.
+
+    Raises:
+        UserError: not three positive numbers.
+    """
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"--spacing {text!r}: give three positive sizes z,y,x, e.g. 4,1,1")
+    return values[0], values[1], values[2]
+
+
+def with_spacing(volume: Volume, spacing: Sequence[float] | None) -> Volume:
+    """``volume`` with ``spacing`` where the file carries none; a file's own spacing wins."""
+    if volume.spacing is not None or spacing is None:
+        return volume
+    return Volume(volume.array, tuple(float(v) for v in spacing),  # type: ignore[arg-type]
+                  volume.affine, volume.path)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_volume(path: PathLike, *, spacing: Sequence[float] | None = None) -> Volume:
+    """An image volume ``(C, D, H, W)``; ``spacing`` where the file carries none.
+
+    Raises:
+        UserError: a missing, unreadable or non-volume file, or an unknown suffix.
+    """
+    volume = _read(Path(path), "image")
+    array = volume.array
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise UserError(f"{volume.path}: expected a volume (D, H, W) or (C, D, H, W), found"
+                        f" shape {array.shape}; save one volume per file")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserError(f"{volume.path}: holds NaN or infinite values; replace them first")
+    return with_spacing(Volume(array, volume.spacing, volume.affine, volume.path), spacing)
+
+
+def read_volume_mask(path: PathLike, *, spacing: Sequence[float] | None = None) -> Volume:
+    """A label volume ``(D, H, W)`` of integer class values.
+
+    Raises:
+        UserError: as :func:`read_volume`, or a mask with channels or non-integer values.
+    """
+    volume = _read(Path(path), "mask")
+    array = volume.array
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise UserError(f"{volume.path}: a mask volume must be (D, H, W), found shape"
+                        f" {array.shape}; save one label per voxel")
+    if array.dtype.kind == "f":
+        if not (np.isfinite(array).all() and np.array_equal(array, np.round(array))):
+            raise UserError(f"{volume.path}: mask holds non-integer values; save class ids")
+        array = array.astype(np.int64)
+    elif array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    elif array.dtype.kind not in "iu":
+        raise UserError(f"{volume.path}: mask of type {array.dtype}; save integer class ids")
+    return with_spacing(Volume(array, volume.spacing, volume.affine, volume.path), spacing)
+
+
+def _read(path: Path, what: str) -> Volume:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; check the path")
+    suffix = volume_suffix(path)
+    try:
+        if suffix in (".tif", ".tiff"):
+            return _read_tiff(path)
+        if suffix in (".nii", ".nii.gz"):
+            return _read_nifti(path)
+        if suffix == ".npy":
+            return Volume(np.load(path, allow_pickle=False), None, None, path)
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{path}: not enough memory to read this {what} volume") from None
+    except Exception as exc:  # readers raise many unrelated types for corrupt input
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{path}: cannot read the {what} volume ({text}); check that the"
+                        " file is complete") from exc
+    raise UserError(f"{path}: unknown volume format; use {', '.join(VOLUME_SUFFIXES)}")
+
+
+def _read_tiff(path: Path) -> Volume:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes.upper()
+        spacing = _ome_spacing(tif) if tif.is_ome else _imagej_spacing(tif)
+    channel = next((axes.index(a) for a in "CS" if a in axes), None)
+    if channel is not None:
+        data = np.moveaxis(data, channel, 0)
+        axes = axes[channel] + axes[:channel] + axes[channel + 1:]
+    keep = [i for i, a in enumerate(axes) if a not in "T" or data.shape[i] > 1]
+    if len(keep) < data.ndim:  # a single time point
+        data = data.reshape([data.shape[i] for i in keep])
+    if data.ndim == 2 or (data.ndim == 3 and channel is not None):
+        raise UserError(f"{path}: a single 2-D image, not a stack; give one page per slice"
+                        " (or use it as a 2-D image)")
+    return Volume(data, spacing, None, path)
+
+
+def _ome_spacing(tif: tifffile.TiffFile) -> Spacing | None:
+    try:
+        image = tifffile.xml2dict(tif.ome_metadata or "")["OME"]["Image"]
+        pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+        values = tuple(float(pixels[f"PhysicalSize{a}"]) for a in "ZYX")
+    except (KeyError, TypeError, ValueError):
+        return None
+    return values if all(v > 0 for v in values) else None  # type: ignore[return-value]
+
+
+def _imagej_spacing(tif: tifffile.TiffFile) -> Spacing | None:
+    meta = tif.imagej_metadata or {}
+    if "spacing" not in meta:
+        return None
+    page = tif.pages.first
+    sizes = []
+    for tag in ("YResolution", "XResolution"):
+        value = page.tags.get(tag)
+        num, den = value.value if value is not None else (1, 1)
+        sizes.append(den / num if num else 1.0)
+    return float(meta["spacing"]), float(sizes[0]), float(sizes[1])
+
+
+def _nibabel() -> Any:
+    try:
+        import nibabel
+    except ImportError:
+        raise UserError("NIfTI files need nibabel; pip install 'unetseg[nifti]'") from None
+    return nibabel
+
+
+def _read_nifti(path: Path) -> Volume:
+    image = _nibabel().load(str(path))
+    data = np.asanyarray(image.dataobj)
+    if data.ndim == 4:  # (x, y, z, c) -> (c, z, y, x)
+        data = data.transpose(3, 2, 1, 0)
+    elif data.ndim == 3:
+        data = data.transpose(2, 1, 0)
+    else:
+        raise UserError(f"{path}: NIfTI of {data.ndim} dimensions; give one 3-D volume")
+    zooms = tuple(float(v) for v in image.header.get_zooms()[:3])
+    spacing = (zooms[2], zooms[1], zooms[0]) if all(v > 0 for v in zooms) else None
+    return Volume(np.ascontiguousarray(data), spacing, np.asarray(image.affine), path)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_same_geometry(image: Volume, mask: Volume) -> None:
+    """Refuse a mask that does not lie on its image's voxels.
+
+    Raises:
+        UserError: different ``(D, H, W)``, or spacings that differ by more than
+            :data:`SPACING_TOLERANCE` (relative) on any axis.
+    """
+    if image.shape != mask.shape:
+        raise UserError(f"{mask.path}: mask volume {mask.shape} does not match its image"
+                        f" {image.path.name} {image.shape}; save them on the same voxels")
+    if image.spacing is None or mask.spacing is None:
+        return
+    if any(abs(a - b) > SPACING_TOLERANCE * max(a, b)
+           for a, b in zip(image.spacing, mask.spacing, strict=True)):
+        raise UserError(f"{mask.path}: spacing {_fmt(mask.spacing)} differs from its image's"
+                        f" {_fmt(image.spacing)} ({image.path.name}); resample the mask onto"
+                        " the image's voxels")
+
+
+def _fmt(spacing: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in spacing)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_volume(path: PathLike, array: np.ndarray, like: Volume | None = None) -> Path:
+    """Write a label (or any) volume ``(D, H, W)`` in the format of ``path``'s suffix, with
+    ``like``'s spacing (and, for NIfTI, its affine and axis order), so that it overlays the
+    input in a viewer.
+
+    TIFF: an ImageJ stack (``spacing`` and resolution tags), or OME-TIFF for ``.ome.tif``
+    (physical sizes). NIfTI: the input's affine, else the spacing on the diagonal.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"write_volume takes (D, H, W), got {array.shape}")
+    spacing = like.spacing if like is not None else None
+    suffix = volume_suffix(path)
+    if suffix in (".tif", ".tiff"):
+        if path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+            meta: dict[str, Any] = {"axes": "ZYX"}
+            if spacing is not None:
+                meta.update(PhysicalSizeZ=spacing[0], PhysicalSizeY=spacing[1],
+                             PhysicalSizeX=spacing[2])
+            tifffile.imwrite(path, array, ome=True, metadata=meta, compression="zlib")
+        else:
+            kwargs: dict[str, Any] = {}
+            if spacing is not None:
+                kwargs["resolution"] = (1.0 / spacing[2], 1.0 / spacing[1])
+            tifffile.imwrite(path, _imagej_dtype(array), imagej=True, compression="zlib",
+                             metadata={"axes": "ZYX",
+                                       **({"spacing": spacing[0]} if spacing else {})},
+                             **kwargs)
+    elif suffix in (".nii", ".nii.gz"):
+        nib = _nibabel()
+        if like is not None and like.affine is not None:
+            affine = like.affine
+        else:
+            sx, sy, sz = (spacing[2], spacing[1], spacing[0]) if spacing else (1.0, 1.0, 1.0)
+            affine = np.diag([sx, sy, sz, 1.0])
+        data = np.ascontiguousarray(_narrow(array).transpose(2, 1, 0))
+        image = nib.Nifti1Image(data, affine)
+        image.header.set_zooms(tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3)))
+        nib.save(image, str(path))
+    elif suffix == ".npy":
+        np.save(path, array, allow_pickle=False)
+    else:
+        raise UserError(f"{path}: unknown volume format; use {', '.join(VOLUME_SUFFIXES)}")
+    return path
+
+
+def _imagej_dtype(array: np.ndarray) -> np.ndarray:
+    """ImageJ stacks hold uint8, uint16 or float32."""
+    if array.dtype in (np.uint8, np.uint16, np.float32):
+        return array
+    if array.dtype.kind in "iub" and array.min() >= 0 and array.max() <= 65535:
+        return array.astype(np.uint16)
+    return array.astype(np.float32)
+
+
+def _narrow(array: np.ndarray) -> np.ndarray:
+    """Integer labels in the smallest NIfTI type that holds them (nibabel refuses int64)."""
+    if array.dtype.kind not in "iub" or array.size == 0:
+        return array.astype(np.float32) if array.dtype == np.float64 else array
+    low, high = int(array.min()), int(array.max())
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return array.astype(dtype)
+    return array.astype(np.float64)
