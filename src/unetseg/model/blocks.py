@@ -12,7 +12,6 @@ slices; ``(1, 2, 2)``: pool within slices only), as nnU-Net plans them (Isensee 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -96,15 +95,16 @@ class Down(nn.Sequential):
 
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The central ``height`` x ``width`` window of ``x`` (N, C, H, W)."""
-    return center_crop_to(x, (height, width))
+    return center_crop_to(x, [height, width])
 
 
-def center_crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def center_crop_to(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     """The central window of ``size`` of ``x``'s last ``len(size)`` axes."""
-    window: tuple[Any, ...] = (..., *(slice((have - want) // 2, (have - want) // 2 + want)
-                                      for have, want in zip(x.shape[-len(size):], size,
-                                                            strict=True)))
-    return x[window]
+    offset = x.dim() - len(size)
+    for i in range(len(size)):
+        start = (x.shape[offset + i] - size[i]) // 2
+        x = x.narrow(offset + i, start, size[i])
+    return x
 
 
 class Up(nn.Module):
@@ -144,9 +144,8 @@ class Up(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        spatial = x.ndim - 2
-        if skip.shape[-spatial:] != x.shape[-spatial:]:
-            skip = center_crop_to(skip, x.shape[-spatial:])
+        if skip.shape[2:] != x.shape[2:]:
+            skip = center_crop_to(skip, list(x.shape[2:]))
         return self.conv(torch.cat([skip, x], dim=1))
 
 

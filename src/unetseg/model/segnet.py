@@ -46,7 +46,7 @@ def upsample_to(logits: torch.Tensor, scale: int | Sequence[int], like: torch.Te
     if same:
         top_left: tuple[Any, ...] = (..., *(slice(0, n) for n in size))
         return logits[top_left]
-    return center_crop_to(logits, size)
+    return center_crop_to(logits, list(size))
 
 
 class SegmentationNet(nn.Module):
