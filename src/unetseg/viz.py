@@ -44,10 +44,10 @@ def display_rgb(image: np.ndarray, limits: tuple[float, float] | None = None) ->
 
 
 def overlay(image: np.ndarray, ids: np.ndarray, palette: np.ndarray, *, alpha: float = 0.4,
-            skip: Sequence[int] = ()) -> np.ndarray:
+            skip: Sequence[int] = (), limits: tuple[float, float] | None = None) -> np.ndarray:
     """Blend class colours over an image. ``ids`` (H, W); ids < 0 and ids in ``skip`` stay
-    uncoloured. Returns (H, W, 3) uint8."""
-    rgb = display_rgb(image).astype(np.float32)
+    uncoloured; ``limits`` as for :func:`display_rgb`. Returns (H, W, 3) uint8."""
+    rgb = display_rgb(image, limits).astype(np.float32)
     ids = np.asarray(ids)
     paint = ids >= 0
     for k in skip:
@@ -301,3 +301,110 @@ def error_maps(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
     false_pos[wrong] = palette[np.clip(pred[wrong], 0, top)]
     false_neg[wrong] = palette[np.clip(truth[wrong], 0, top)]
     return false_pos, false_neg
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def volume_limits(volume: np.ndarray) -> tuple[float, float]:
+    """The 1st and 99th percentiles of a volume (C, D, H, W): one contrast for all its views."""
+    lo, hi = np.percentile(volume.astype(np.float32), [1, 99])
+    return float(lo), float(hi)
+
+
+def _stretch_rows(picture: np.ndarray, factor: int) -> np.ndarray:
+    """Repeat each row ``factor`` times: slices ``factor`` times thicker than pixels are wide
+    are shown at their true proportions."""
+    return np.repeat(picture, factor, axis=0) if factor > 1 else picture
+
+
+def orthogonal_views(volume: np.ndarray, ids: np.ndarray | None = None,
+                     point: Sequence[int] | None = None, *,
+                     palette: np.ndarray | None = None,
+                     spacing: Sequence[float] | None = None, alpha: float = 0.4,
+                     skip: Sequence[int] = (0,)) -> dict[str, np.ndarray]:
+    """The three planes through ``point`` (z, y, x; default the centre) of a volume (C, D, H, W),
+    with the class ids (D, H, W) blended over them when given.
+
+    Returns:
+        ``{"axial": (H, W, 3), "coronal": (D', W, 3), "sagittal": (D', H, 3)}`` uint8, where
+        ``D' = D * round(z spacing / y spacing)`` rows (each slice repeated, so an anisotropic
+        volume keeps its proportions); all three share the volume's contrast.
+    """
+    volume = np.asarray(volume)
+    _, depth, height, width = volume.shape
+    z, y, x = point if point is not None else (depth // 2, height // 2, width // 2)
+    limits = volume_limits(volume)
+    factor = 1
+    if spacing is not None:
+        factor = max(1, round(float(spacing[0]) / float(spacing[1])))
+    if ids is not None and palette is None:
+        palette = class_palette(int(np.max(ids)) + 1 if np.size(ids) else 1)
+    planes = {"axial": (volume[:, z], None if ids is None else ids[z]),
+              "coronal": (volume[:, :, y], None if ids is None else ids[:, y]),
+              "sagittal": (volume[:, :, :, x], None if ids is None else ids[:, :, x])}
+    views = {}
+    for name, (image, labels) in planes.items():
+        if labels is None or palette is None:
+            picture = display_rgb(image, limits)
+        else:
+            picture = overlay(image, labels, palette, alpha=alpha, skip=skip, limits=limits)
+        views[name] = picture if name == "axial" else _stretch_rows(picture, factor)
+    return views
+
+
+def montage_slices(depth: int, count: int = 9) -> list[int]:
+    """``count`` slice indices spread evenly over ``depth`` slices (all of them if fewer)."""
+    if depth <= count:
+        return list(range(depth))
+    return [round(i * (depth - 1) / (count - 1)) for i in range(count)]
+
+
+def slice_montage(volume: np.ndarray, ids: np.ndarray | None = None, *, count: int = 9,
+                  palette: np.ndarray | None = None, alpha: float = 0.4,
+                  skip: Sequence[int] = (0,)) -> tuple[np.ndarray, list[int]]:
+    """Axial slices of a volume (C, D, H, W) spread over its depth, side by side in a grid of
+    ``ceil(sqrt(n))`` columns (1-pixel white gaps), overlaid with ``ids`` (D, H, W) if given.
+
+    Returns:
+        the montage (rows, cols, 3) uint8 and the slice indices it shows, row by row.
+    """
+    _, depth, height, width = volume.shape
+    chosen = montage_slices(depth, count)
+    limits = volume_limits(volume)
+    if ids is not None and palette is None:
+        palette = class_palette(int(np.max(ids)) + 1 if np.size(ids) else 1)
+    cols = int(np.ceil(np.sqrt(len(chosen))))
+    rows = int(np.ceil(len(chosen) / cols))
+    out = np.full((rows * (height + 1) - 1, cols * (width + 1) - 1, 3), 255, np.uint8)
+    for i, z in enumerate(chosen):
+        r, c = divmod(i, cols)
+        tile = (display_rgb(volume[:, z], limits) if ids is None or palette is None
+                else overlay(volume[:, z], ids[z], palette, alpha=alpha, skip=skip,
+                             limits=limits))
+        out[r * (height + 1):r * (height + 1) + height,
+            c * (width + 1):c * (width + 1) + width] = tile
+    return out, chosen
+
+
+def plot_volume(volume: np.ndarray, ids: np.ndarray | None, path: str | Path, *,
+                point: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
+                palette: np.ndarray | None = None, title: str = "") -> None:
+    """One picture of a volume and its labels: the three orthogonal views through ``point`` and
+    a montage of axial slices, titled with the planes' positions."""
+    _, depth, height, width = volume.shape
+    z, y, x = point if point is not None else (depth // 2, height // 2, width // 2)
+    views = orthogonal_views(volume, ids, (z, y, x), palette=palette, spacing=spacing)
+    montage, chosen = slice_montage(volume, ids, palette=palette)
+    names = [f"axial z={z}", f"coronal y={y}", f"sagittal x={x}",
+             f"slices {', '.join(map(str, chosen))}"]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    for ax, picture, name in zip(axes, [*views.values(), montage], names, strict=True):
+        ax.imshow(picture)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, path)
