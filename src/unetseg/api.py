@@ -54,8 +54,13 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
             config: PredictConfig | None = None, *, probabilities: bool = False,
             overlays: bool = True, stream: bool | None = None, max_pixels: int | None = None,
             level: int = 0, label_name: str = "unetseg", overwrite_labels: bool = False,
+            volume: bool = False, spacing: Sequence[float] | None = None,
             show_progress: bool = True, **options: Any) -> list[Path]:
     """Predict label images for images of any size and write them into ``out``.
+
+    Volumes (NIfTI and NumPy files always; TIFF stacks and folders of volumes with
+    ``volume=True``) are predicted by :func:`predict_volumes`, with ``spacing`` for files
+    that carry none.
 
     For each image ``<stem>``: ``<stem>.png`` holds the labels in the training masks' own
     encoding (gray values such as 0/255, the masks' colours, or a palette PNG with their
@@ -106,6 +111,17 @@ def predict(model: ModelSpec, images: Sequence[str | Path] | str | Path, out: st
 
     cfg = predict_config(config, **options)
     given = [images] if isinstance(images, str | Path) else list(images)
+    volumes = [Path(p) for p in given if volume or _is_volume_only(p)]
+    if volumes:
+        done = predict_volumes(model, volumes, out, cfg, spacing=spacing, overlays=overlays,
+                               show_progress=show_progress)
+        given = [p for p in given if Path(p) not in volumes]
+        if not given:
+            return done
+        return done + predict(model, given, out, cfg, probabilities=probabilities,
+                              overlays=overlays, stream=stream, max_pixels=max_pixels,
+                              level=level, label_name=label_name,
+                              overwrite_labels=overwrite_labels, show_progress=show_progress)
     zarrs = list(dict.fromkeys(Path(p) for p in given if is_zarr_folder(p)))
     others = [p for p in given if not is_zarr_folder(p)]
     paths = list_images(others) if others or not zarrs else []
@@ -180,6 +196,89 @@ def _write_objects(image: np.ndarray, logits: torch.Tensor, card: ModelCard, out
     if probabilities:
         write_tiff(out / f"{stem}_probs.tif", maps.stack())
     return path
+
+
+def _is_volume_only(path: str | Path) -> bool:
+    """A file that can only be a volume (NIfTI, NumPy), never a 2-D image."""
+    from unetseg.data.volumes import volume_suffix
+
+    return Path(path).is_file() and volume_suffix(path) in (".nii", ".nii.gz", ".npy")
+
+
+def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path,
+                    out: str | Path, config: PredictConfig | None = None, *,
+                    spacing: Sequence[float] | None = None, overlays: bool = True,
+                    show_progress: bool = True, **options: Any) -> list[Path]:
+    """Predict the labels of volumes (TIFF stacks, OME-TIFF, NIfTI, NumPy; a folder gives its
+    volume files) and write them into ``out``, one file per volume in its own format, on its
+    voxels: ``<stem>.tif`` (ImageJ stack with the spacing; OME-TIFF for ``.ome.tif``),
+    ``<stem>.nii.gz`` (the input's affine) or ``<stem>.npy``; with ``overlays``,
+    ``<stem>_views.png`` (orthogonal views and a slice montage, :func:`~unetseg.viz.plot_volume`).
+
+    A 3D model runs the 3D sliding window (a window of ``tile`` voxels along each axis, or
+    planned by :func:`~unetseg.infer.volume.plan_volume_tile`); a 2D model predicts slice by
+    slice (the baseline for any 3D result). ``spacing`` (z, y, x) is used where a file has
+    none. Returns the label files.
+
+    Raises:
+        UserError: a model set or an instance model (volumes take one semantic model), a
+            volume the model's channels do not fit, or an unreadable file.
+    """
+    from unetseg.data.volumes import (
+        VOLUME_SUFFIXES,
+        read_volume,
+        volume_suffix,
+        write_volume,
+    )
+    from unetseg.infer.engine import resolve_device
+    from unetseg.infer.modelset import resolve_model
+    from unetseg.infer.volume import predict_volume_logits, volume_to_float
+    from unetseg.modelfile import load_model
+    from unetseg.viz import plot_volume
+
+    cfg = predict_config(config, **options)
+    resolved = resolve_model(model)
+    if not isinstance(resolved, Path):
+        raise UserError(f"{resolved.name or model}: volumes are predicted with one model file,"
+                        " not a model set; give one member")
+    net, card = load_model(resolved, resolve_device(cfg.device))
+    if card.instance is not None:
+        raise UserError(f"{resolved}: an instance model; volumes take a semantic model")
+    given = [volumes] if isinstance(volumes, str | Path) else list(volumes)
+    paths: list[Path] = []
+    for raw in map(Path, given):
+        if raw.is_dir():
+            paths += sorted(p for p in raw.iterdir()
+                            if volume_suffix(p) in VOLUME_SUFFIXES and not p.name.startswith("."))
+        else:
+            paths.append(raw)
+    if not paths:
+        raise UserError(f"{', '.join(map(str, given))}: no volume files found; give"
+                        f" {', '.join(VOLUME_SUFFIXES)} files")
+    out = output_folder(out)
+    palette = class_colours(card.classes)
+    tile = (cfg.tile,) * 3 if cfg.tile else None
+    written = []
+    for path in progress(paths, desc="predict", unit="volume", disable=not show_progress):
+        volume = read_volume(path, spacing=spacing)
+        logits = predict_volume_logits(net, card.stats, volume_to_float(volume.array),
+                                       tile=tile, overlap=cfg.overlap or 0.5,
+                                       batch_size=cfg.batch_size)
+        ids = logits_to_labels(logits.transpose(0, 1)).numpy()  # (D, K, H, W) -> (D, H, W)
+        suffix = volume_suffix(path)
+        stem = path.name[: -len(suffix)] if path.name.lower().endswith(suffix) else path.stem
+        if stem.lower().endswith(".ome"):
+            stem, suffix = stem[:-4], ".ome.tif"
+        target = out / f"{stem}{'.nii.gz' if suffix == '.nii' else suffix}"
+        if target.resolve() == path.resolve():
+            raise UserError(f"{path}: predicting into the input folder would overwrite it;"
+                            " choose another --out")
+        labels = np.asarray(card.classes.values)[ids]  # the masks' values, as 2D labels are
+        written.append(write_volume(target, labels, volume))
+        if overlays:
+            plot_volume(volume.array, ids, out / f"{stem}_views.png", spacing=volume.spacing,
+                        palette=palette, title=f"{path.name}: {card.model.spatial_dims}D model")
+    return written
 
 
 STREAM_PIXELS = 64 * 2**20

@@ -400,6 +400,10 @@ FLAG_NAMES: dict[str, str | None] = {
     "instance.mask_threshold": None,
     "instance.min_size": None,
     "instance.fill_holes": None,
+    # volumes: the network's form follows the data (training on volumes is not built yet)
+    "model.spatial_dims": None,
+    "model.kernel_sizes": None,
+    "model.pool_sizes": None,
 }
 """``train`` flags whose names are not their field's name (None: the field has no flag)."""
 

@@ -37,6 +37,12 @@ def add_predict_commands(sub: Any) -> None:
                         " %(default)s)")
     p.add_argument("--overwrite-labels", action="store_true",
                    help="OME-Zarr images: replace existing labels of that name")
+    p.add_argument("--volume", action="store_true",
+                   help="the inputs are volumes (TIFF stacks, folders of volumes): a 3D model"
+                        " runs a 3D sliding window, a 2D model goes slice by slice (NIfTI and"
+                        " .npy files are volumes without it)")
+    p.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                   help="voxel size of volumes whose files carry none, e.g. 4,1,1")
     add_prediction_flags(p)
     p.set_defaults(run=_predict)
 
@@ -62,12 +68,14 @@ def add_predict_commands(sub: Any) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from unetseg.api import predict
+    from unetseg.data.volumes import parse_spacing
 
+    spacing = parse_spacing(args.spacing) if args.spacing is not None else None
     written = predict(args.model, args.images, args.out, predict_config_from_args(args),
                       probabilities=args.probabilities, overlays=not args.no_overlay,
                       stream=args.stream, max_pixels=args.max_pixels, level=args.level,
                       label_name=args.label_name, overwrite_labels=args.overwrite_labels,
-                      show_progress=not args.quiet)
+                      volume=args.volume, spacing=spacing, show_progress=not args.quiet)
     out = Path(args.out).resolve()
     beside = [w for w in written if not w.resolve().is_relative_to(out)]
     if len(beside) < len(written):

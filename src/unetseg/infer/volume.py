@@ -18,10 +18,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
+from torch import nn
 
+from unetseg.data.normalize import ChannelStats, normalize
+from unetseg.errors import UserError
 from unetseg.infer.blending import MIN_WEIGHT
+from unetseg.infer.engine import ImagePredictor
 from unetseg.infer.tiling import max_stride, tile_starts
+from unetseg.model import model_config
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 SlabReader = Callable[[int, int], torch.Tensor]
@@ -158,3 +164,57 @@ def plan_volume_tile(shape: Sequence[int], multiple: Sequence[int], *,
         want = max(m, int(side * scale) // m * m)
         tile.append(min(want, side) if side >= m else side)
     return tile[0], tile[1], tile[2]
+
+
+def volume_to_float(array: np.ndarray) -> np.ndarray:
+    """Voxels as float32, scaled as 2D images are (uint8 / 255, uint16 / 65535) so that a 2D
+    model reads a stack's slices as it read its training images; signed integers (CT in
+    Hounsfield units) and floats as they are."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / np.float32(65535)
+    return array.astype(np.float32)
+
+
+def normalize_volume(x: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
+    """:func:`~unetseg.data.normalize.normalize` of a volume ``(C, D, H, W)``: per channel, the
+    ``image`` scheme over the whole volume."""
+    c, d, h, w = x.shape
+    return normalize(x.reshape(c, d * h, w), stats).reshape(c, d, h, w)
+
+
+@torch.inference_mode()
+def predict_volume_logits(model: nn.Module, stats: ChannelStats, volume: np.ndarray, *,
+                          tile: Sequence[int] | None = None, overlap: float = 0.5,
+                          batch_size: int = 2, on_batch: BatchCallback | None = None
+                          ) -> torch.Tensor:
+    """Logits ``(K, D, H, W)`` (CPU, float32) of a volume ``(C, D, H, W)`` in its read scale
+    (:func:`volume_to_float`).
+
+    A 3D network (``spatial_dims=3``) runs the 3D sliding window (``tile`` ``(d, h, w)``, or
+    :func:`plan_volume_tile`); a 2D network predicts slice by slice, each slice normalised and
+    tiled as a 2D image is (:class:`~unetseg.infer.engine.ImagePredictor`).
+    """
+    device = next(model.parameters()).device
+    config = model_config(model)
+    if volume.shape[0] != config.in_channels:
+        raise UserError(f"the volume has {volume.shape[0]} channel(s); the model takes"
+                        f" {config.in_channels}")
+    if config.spatial_dims == 2:
+        predictor = ImagePredictor(model, stats, batch_size=batch_size)
+
+        def one_slice(image: torch.Tensor) -> torch.Tensor:
+            logits = predictor.logits(image.numpy())
+            if on_batch is not None:
+                on_batch(len(done) + 1, volume.shape[1])
+            done.append(None)
+            return logits
+
+        done: list[None] = []
+        return slice_by_slice_logits(one_slice, torch.as_tensor(volume))
+    x = normalize_volume(torch.as_tensor(volume, dtype=torch.float32), stats).to(device)
+    multiple = getattr(model, "size_multiple", (2**config.depth,) * 3)
+    window = tuple(tile) if tile is not None else plan_volume_tile(x.shape[1:], multiple)
+    return sliding_window_volume_logits(model, x, window, overlap=overlap,
+                                        batch_size=batch_size, on_batch=on_batch).cpu()

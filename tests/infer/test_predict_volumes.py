@@ -1,0 +1,93 @@
+"""`unetseg predict` on volumes: a 3D model's sliding window and a 2D model slice by slice,
+written on the input's voxels (spacing, NIfTI affine), with the orthogonal-view picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from unetseg.api import predict
+from unetseg.cli import main
+from unetseg.data.classes import ClassTable
+from unetseg.data.normalize import ChannelStats
+from unetseg.data.volumes import read_volume_mask
+from unetseg.infer.engine import ImagePredictor
+from unetseg.infer.volume import normalize_volume, sliding_window_volume_logits
+from unetseg.model import UNet
+from unetseg.modelfile import ModelCard, save_model
+
+nib = pytest.importorskip("nibabel")
+STATS = ChannelStats((0.4,), (0.2,))
+CLASSES = ClassTable.from_values((0, 255))
+
+
+def _model_file(tmp_path: Path, dims: int) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(dims)
+    net = UNet(1, 2, depth=2, width=4, spatial_dims=dims).eval()
+    path = tmp_path / f"model{dims}d.safetensors"
+    save_model(path, net, ModelCard(net.config, CLASSES, STATS))
+    return path, net
+
+
+def _stack(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    data = (np.random.default_rng(0).random((6, 20, 24)) * 255).astype(np.uint8)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "spacing": 3.0})
+    return path, data
+
+
+def test_a_3d_model_predicts_a_nifti_volume_onto_its_voxels(tmp_path: Path):
+    model, net = _model_file(tmp_path, 3)
+    xyz = (np.random.default_rng(1).random((16, 12, 5)) * 200).astype(np.int16)
+    affine = np.diag([0.7, 0.7, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(xyz, affine), str(tmp_path / "scan.nii.gz"))
+    written = predict(model, tmp_path / "scan.nii.gz", tmp_path / "out", tile=8,
+                      show_progress=False)
+    assert written == [tmp_path / "out" / "scan.nii.gz"]
+    result = nib.load(str(written[0]))
+    np.testing.assert_allclose(result.affine, affine)
+    # the reference: the same windows run through the network directly
+    volume = torch.as_tensor(xyz.transpose(2, 1, 0)[None].astype(np.float32))
+    with torch.no_grad():
+        logits = sliding_window_volume_logits(net, normalize_volume(volume, STATS), (8, 8, 8))
+    expected = np.array([0, 255])[logits.argmax(0).numpy()]
+    assert np.array_equal(np.asanyarray(result.dataobj).transpose(2, 1, 0), expected)
+    assert (tmp_path / "out" / "scan_views.png").is_file()
+
+
+def test_a_2d_model_goes_slice_by_slice_through_a_stack(tmp_path: Path):
+    model, net = _model_file(tmp_path, 2)
+    stack, data = _stack(tmp_path)
+    written = predict(model, stack, tmp_path / "out", volume=True, show_progress=False)
+    labels = read_volume_mask(written[0])
+    assert labels.spacing == pytest.approx((3.0, 0.5, 0.5))
+    predictor = ImagePredictor(net, STATS)
+    for z in (0, 5):
+        ids = predictor.labels(data[None, z].astype(np.float32) / 255).numpy()
+        assert np.array_equal(labels.array[z], np.array([0, 255])[ids])
+
+
+def test_cli_predicts_volumes_with_a_given_spacing(tmp_path: Path, capsys):
+    model, _ = _model_file(tmp_path, 3)
+    np.save(tmp_path / "v.npy", np.random.default_rng(2).random((1, 4, 16, 16)))
+    code = main(["-q", "predict", str(model), str(tmp_path / "v.npy"), "--out",
+                 str(tmp_path / "out"), "--spacing", "2,1,1"])
+    assert code == 0, capsys.readouterr().err
+    assert np.load(tmp_path / "out" / "v.npy").shape == (4, 16, 16)
+    assert main(["-q", "predict", str(model), str(tmp_path / "v.npy"), "--out",
+                 str(tmp_path / "out"), "--spacing", "2,1"]) == 2
+    assert "three positive sizes" in capsys.readouterr().err
+
+
+def test_a_volume_with_other_channels_is_refused(tmp_path: Path, capsys):
+    model, _ = _model_file(tmp_path, 3)
+    np.save(tmp_path / "rgb.npy", np.zeros((3, 4, 8, 8), np.float32))
+    assert main(["-q", "predict", str(model), str(tmp_path / "rgb.npy"), "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "3 channel(s); the model takes 1" in err and "Traceback" not in err
