@@ -408,8 +408,8 @@ FLAG_NAMES: dict[str, str | None] = {
 """``train`` flags whose names are not their field's name (None: the field has no flag)."""
 
 
-PLANNED_FIELDS = ("data.patch_size", "model.depth", "train.batch_size", "model.width",
-                  "model.top_width", "data.normalization", "train.loss")
+PLANNED_FIELDS = ("model.arch", "data.patch_size", "model.depth", "train.batch_size",
+                  "model.width", "model.top_width", "data.normalization", "train.loss")
 """RunConfig fields a plan sets unless the user does (:mod:`unetseg.train.autoplan`), in the
 order they are planned and shown."""
 

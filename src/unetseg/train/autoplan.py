@@ -24,6 +24,8 @@ Rules, each stated with its reason in the plan:
   percentiles first) when intensities are heavy-tailed: the 99.5th percentile lies more than
   :data:`TAIL_SD` sd above the mean, or the brightest pixels reach further beyond it than the
   whole 0.5-99.5 range (hot pixels); else ``dataset``.
+* **network**: the plain U-Net (``--arch unet``), which no built-in variant beat in every
+  run of the quality benchmark at equal budgets (:data:`ARCH_REASON`).
 * **loss**: Dice + cross-entropy.
 * **steps**: what the budget buys at the timed step (or the epochs' steps without one).
 
@@ -78,7 +80,7 @@ BETWEEN_SHARE = 0.5
 TAIL_SD = 5.0
 """A 99.5th percentile more than this many sd above the mean makes intensities heavy-tailed."""
 
-LABELS = {"data.patch_size": "patch size", "model.depth": "depth",
+LABELS = {"model.arch": "network", "data.patch_size": "patch size", "model.depth": "depth",
           "train.batch_size": "batch size", "model.width": "width",
           "model.top_width": "first-level width", "data.normalization": "normalisation",
           "train.loss": "loss", "steps": "steps"}
@@ -287,6 +289,16 @@ def plan_normalization(fp: Fingerprint) -> Choice:
                              " above the mean)")
 
 
+ARCH_REASON = (
+    "the plain U-Net: at equal CPU budgets no built-in variant beat it in every run, on ISBI"
+    " 2012 (5 folds) or CamVid (3 seeds); see benchmarks/results/variants-*.md")
+
+
+def plan_arch() -> Choice:
+    """The network: the plain U-Net, which the variants did not beat (:data:`ARCH_REASON`)."""
+    return Choice("unet", ARCH_REASON)
+
+
 def plan_loss(fp: Fingerprint) -> Choice:
     rarest = min(fp.classes, key=lambda c: c["share"])
     return Choice("dice_ce", f"Dice + cross-entropy: the Dice term keeps the rarest class"
@@ -304,7 +316,8 @@ def plan_from_fingerprint(fp: Fingerprint, cfg: RunConfig, device: torch.device,
     patch, depth = plan_geometry(
         fp, cfg.data.patch_size if "data.patch_size" in fixed else None,
         cfg.model.depth if "model.depth" in fixed else None)
-    choices = {"data.patch_size": patch, "model.depth": depth}
+    choices = {"model.arch": given("model.arch") if "model.arch" in fixed else plan_arch(),
+               "data.patch_size": patch, "model.depth": depth}
     choices["train.batch_size"] = (
         given("train.batch_size") if "train.batch_size" in fixed else
         plan_batch(device, patch.value, depth.value, cfg.model.width, cfg.model.top_width,
