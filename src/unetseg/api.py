@@ -227,6 +227,7 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     from unetseg.data.volumes import (
         VOLUME_SUFFIXES,
         read_volume,
+        volume_stem,
         volume_suffix,
         write_volume,
     )
@@ -265,10 +266,9 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
                                        tile=tile, overlap=cfg.overlap or 0.5,
                                        batch_size=cfg.batch_size)
         ids = logits_to_labels(logits.transpose(0, 1)).numpy()  # (D, K, H, W) -> (D, H, W)
-        suffix = volume_suffix(path)
-        stem = path.name[: -len(suffix)] if path.name.lower().endswith(suffix) else path.stem
-        if stem.lower().endswith(".ome"):
-            stem, suffix = stem[:-4], ".ome.tif"
+        suffix, stem = volume_suffix(path), volume_stem(path)
+        if path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+            suffix = ".ome.tif"
         target = out / f"{stem}{'.nii.gz' if suffix == '.nii' else suffix}"
         if target.resolve() == path.resolve():
             raise UserError(f"{path}: predicting into the input folder would overwrite it;"

@@ -107,3 +107,33 @@ def test_bad_files_give_one_line_errors(tmp_path: Path):
     with pytest.raises(UserError, match="three positive sizes"):
         parse_spacing("1,2")
     assert parse_spacing("4, 1, 1") == (4.0, 1.0, 1.0)
+
+
+def _volume_set(root: Path) -> Path:
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    for stem in ("a", "b"):
+        nib.save(nib.Nifti1Image(rng.random((8, 9, 4)).astype(np.float32), affine),
+                 str(root / "images" / f"{stem}.nii.gz"))
+        nib.save(nib.Nifti1Image(rng.integers(0, 2, (8, 9, 4)).astype(np.uint8), affine),
+                 str(root / "masks" / f"{stem}.nii.gz"))
+    return root
+
+
+def test_check_reports_each_volume_and_refuses_a_mask_on_other_voxels(tmp_path: Path, capsys):
+    from unetseg.cli import main
+
+    data = _volume_set(tmp_path / "set")
+    assert main(["-q", "check", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "2 volume pair(s)" in out
+    assert "a: 4x9x8 voxels, 1 channel(s), spacing 2,0.5,0.5, anisotropy 4" in out
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 4), np.uint8), np.diag([0.5, 0.5, 1.0, 1.0])),
+             str(data / "masks" / "b.nii.gz"))
+    np.save(data / "images" / "c.npy", np.zeros((2, 3, 4)))
+    assert main(["-q", "check", str(data)]) == 1
+    out = capsys.readouterr().out
+    assert "b.nii.gz: spacing 1,0.5,0.5 differs from its image's 2,0.5,0.5" in out
+    assert "c.npy: no mask volume of that name" in out

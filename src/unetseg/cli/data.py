@@ -19,6 +19,11 @@ def add_data_commands(sub: Any) -> None:
                        " values, channels, class balance and suggested class weights, objects")
     p.add_argument("data", help="folder with images/ and masks/ (and optionally instances/)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--volume", action="store_true",
+                   help="the files are volumes (TIFF stacks; NIfTI and .npy always are): report"
+                        " shape, spacing and anisotropy per volume")
+    p.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                   help="voxel size of volumes whose files carry none, e.g. 4,1,1")
     add_train_flags(p, CHECK_FLAGS)
     p.set_defaults(run=_check)
 
@@ -62,7 +67,19 @@ def _check(args: argparse.Namespace) -> int:
     from unetseg.config import DataConfig
     from unetseg.data.doctor import check_data
     from unetseg.data.report import format_report
+    from unetseg.data.volumes import (
+        check_volumes,
+        format_volume_check,
+        has_volume_only_files,
+        parse_spacing,
+    )
 
+    if args.volume or has_volume_only_files(args.data):
+        spacing = parse_spacing(args.spacing) if args.spacing is not None else None
+        volumes = check_volumes(args.data, spacing=spacing)
+        print(json.dumps(volumes.to_dict(), indent=2) if args.json
+              else format_volume_check(volumes))
+        return 0 if volumes.clean else 1
     cfg = DataConfig(class_values=args.classes, class_names=args.class_names,
                      ignore_value=args.ignore_value, palette=args.palette,
                      weight_objects=args.weight_objects)

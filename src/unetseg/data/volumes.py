@@ -328,3 +328,93 @@ def _narrow(array: np.ndarray) -> np.ndarray:
         if info.min <= low and high <= info.max:
             return array.astype(dtype)
     return array.astype(np.float64)
+
+
+# --------------------------------------------------------------------------- data sets
+
+
+def volume_stem(path: PathLike) -> str:
+    """The name of a volume file without its format suffix (``a.nii.gz`` -> ``a``)."""
+    name = Path(path).name
+    suffix = volume_suffix(name)
+    stem = name[: -len(suffix)] if name.lower().endswith(suffix) else Path(name).stem
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
+def volume_files(folder: Path) -> dict[str, Path]:
+    """Stem -> volume file of a folder (hidden files skipped)."""
+    return {volume_stem(p): p for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".") and is_volume_file(p)}
+
+
+def has_volume_only_files(data: PathLike) -> bool:
+    """Whether ``data/images`` holds NIfTI or NumPy files (which can only be volumes)."""
+    images = Path(data) / "images"
+    return images.is_dir() and any(volume_suffix(p) in (".nii", ".nii.gz", ".npy")
+                                   for p in images.iterdir())
+
+
+@dataclass
+class VolumeCheck:
+    """What ``unetseg check`` says about a volume data set: one row per pair, and problems
+    (one line each, naming the file and the fix)."""
+
+    rows: list[dict[str, Any]]
+    problems: list[str]
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"volumes": self.rows, "problems": self.problems}
+
+
+def check_volumes(data: PathLike, *, spacing: Sequence[float] | None = None) -> VolumeCheck:
+    """Read every pair of ``data/images`` and ``data/masks`` volumes (paired by stem) and report
+    each one's shape, channels, spacing, anisotropy and class values; refuse masks whose shape
+    or spacing differ from their image's (:func:`check_same_geometry`), unpaired files and
+    unreadable ones. ``spacing`` stands in for files that carry none."""
+    data = Path(data)
+    for sub in ("images", "masks"):
+        if not (data / sub).is_dir():
+            raise UserError(f"{data / sub}: no such folder; a volume data set holds images/"
+                            " and masks/ with one volume per file, paired by name")
+    images, masks = volume_files(data / "images"), volume_files(data / "masks")
+    problems = [f"{images[s]}: no mask volume of that name in {data / 'masks'}; add one or"
+                " remove the image" for s in sorted(set(images) - set(masks))]
+    problems += [f"{masks[s]}: no image volume of that name in {data / 'images'}"
+                 for s in sorted(set(masks) - set(images))]
+    rows = []
+    for stem in sorted(set(images) & set(masks)):
+        try:
+            image = read_volume(images[stem], spacing=spacing)
+            mask = read_volume_mask(masks[stem], spacing=spacing)
+            check_same_geometry(image, mask)
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        rows.append({"stem": stem, "shape": list(image.shape),
+                     "channels": int(image.array.shape[0]),
+                     "spacing": list(image.spacing) if image.spacing else None,
+                     "anisotropy": round(anisotropy(image.spacing), 3),
+                     "mask_values": [int(v) for v in np.unique(mask.array)]})
+    if not rows and not problems:
+        problems.append(f"{data / 'images'}: no volume files ({', '.join(VOLUME_SUFFIXES)})")
+    return VolumeCheck(rows, problems)
+
+
+def format_volume_check(report: VolumeCheck) -> str:
+    """The report as a table, one line per volume, then the problems."""
+    lines = [f"{len(report.rows)} volume pair(s)"]
+    for r in report.rows:
+        sp = _fmt(r["spacing"]) if r["spacing"] else "none (give --spacing z,y,x)"
+        lines.append(f"  {r['stem']}: {'x'.join(map(str, r['shape']))} voxels,"
+                     f" {r['channels']} channel(s), spacing {sp}, anisotropy"
+                     f" {r['anisotropy']:g}, mask values {r['mask_values']}")
+    if report.problems:
+        lines.append(f"{len(report.problems)} problem(s):")
+        lines += [f"  {p}" for p in report.problems]
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)
