@@ -349,21 +349,31 @@ def sampling_grid(
 
 
 def _apply_intensity(images: Tensor, params: AugmentParams) -> Tensor:
-    """Gamma (on the min-max rescaled sample), contrast and brightness, per selected sample."""
-    if not params.intensity_on.any():
+    return apply_intensity(images, params.intensity_on, params.gamma, params.contrast,
+                           params.brightness)
+
+
+def apply_intensity(images: Tensor, on: Tensor, gamma: Tensor, contrast: Tensor,
+                    brightness: Tensor) -> Tensor:
+    """Gamma (on the min-max rescaled sample), contrast and brightness, per selected sample.
+
+    ``images`` (N, C, ...) of any number of spatial axes; ``on`` (N,) bool and the three
+    (N,) draws as in :class:`AugmentParams`."""
+    if not on.any():
         return images
-    idx = params.intensity_on.nonzero().flatten()
-    view = (-1, 1, 1, 1)
-    gamma = params.gamma[idx].to(images.device, images.dtype).view(view)
-    contrast = params.contrast[idx].to(images.device, images.dtype).view(view)
-    brightness = params.brightness[idx].to(images.device, images.dtype).view(view)
+    idx = on.nonzero().flatten()
+    view = (-1,) + (1,) * (images.ndim - 1)
+    axes = tuple(range(1, images.ndim))
+    gamma_t = gamma[idx].to(images.device, images.dtype).view(view)
+    contrast_t = contrast[idx].to(images.device, images.dtype).view(view)
+    brightness_t = brightness[idx].to(images.device, images.dtype).view(view)
     idx = idx.to(images.device)
-    x = images[idx]  # (M, C, H, W)
-    low = x.amin(dim=(1, 2, 3), keepdim=True)
-    span = (x.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(_EPS)
-    x = low + ((x - low) / span).clamp(0, 1).pow(gamma) * span
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = mean + (x - mean) * contrast + brightness
+    x = images[idx]  # (M, C, ...)
+    low = x.amin(dim=axes, keepdim=True)
+    span = (x.amax(dim=axes, keepdim=True) - low).clamp_min(_EPS)
+    x = low + ((x - low) / span).clamp(0, 1).pow(gamma_t) * span
+    mean = x.mean(dim=axes, keepdim=True)
+    x = mean + (x - mean) * contrast_t + brightness_t
     return _put(images, idx, x)
 
 
