@@ -32,6 +32,7 @@ from unetseg.infer.evaluate import Truth, score_images
 from unetseg.infer.modelset import ModelSpec
 from unetseg.infer.postprocess import apply_postprocessing
 from unetseg.infer.predict import logits_to_labels
+from unetseg.metrics import dice as dice_of
 from unetseg.metrics import iou, mean_iou, pixel_accuracy, summarize
 from unetseg.modelfile import ModelCard
 from unetseg.progress import progress
@@ -281,6 +282,89 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     return written
 
 
+def evaluate_volumes(model: ModelSpec, data: str | Path, out: str | Path | None = None,
+                     config: PredictConfig | None = None, *,
+                     spacing: Sequence[float] | None = None, tolerance: float = 1.0,
+                     show_progress: bool = True, **options: Any) -> Evaluation:
+    """Score a model on a volume data set (``data/images`` + ``data/masks``, one volume per
+    file, paired by name; see :func:`~unetseg.data.volumes.check_volumes`).
+
+    Per volume and class: IoU and Dice (from the volume's confusion matrix), HD95 and the
+    normalised surface Dice at ``tolerance`` (:mod:`unetseg.metrics_boundary`), both in the
+    volumes' physical units (their spacing, else ``spacing``, else voxels). The summary holds
+    the pooled confusion matrix's scores and each class's mean HD95 and NSD over the volumes.
+    With ``out``, writes ``metrics.json`` and ``per_volume.csv``. Returns an
+    :class:`Evaluation` whose rows are the volumes (``predictions`` empty).
+
+    Raises:
+        UserError: a data set ``check`` finds problems in (the first is named).
+    """
+    from unetseg.data.volumes import check_volumes, read_volume, read_volume_mask, volume_files
+    from unetseg.infer.engine import resolve_device
+    from unetseg.infer.modelset import resolve_model
+    from unetseg.infer.volume import predict_volume_logits, volume_to_float
+    from unetseg.metrics import confusion_matrix
+    from unetseg.metrics_boundary import hd95, mean_over_images, surface_dice
+    from unetseg.modelfile import load_model
+
+    cfg = predict_config(config, **options)
+    report = check_volumes(data, spacing=spacing)
+    if report.problems:
+        raise UserError(report.problems[0])
+    resolved = resolve_model(model)
+    if not isinstance(resolved, Path):
+        raise UserError(f"{resolved.name or model}: volumes are scored with one model file")
+    net, card = load_model(resolved, resolve_device(cfg.device))
+    k, names = card.classes.num_classes, list(card.classes.names)
+    images, masks = volume_files(Path(data) / "images"), volume_files(Path(data) / "masks")
+    total = torch.zeros(k, k, dtype=torch.long)
+    rows, hds, nsds = [], [], []
+    for row in progress(report.rows, desc="evaluate", unit="volume",
+                        disable=not show_progress):
+        stem = row["stem"]
+        volume = read_volume(images[stem], spacing=spacing)
+        truth = card.classes.encode(read_volume_mask(masks[stem], spacing=spacing).array,
+                                    str(masks[stem]))
+        logits = predict_volume_logits(net, card.stats, volume_to_float(volume.array),
+                                       tile=(cfg.tile,) * 3 if cfg.tile else None,
+                                       batch_size=cfg.batch_size)
+        pred = logits_to_labels(logits.transpose(0, 1)).numpy()
+        cm = confusion_matrix(torch.as_tensor(pred), torch.as_tensor(truth), k)
+        total += cm
+        hd = hd95(pred, truth, k, spacing=volume.spacing)
+        nsd = surface_dice(pred, truth, k, tolerance, spacing=volume.spacing)
+        hds.append(hd)
+        nsds.append(nsd)
+        line: dict[str, Any] = {"volume": stem}
+        for i, name in enumerate(names):
+            line[f"iou/{name}"] = _round(float(iou(cm)[i]))
+            line[f"dice/{name}"] = _round(float(dice_of(cm)[i]))
+            line[f"hd95/{name}"] = _round(float(hd[i]))
+            line[f"nsd/{name}"] = _round(float(nsd[i]))
+        rows.append(line)
+    summary = summarize(total, names)
+    hd_class, hd_mean = mean_over_images(np.array(hds))
+    nsd_class, nsd_mean = mean_over_images(np.array(nsds))
+    for i, name in enumerate(names):
+        summary["per_class"][name]["hd95"] = _round(float(hd_class[i]))
+        summary["per_class"][name]["nsd"] = _round(float(nsd_class[i]))
+    summary.update(mean_hd95=_round(hd_mean), mean_nsd=_round(nsd_mean),
+                   nsd_tolerance=tolerance, volumes=len(rows),
+                   units="the volumes' spacing" if all(r["spacing"] for r in report.rows)
+                   else "voxels where a volume has no spacing")
+    if out is not None:
+        folder = output_folder(out)
+        write_text_atomic(folder / "metrics.json", json.dumps(
+            {"summary": summary, "per_volume": rows}, indent=2))
+        write_csv_atomic(folder / "per_volume.csv", rows)
+    return Evaluation(summary, rows, {})
+
+
+def _round(value: float) -> float | None:
+    """A JSON number: 6 decimals, None for NaN (undefined)."""
+    return None if math.isnan(value) else round(value, 6)
+
+
 STREAM_PIXELS = 64 * 2**20
 
 
@@ -465,7 +549,8 @@ def _truths(pairs: Sequence[Pair], predictor: ImagePredictor, classes: ClassTabl
 
 
 def evaluate(model: ModelSpec, data: str | Path, out: str | Path | None = None,
-             config: PredictConfig | None = None, *, isbi: bool = False,
+             config: PredictConfig | None = None, *, isbi: bool = False, volume: bool = False,
+             spacing: Sequence[float] | None = None, tolerance: float = 1.0,
              show_progress: bool = True, **options: Any) -> Evaluation:
     """Predict every image of ``data`` (``images/`` + ``masks/``) and score it against its mask.
 
@@ -482,6 +567,9 @@ def evaluate(model: ModelSpec, data: str | Path, out: str | Path | None = None,
     ``model`` may be a model set, as for :func:`predict`: its post-processing is applied to the
     labels before they are scored, and the summary names it (``postprocessing``).
 
+    A volume data set (NIfTI or ``.npy`` files, or TIFF stacks with ``volume=True``) is scored
+    by :func:`evaluate_volumes`, with ``spacing`` and the surface Dice's ``tolerance``.
+
     ``isbi=True`` (2-class models: class 0 the boundaries, class 1 the objects, as ISBI 2012's
     0 = membrane, 255 = cell) adds the ISBI 2012 challenge's pixel, Rand and warping errors of
     the class-1 probability over thresholds 0.0..0.9 (:mod:`unetseg.metrics_isbi`), pooled over
@@ -494,7 +582,12 @@ def evaluate(model: ModelSpec, data: str | Path, out: str | Path | None = None,
     ``DATA/instances/<stem>.*``, else the connected components of the masks' object classes;
     ``predictions`` holds the predicted object labels.
     """
+    from unetseg.data.volumes import has_volume_only_files
     from unetseg.metrics_boundary import hd95  # scipy: not for predict
+
+    if volume or has_volume_only_files(data):
+        return evaluate_volumes(model, data, out, config, spacing=spacing, tolerance=tolerance,
+                                show_progress=show_progress, **options)
     from unetseg.metrics_isbi import IsbiCounts, isbi_counts, isbi_summary
 
     cfg = predict_config(config, **options)

@@ -91,3 +91,40 @@ def test_a_volume_with_other_channels_is_refused(tmp_path: Path, capsys):
                  str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "3 channel(s); the model takes 1" in err and "Traceback" not in err
+
+
+def test_evaluate_scores_each_volume_in_physical_units(tmp_path: Path, capsys):
+    import json
+
+    from unetseg.metrics_boundary import hd95, surface_dice
+
+    model, _ = _model_file(tmp_path, 3)
+    data = tmp_path / "set"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    for stem in ("a", "b"):
+        image = rng.random((12, 10, 4)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, affine), str(data / "images" / f"{stem}.nii.gz"))
+        mask = (image > 0.5).astype(np.uint8) * 255
+        nib.save(nib.Nifti1Image(mask, affine), str(data / "masks" / f"{stem}.nii.gz"))
+    code = main(["-q", "evaluate", str(model), str(data), "--out", str(tmp_path / "ev"),
+                 "--tolerance", "1.0"])
+    assert code == 0, capsys.readouterr().err
+    assert "2 volume(s): mean HD95" in capsys.readouterr().out
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    predict(model, data / "images", tmp_path / "pred", show_progress=False, overlays=False,
+            volume=True)
+    for row in report["per_volume"]:
+        pred = (read_volume_mask(tmp_path / "pred" / f"{row['volume']}.nii.gz").array > 0)
+        truth = read_volume_mask(data / "masks" / f"{row['volume']}.nii.gz").array > 0
+        both, either = (pred & truth).sum(), (pred | truth).sum()
+        assert row["iou/foreground"] == pytest.approx(both / either, abs=1e-6)
+        ids_p, ids_t = pred.astype(int), truth.astype(int)
+        spacing = (2.0, 0.5, 0.5)
+        assert row["hd95/foreground"] == pytest.approx(hd95(ids_p, ids_t, 2, spacing=spacing)[1],
+                                                abs=1e-6)
+        assert row["nsd/foreground"] == pytest.approx(
+            surface_dice(ids_p, ids_t, 2, 1.0, spacing=spacing)[1], abs=1e-6)
+    assert report["summary"]["units"] == "the volumes' spacing"

@@ -54,6 +54,14 @@ def add_predict_commands(sub: Any) -> None:
     p.add_argument("--isbi", action="store_true",
                    help="also the ISBI 2012 pixel, Rand and warping errors (2-class models:"
                         " class 0 boundaries, class 1 objects)")
+    p.add_argument("--volume", action="store_true",
+                   help="the data are volumes (TIFF stacks; NIfTI and .npy always are): Dice,"
+                        " IoU, HD95 and surface Dice per volume, in physical units")
+    p.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                   help="voxel size of volumes whose files carry none, e.g. 4,1,1")
+    p.add_argument("--tolerance", type=float, default=1.0, metavar="T",
+                   help="volumes: the normalised surface Dice's tolerance, in the spacing's"
+                        " unit (default %(default)s)")
     add_prediction_flags(p)
     p.set_defaults(run=_evaluate)
 
@@ -111,10 +119,21 @@ def print_instance_summary(summary: dict[str, Any]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from unetseg.api import evaluate
+    from unetseg.data.volumes import parse_spacing
 
+    spacing = parse_spacing(args.spacing) if args.spacing is not None else None
     result = evaluate(args.model, args.data, args.out, predict_config_from_args(args),
-                      isbi=args.isbi, show_progress=not args.quiet)
+                      isbi=args.isbi, volume=args.volume, spacing=spacing,
+                      tolerance=args.tolerance, show_progress=not args.quiet)
     print_summary(result.summary)
+    if "mean_nsd" in result.summary:
+        s = result.summary
+        print(f"{s['volumes']} volume(s): mean HD95 {s['mean_hd95']}, mean surface Dice at"
+              f" {s['nsd_tolerance']:g}: {s['mean_nsd']} ({s['units']})")
+        if args.out:
+            print(f"wrote {Path(args.out) / 'metrics.json'} and"
+                  f" {Path(args.out) / 'per_volume.csv'}")
+        return 0
     if "isbi" in result.summary:
         scores = result.summary["isbi"]
         print("ISBI 2012 (best over thresholds): " + "   ".join(
