@@ -68,6 +68,8 @@ MIRROR_EXCEPTIONS: dict[str, str] = {
     "train --sync-batchnorm": "sets train.sync_batchnorm",
     "train --nproc": "starts N processes; in Python, start them with torchrun",
     "predict --no-overlay": "sets overlays=False",
+    "train --volume": "volumes train through unetseg.train.volumes.fit_volumes",
+    "train --spacing": "fit_volumes(spacing=...)",
 }
 """Where the command line and the Python API differ, with the reason: ``section.field`` of
 RunConfig, ``function:keyword`` of :func:`unetseg.fit`, :func:`unetseg.predict` and

@@ -22,6 +22,11 @@ def add_train_command(sub: Any) -> None:
                    help="start from a recipe: default or paper (the U-Net paper's; flags"
                         " override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--volume", action="store_true",
+                   help="the data are volumes (TIFF stacks; NIfTI and .npy always are): train a"
+                        " 3D U-Net planned from the voxel spacing")
+    p.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                   help="voxel size of volumes whose files carry none, e.g. 4,1,1")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-validate: one model per fold in --out/fold-<i>/, each scored on"
                         " its held-out images; --out becomes a model set (default: one model)")
@@ -96,6 +101,10 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: give at least 1 process")
+    from unetseg.data.volumes import has_volume_only_files, parse_spacing
+
+    if args.volume or has_volume_only_files(args.data):
+        return _train_volumes(args, parse_spacing(args.spacing) if args.spacing else None)
     if args.folds is not None:
         if args.nproc > 1:
             raise UserError(f"--folds {args.folds} trains the folds one after another in one"
@@ -154,3 +163,19 @@ def _step_text(trial: dict[str, Any]) -> str:
         return f"{trial['class']}: remove components under {trial['min_size']} px"
     return f"{trial['class']}: " + {"largest_component": "keep the largest component",
                                      "fill_holes": "fill holes"}[trial["step"]]
+
+
+def _train_volumes(args: argparse.Namespace, spacing: Any) -> int:
+    """``train`` on a volume data set (:func:`unetseg.train.volumes.fit_volumes`)."""
+    from unetseg.train.volumes import fit_volumes
+
+    for flag, given in (("--resume", args.resume), ("--folds", args.folds is not None),
+                        ("--nproc", args.nproc > 1)):
+        if given:
+            raise UserError(f"{flag} is not available for volumes yet; drop it")
+    result = fit_volumes(args.data, args.out, run_config_from_args(args), spacing=spacing,
+                         show_progress=not args.quiet)
+    best = max(result.history, key=lambda h: h["val_mean_iou"])
+    print(f"trained {len(result.history)} epoch(s) ({result.stopped}); best validation mean"
+          f" IoU {best['val_mean_iou']:.4f} at epoch {best['epoch']}: {result.best_model}")
+    return 0
