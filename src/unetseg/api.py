@@ -228,6 +228,7 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     from unetseg.data.volumes import (
         VOLUME_SUFFIXES,
         read_volume,
+        volume_files,
         volume_stem,
         volume_suffix,
         write_volume,
@@ -250,8 +251,7 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     paths: list[Path] = []
     for raw in map(Path, given):
         if raw.is_dir():
-            paths += sorted(p for p in raw.iterdir()
-                            if volume_suffix(p) in VOLUME_SUFFIXES and not p.name.startswith("."))
+            paths += volume_files(raw).values()
         else:
             paths.append(raw)
     if not paths:
