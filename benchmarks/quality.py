@@ -10,6 +10,9 @@ and seed (the only differences are named in the model column):
 * ``monai-basicunet``: MONAI's BasicUNet in unetseg's pipeline (unetseg's Dice + CE loss).
 * ``monai-basicunet+dicece``: the same with MONAI's own ``DiceCELoss`` (:mod:`peers`).
 * ``fepegar-unet2d``: fepegar's ``UNet2D`` (64 channels first, batch norm) in unetseg's pipeline.
+* ``monai-basicunet-plain`` (not run unless named): BasicUNet trained the plain way, outside
+  unetseg's pipeline (:mod:`plain_peer`: random crops, flips and quarter turns, DiceCELoss,
+  AdamW at 1e-3, input / 255, no validation, last weights), the reference of DSB 2018.
 
 Not run unless named in ``--models``: ``unetseg-batch`` and ``unetseg-group``, the default with
 batch norm (the default before instance norm) or group norm.
@@ -78,6 +81,7 @@ import numpy as np
 import torch
 from isbi2012 import split as isbi_split
 from peers import monai_dice_ce, register_peers
+from plain_peer import score_plain, train_plain_basicunet
 
 from unetseg.api import evaluate
 from unetseg.config import RunConfig, replace
@@ -102,6 +106,7 @@ class Model:
     folds: int | None = None  # train --folds K: scored as the ensemble of the fold models
     postprocess: bool = False  # with folds: apply the post-processing the run chose
     budget_scale: float = 1.0  # this many times --budget (of the whole run, folds included)
+    plain: bool = False  # trained and scored by plain_peer, outside unetseg's pipeline
 
 
 MODELS = {m.name: m for m in (
@@ -114,6 +119,7 @@ MODELS = {m.name: m for m in (
 EXTRA_MODELS = {m.name: m for m in (
     Model("unetseg-batch", overrides=(("model.norm", "batch"),)),
     Model("unetseg-group", overrides=(("model.norm", "group"),)),
+    Model("monai-basicunet-plain", arch="monai-basicunet", plain=True),
 )}
 VARIANT_MODELS = {m.name: m for m in (
     Model("unetseg-residual", arch="residual"),
@@ -210,8 +216,31 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def plain_row(model: Model, data: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and score :mod:`plain_peer`'s BasicUNet (DSB 2018 only): a row of the table."""
+    if data.kind != "dsb2018":
+        raise SystemExit(f"{model.name}: DSB 2018 only (its masks are 0/1 foreground)")
+    cpu = cpu_seconds()
+    run = train_plain_basicunet(data.train, args.budget * model.budget_scale, data.seed)
+    cpu = cpu_seconds() - cpu
+    began = time.perf_counter()
+    s = score_plain(run["model"], data.test, data.config.data.class_names)
+    return {"model": model.name, "seed": data.seed, "fold": data.fold,
+            "train_s": round(run["train_s"], 1), "cpu_util": round(cpu / run["train_s"], 2),
+            "epochs": 1, "steps": run["steps"], "images_seen": run["images_seen"],
+            "best_epoch": 1, "width": 32, "top_width": None, "mean_iou": s["mean_iou"],
+            "pixel_accuracy": s["pixel_accuracy"],
+            "per_class_iou": {k: v["iou"] for k, v in s["per_class"].items()},
+            "nuclei_iou": s["per_class"]["nuclei"]["iou"],
+            "nuclei_dice": s["per_class"]["nuclei"]["dice"],
+            "eval_s": round(time.perf_counter() - began, 1), "tta": None, "history": [],
+            "postprocessing": None}
+
+
 def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Namespace,
                     runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if model.plain:
+        return plain_row(model, data, args)
     source = model.trained_as or model.name
     if source not in runs:
         cfg = replace(data.config, **{"train.time_limit_s": args.budget * model.budget_scale,

@@ -6,7 +6,9 @@ import importlib
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 quality = importlib.import_module("quality")  # a broken benchmark fails here, never skips
@@ -75,3 +77,43 @@ def test_the_automation_group_and_its_fold_histories(tmp_path: Path):
     runs = quality._histories(tmp_path, 2)
     assert [len(r) for r in runs] == [2, 2]
     assert runs[1][1]["images_seen"] == 33.0 and runs[0][1]["val_mean_iou"] is None
+
+
+def test_the_plain_reference_moves_image_and_mask_together():
+    plain = importlib.import_module("plain_peer")
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 40, 300), dtype=np.float32)  # shorter than a patch: padded
+    ids = (image[0] > 0.5).astype(np.int64)
+    for _ in range(8):
+        crop, crop_ids = plain._crop(image, ids, rng)
+        assert crop.shape == (3, plain.PATCH, plain.PATCH)
+        assert crop_ids.shape == (plain.PATCH, plain.PATCH)
+        np.testing.assert_array_equal(crop_ids, (crop[0] > 0.5).astype(np.int64))
+        assert 0 < (crop.sum(0) == 0).mean() < 1  # the zero padding shows
+
+
+def test_the_plain_reference_is_scored_on_the_summed_confusion_matrix(tmp_path: Path):
+    from PIL import Image
+
+    plain = importlib.import_module("plain_peer")
+    truths = []
+    for k, side in enumerate((20, 35)):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        image = np.zeros((side, side + 3, 3), np.uint8)
+        image[: side // 2] = 200
+        Image.fromarray(image).save(tmp_path / "images" / f"{k}.png")
+        mask = np.zeros((side, side + 3), np.uint8)
+        mask[: side // 3] = 1
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{k}.png")
+        truths.append((image[..., 0] > 0, mask > 0))
+
+    class Bright(torch.nn.Module):  # "nuclei" where the first channel is bright
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([0.5 - x[:, :1], x[:, :1] - 0.5], dim=1)
+
+    s = plain.score_plain(Bright(), tmp_path, ("background", "nuclei"))
+    tp = sum(int((p & t).sum()) for p, t in truths)
+    fp = sum(int((p & ~t).sum()) for p, t in truths)
+    fn = sum(int((~p & t).sum()) for p, t in truths)
+    assert s["per_class"]["nuclei"]["iou"] == pytest.approx(tp / (tp + fp + fn))
