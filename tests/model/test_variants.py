@@ -12,6 +12,7 @@ from unetseg.config import ModelConfig
 from unetseg.errors import UserError
 from unetseg.model import SegmentationNet, UNet, arch_config, architectures, build_model
 from unetseg.model.attention import AttentionGate
+from unetseg.model.blocks import StridedPointwiseConv
 from unetseg.model.resnet import ResNetEncoder
 
 VARIANTS = ("unet", "residual", "attention", "nested", "resnet18", "resnet34", "resnet50")
@@ -36,6 +37,35 @@ def shapes_only(cfg: ModelConfig) -> torch.nn.Module:
     """The network on the meta device: shapes, no storage, built at once."""
     with torch.device("meta"):
         return build_model(cfg)
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (33, 17)])
+def test_strided_pointwise_conv_is_nn_conv2d_with_stride(height: int, width: int):
+    torch.manual_seed(0)
+    ours = StridedPointwiseConv(3, 5, stride=2)
+    reference = torch.nn.Conv2d(3, 5, 1, stride=2)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, height, width, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = ours(x), reference(x_ref)
+    torch.testing.assert_close(y, y_ref)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    (y_ref * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, reference.bias.grad)
+
+
+@pytest.mark.parametrize("arch", ["residual", "resnet18", "resnet50"])
+def test_no_variant_uses_the_strided_pointwise_conv_kernel(arch: str):
+    """oneDNN's strided 1x1 weight gradient corrupts memory on narrow channels-last inputs."""
+    model = build_model(ModelConfig(arch=arch, width=4, depth=2))
+    strided_1x1 = [name for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
+                   and m.stride != (1, 1)]
+    assert strided_1x1 == []
+    assert any(isinstance(m, StridedPointwiseConv) for m in model.modules())
 
 
 def test_every_variant_is_listed():

@@ -38,6 +38,25 @@ def conv_layer(dims: int) -> Callable[..., nn.Module]:
     return nn.Conv3d if dims == 3 else nn.Conv2d
 
 
+class StridedPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with ``stride``, computed as subsampling then a stride-1 1x1 conv.
+
+    The same function and parameters as ``nn.Conv2d(in, out, 1, stride=stride)`` (its state dict
+    loads either way), but it never calls oneDNN's strided 1x1 weight-gradient kernel, which
+    corrupts the heap in torch 2.13 on CPU for channels-last inputs of fewer than 8 channels on
+    one thread (a crash seen training a width-4 residual U-Net). Shape: (N, C_in, H, W) ->
+    (N, C_out, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+        self.subsample = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.subsample
+        return self._conv_forward(x[:, :, ::s, ::s], self.weight, self.bias)
+
+
 def norm_layer(norm: Norm, channels: int, dims: int = 2) -> nn.Module:
     """The normalisation after each conv; ``group`` uses up to 8 groups that divide ``channels``.
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from unetseg.config import ModelConfig, Norm
-from unetseg.model.blocks import Up, norm_layer
+from unetseg.model.blocks import StridedPointwiseConv, Up, norm_layer
 
 
 class ResidualBlock(nn.Module):
@@ -34,7 +34,7 @@ class ResidualBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias),
+                StridedPointwiseConv(in_channels, out_channels, stride=stride, bias=bias),
                 norm_layer(norm, out_channels),
             )
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from unetseg.config import ModelConfig, Norm, UpMode
-from unetseg.model.blocks import DoubleConv
+from unetseg.model.blocks import DoubleConv, StridedPointwiseConv
 
 RESNET_LAYERS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -85,7 +85,8 @@ def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequenti
     """torchvision's ``downsample``: 1x1 conv (strided) + batch norm where the shape changes."""
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+    return nn.Sequential(StridedPointwiseConv(in_channels, out_channels, stride=stride,
+                                              bias=False),
                          nn.BatchNorm2d(out_channels))
 
 
