@@ -126,8 +126,19 @@ def test_a_measurement_runs_in_a_process_of_its_own():
     row = speed3d.run_child(job, threads=1)
     assert row["name"] == "unetseg" and row["params"] == 5434 and row["s_per_step"] > 0
     assert row["peak_rss_mib"] > 50  # the child's own peak: torch alone takes more
-    failed = speed3d.run_child({**job, "net": "no-such-net"}, threads=1)
-    assert "unknown network no-such-net" in failed["error"]
+
+
+def test_a_failed_contender_keeps_the_others_figures():
+    settings = {"cpu_count": 2, "threads": 1, "smoke": False, "batch": 2, "patch": 64,
+                "width": 16, "depth": 4}
+    rows = [{"name": "unetseg", "params": 10, "s_per_step": 2.0, "util": 1.9,
+             "peak_rss_mib": 900.0},
+            {"name": "monai-unet", "params": 12, "s_per_step": 3.0, "util": 1.8,
+             "peak_rss_mib": 1000.0},
+            {"name": "monai-basicunet", "error": "RuntimeError: out of memory"}]
+    text = speed3d.report({"settings": settings, "train": rows})
+    assert "| monai-unet | 12 | 3.000 | 1.50x | 1.80 | 1000 |" in text
+    assert "| monai-basicunet | failed: RuntimeError: out of memory |" in text
 
 
 def test_speed3d_smoke_runs_every_part_and_writes_its_table(tmp_path: Path, one_torch_thread,
