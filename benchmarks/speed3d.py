@@ -24,15 +24,16 @@ Three measurements, each contender in its own fresh process (so its peak RSS, ``
     only in scale (unetseg's peaks at 1, MONAI's at its value half a voxel off the centre of
     an even side) and both clamp at 1e-3, so where a clamped weight meets an unclamped one the
     blend differs by up to 1 - MONAI's peak (0.6 % at roi 64, 9 % at roi 16); with unetseg's
-    weight map given to MONAI the two are equal to the last bit (the tests check it).
+    weight map given to MONAI the two agree to rounding (the tests check it).
 
 (c) Streamed prediction: a uint8 ``.npy`` volume of ``--stream-slices`` x ``--size`` x
-    ``--size`` voxels on disk (a quarter of its float32 logits), predicted to a label file by
+    ``--size`` voxels on disk (4 x --size slices by default; an eighth of its float32 logits
+    at 2 classes), predicted to a label file by
     :func:`unetseg.api.predict_volumes` (the 3D sliding window of (b)), with its seconds and
     peak RSS against the sizes of the whole volume as float32 and of its float32 logits, and
     the slab streaming needs: logits and weights of one window depth plus one stride of slices,
     and one window depth of input. Peak memory bounded by the slab, not the volume, is the goal;
-    a peak above the logits' size means the whole volume was held.
+    a rise above the logits' size means the whole volume was held.
 
 ``--smoke`` runs every part at toy sizes in seconds (width 2, depth 2, patch 32, a 32³ volume,
 windows of 16), to check that the script runs; its figures mean nothing.
