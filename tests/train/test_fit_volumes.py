@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from unetseg.cli import main
-from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig, replace
+from unetseg.errors import UserError
 from unetseg.modelfile import load_model
 from unetseg.train.volumes import _Volume, fit_volumes, plan_patch, sample_patches
 
@@ -82,3 +83,16 @@ def test_cli_trains_volumes_and_refuses_what_is_not_built(tmp_path: Path, capsys
                  "--steps-per-epoch", "1", "--batch-size", "1", "--width", "2", "--depth", "1"])
     assert code == 0, capsys.readouterr().err
     assert "trained 1 epoch(s)" in capsys.readouterr().out
+
+
+def test_the_named_volumes_are_held_out_for_validation(tmp_path: Path):
+    data = _balls(tmp_path / "balls", count=3)
+    cfg = RunConfig(model=ModelConfig(depth=1, width=2),
+                    data=DataConfig(val_stems=("case1",)),
+                    train=TrainConfig(epochs=0))  # the split is written before training
+    fit_volumes(data, tmp_path / "run", cfg, show_progress=False)
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (written["train"], written["val"]) == (["case0", "case2"], ["case1"])
+    with pytest.raises(UserError, match="case9: held out for validation"):
+        fit_volumes(data, tmp_path / "r2", replace(cfg, **{"data.val_stems": ("case9",)}),
+                    show_progress=False)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from unetseg.config import RunConfig, replace, to_dict
 from unetseg.data.augment3d import augment_volume_batch
 from unetseg.data.classes import ClassTable
 from unetseg.data.dataset import split_pairs
+from unetseg.data.folds import split_by_stems
 from unetseg.data.normalize import dataset_stats
 from unetseg.data.volumes import (
     check_volumes,
@@ -142,9 +144,9 @@ def fit_volumes(data: str | Path, out: str | Path, cfg: RunConfig | None = None,
                 ) -> VolumeFitResult:
     """Train a 3D U-Net on ``data/images`` + ``data/masks`` volumes and write the run into
     ``out`` (see the module's text). ``cfg`` gives the loss, the optimiser, epochs, steps per
-    epoch, batch, seed, time limit, validation share and augmentation as in 2D; its width
-    (None: :data:`DEFAULT_WIDTH`) and depth shape the network. ``spacing`` stands in for
-    files without one.
+    epoch, batch, seed, time limit, validation share (or the held-out ``data.val_stems``) and
+    augmentation as in 2D; its width (None: :data:`DEFAULT_WIDTH`) and depth shape the
+    network. ``spacing`` stands in for files without one.
 
     Raises:
         UserError: problems ``check`` finds in the data set, or fewer than 2 volumes.
@@ -164,8 +166,15 @@ def fit_volumes(data: str | Path, out: str | Path, cfg: RunConfig | None = None,
     classes = ClassTable.from_values(values, cfg.data.class_names,
                                      ignore_value=cfg.data.ignore_value)
     stems = [r["stem"] for r in report.rows]
-    train_stems, val_stems = split_pairs(stems, max(cfg.data.val_fraction, 1 / len(stems)),
-                                         cfg.train.seed)
+    if cfg.data.val_stems is None:
+        train_stems, val_stems = split_pairs(stems, max(cfg.data.val_fraction, 1 / len(stems)),
+                                             cfg.train.seed)
+    else:
+        kept, held = split_by_stems([SimpleNamespace(stem=s) for s in stems],
+                                    cfg.data.val_stems)
+        if not held:
+            raise UserError("val_stems names no volume; hold out at least one for validation")
+        train_stems, val_stems = [k.stem for k in kept], [h.stem for h in held]
     spacings = [r["spacing"] for r in report.rows if r["spacing"]]
     plan_spacing = (tuple(float(v) for v in np.median(np.array(spacings), axis=0))
                     if spacings else (1.0, 1.0, 1.0))
