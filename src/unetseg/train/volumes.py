@@ -264,9 +264,8 @@ def prepare_volumes(data: Path, cfg: RunConfig, spacing: Sequence[float] | None)
                       (int(smallest[0]), int(smallest[1]), int(smallest[2])))
 
 
-def volume_model_config(cfg: RunConfig, data: VolumeData) -> RunConfig:
-    """``cfg`` with its network planned for ``data``: channels and classes from the data, the
-    kernels and poolings from the spacing, :data:`DEFAULT_WIDTH` where no width is given.
+def check_volume_config(cfg: RunConfig) -> None:
+    """Refuse what volume training does not do, before any data is read.
 
     Raises:
         UserError: valid padding or an architecture other than ``unet``.
@@ -277,6 +276,11 @@ def volume_model_config(cfg: RunConfig, data: VolumeData) -> RunConfig:
                         " --padding valid")
     if cfg.model.arch != "unet":
         raise UserError(f"--arch {cfg.model.arch}: volumes train the U-Net only; drop --arch")
+
+
+def volume_model_config(cfg: RunConfig, data: VolumeData) -> RunConfig:
+    """``cfg`` with its network planned for ``data``: channels and classes from the data, the
+    kernels and poolings from the spacing, :data:`DEFAULT_WIDTH` where no width is given."""
     kernels, pools = anisotropic_plan(data.spacing, cfg.model.depth)
     return replace(cfg, model=replace(
         cfg.model, in_channels=data.train[0].image.shape[0],
@@ -380,10 +384,13 @@ def _set_up(data: Path, out: Path, cfg: RunConfig | None, spacing: Sequence[floa
     """Resolve the configuration (a resumed run's is the stored one, with its plans), read the
     data, build the training objects, restore a resumed run's state and write
     ``config.json``."""
-    if resume_file is not None:
+    if resume_file is not None:  # checked when the run began, and planned for volumes since
         cfg = read_card(resume_file).run
-    cfg = cfg or RunConfig()
-    check_run_config(cfg)
+    else:
+        cfg = cfg or RunConfig()
+        check_run_config(cfg)
+    assert cfg is not None
+    check_volume_config(cfg)
     env, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if env.is_main:
         remove_stale_temps(out)
