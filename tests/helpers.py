@@ -46,3 +46,26 @@ class StopAfter:
     def __call__(self, row: dict) -> None:
         if row["epoch"] == self.epoch:
             raise KeyboardInterrupt
+
+
+def write_ball_volumes(root: Path, count: int = 4, shape=(8, 24, 24),
+                       spacing=(4.0, 1.0, 1.0)) -> Path:
+    """``root/images`` and ``root/masks`` of ``count`` NIfTI volumes ``case<i>.nii.gz``: bright
+    ellipsoids (round in physical space) on noise, and their masks, with ``spacing`` ``(z, y,
+    x)`` on the affine's diagonal."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+    for i in range(count):
+        c = rng.uniform([2, 7, 7], [6, 17, 17])
+        r = rng.uniform(4, 7)
+        inside = ((z - c[0]) * spacing[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < r * r
+        image = (0.3 * rng.random(shape) + 0.6 * inside).astype(np.float32)
+        for name, arr in (("images", image), ("masks", inside.astype(np.uint8))):
+            nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0), affine),
+                     str(root / name / f"case{i}.nii.gz"))
+    return root

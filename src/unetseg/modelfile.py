@@ -76,6 +76,35 @@ class ModelCard:
         )
 
 
+def describe_card(card: ModelCard) -> list[str]:
+    """What ``unetseg info`` prints of a model file, one fact a line: the task and network
+    (for a volume network its spacing, the per-level conv kernels and poolings and the training
+    patch), the classes and the normalisation."""
+    m = card.model
+    width = f"{m.width}" + (f" (first level {m.top_width})" if m.top_width else "")
+    lines = [f"task: {card.task}",
+             f"network: {m.arch}, {m.spatial_dims}D, depth {m.depth}, width {width},"
+             f" {m.padding} padding, {m.norm} norm, {m.in_channels} input channel(s)"]
+    if m.spatial_dims == 3:
+        spacing = card.info.get("spacing")
+        lines.append("spacing (z, y, x): " + (",".join(f"{v:g}" for v in spacing) if spacing
+                                               else "not recorded"))
+        lines.append("kernels per level: " + _levels_text(m.kernel_sizes, 3, m.depth + 1))
+        lines.append("poolings per level: " + _levels_text(m.pool_sizes, 2, m.depth))
+        if card.info.get("patch"):
+            lines.append("training patch (d, h, w): " + "x".join(map(str, card.info["patch"])))
+    named = zip(card.classes.values, card.classes.names, strict=True)
+    lines.append("classes: " + ", ".join(f"{v}={n}" for v, n in named))
+    lines.append(f"normalisation: {card.stats.scheme}")
+    return lines
+
+
+def _levels_text(levels: Any, default: int, count: int) -> str:
+    """``1x3x3 3x3x3 ...``: one size per axis for each level (``default`` everywhere if None)."""
+    sizes = levels if levels is not None else [(default,) * 3] * count
+    return " ".join("x".join(str(v) for v in level) for level in sizes)
+
+
 def state_aliases(model: torch.nn.Module) -> dict[str, str]:
     """Names under which a state tensor appears a second time (a submodule registered under two
     names, as in fepegar's ``unet``), each mapped to the tensor's first name. Model files store

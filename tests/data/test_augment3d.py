@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from unetseg.config import AugmentConfig
@@ -12,6 +13,7 @@ from unetseg.data.augment3d import (
     VolumeAugmentParams,
     apply_volume_params,
     augment_volume_batch,
+    elastic_axis_scale,
     rotation_about_z,
     sample_volume_params,
 )
@@ -81,3 +83,22 @@ def test_the_same_seed_draws_the_same_augmentation():
     a = augment_volume_batch(images, masks, cfg, generator=torch.Generator().manual_seed(5))
     b = augment_volume_batch(images, masks, cfg, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_elastic_sd_along_z_follows_the_spacing():
+    cfg = AugmentConfig(elastic_p=1.0, elastic_grid=5, elastic_sigma=8.0)
+    shape = (6, 32, 32)
+    cubes = sample_volume_params(64, cfg, torch.Generator().manual_seed(3), shape=shape)
+    thin = sample_volume_params(64, cfg, torch.Generator().manual_seed(3), shape=shape,
+                                spacing=(4.0, 1.0, 1.0))
+    # the same draws; the z displacements (channel 2: dx, dy, dz) a quarter as large
+    assert torch.equal(thin.lattice[:, :2], cubes.lattice[:, :2])
+    assert torch.allclose(thin.lattice[:, 2], cubes.lattice[:, 2] / 4)
+    assert float(thin.lattice[:, 2].std()) == pytest.approx(8.0 / 4, rel=0.1)
+    assert float(thin.lattice[:, 0].std()) == pytest.approx(8.0, rel=0.1)
+    # the dense field the resampling uses: slices move a quarter as far as pixels
+    field = torch.nn.functional.interpolate(thin.lattice, size=shape, mode="trilinear",
+                                            align_corners=True)
+    ratio = field[:, 2].abs().mean() / field[:, 0].abs().mean()
+    assert float(ratio) == pytest.approx(0.25, rel=0.15)
+    assert elastic_axis_scale((1.0, 0.5, 0.5)).tolist() == [1.0, 1.0, 0.5]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import write_ball_volumes
 
 from unetseg.cli import main
 from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig, replace
@@ -16,25 +16,7 @@ from unetseg.errors import UserError
 from unetseg.modelfile import load_model
 from unetseg.train.volumes import _Volume, fit_volumes, plan_patch, sample_patches
 
-nib = pytest.importorskip("nibabel")
-
-
-def _balls(root: Path, count: int = 4, shape=(8, 24, 24), spacing=(4.0, 1.0, 1.0)) -> Path:
-    """Bright ellipsoids (round in physical space) on noise, and their masks."""
-    rng = np.random.default_rng(0)
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True)
-    z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
-    for i in range(count):
-        c = rng.uniform([2, 7, 7], [6, 17, 17])
-        r = rng.uniform(4, 7)
-        inside = ((z - c[0]) * spacing[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < r * r
-        image = (0.3 * rng.random(shape) + 0.6 * inside).astype(np.float32)
-        for name, arr in (("images", image), ("masks", inside.astype(np.uint8))):
-            nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0), affine),
-                     str(root / name / f"case{i}.nii.gz"))
-    return root
+pytest.importorskip("nibabel")
 
 
 def test_patch_covers_one_physical_length_and_fits_the_network():
@@ -55,7 +37,7 @@ def test_foreground_patches_hold_foreground():
 
 @pytest.mark.slow
 def test_a_3d_run_learns_and_its_model_predicts(tmp_path: Path, capsys):
-    data = _balls(tmp_path / "balls")
+    data = write_ball_volumes(tmp_path / "balls")
     cfg = RunConfig(model=ModelConfig(depth=2, width=4),
                     data=DataConfig(val_fraction=0.25),
                     train=TrainConfig(epochs=6, steps_per_epoch=6, batch_size=2, lr=3e-3))
@@ -75,10 +57,18 @@ def test_a_3d_run_learns_and_its_model_predicts(tmp_path: Path, capsys):
 
 
 def test_cli_trains_volumes_and_refuses_what_is_not_built(tmp_path: Path, capsys):
-    data = _balls(tmp_path / "balls", count=2)
+    data = write_ball_volumes(tmp_path / "balls", count=2)
+    assert main(["-q", "train", str(data), "--out", str(tmp_path / "r"), "--folds", "2"]) == 2
+    assert "--folds is not available for volumes yet" in capsys.readouterr().err
     assert main(["-q", "train", str(data), "--out", str(tmp_path / "r"), "--nproc", "2",
-                 "--batch-size", "2"]) == 2
-    assert "--nproc is not available for volumes yet" in capsys.readouterr().err
+                 "--batch-size", "3"]) == 2
+    assert "does not split over 2 processes" in capsys.readouterr().err
+    assert main(["-q", "train", str(data), "--out", str(tmp_path / "r"), "--padding",
+                 "valid"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "unetseg: error: --padding valid: 3D training takes same padding (its validation and"
+        " prediction tile the volume with same-padding windows); drop --padding valid"]
+    assert not (tmp_path / "r").exists()
     code = main(["-q", "train", str(data), "--out", str(tmp_path / "r"), "--epochs", "1",
                  "--steps-per-epoch", "1", "--batch-size", "1", "--width", "2", "--depth", "1"])
     assert code == 0, capsys.readouterr().err

@@ -44,8 +44,8 @@ MIRROR_EXCEPTIONS: dict[str, str] = {
     "train.val_tile": "the validation tiling; set it in a --config file",
     "train.amp": "on unless the switch --no-amp",
     "train.sync_batchnorm": "off unless the switch --sync-batchnorm",
-    **{f"model.{name}": "a volume network's form (UNet(spatial_dims=3, ...) in Python);"
-       " training on volumes has no command yet"
+    **{f"model.{name}": "a volume network's form, planned from the voxel spacing by train"
+       " --volume (UNet(spatial_dims=3, ...) in Python)"
        for name in ("spatial_dims", "kernel_sizes", "pool_sizes")},
     **{f"instance.{name}": "post-processing chosen on the validation images after training;"
        " its starting values come from a --config file"

@@ -1,4 +1,4 @@
-"""``unetseg check``, ``plan``, ``convert-checkpoint``, ``preview-augment`` and
+"""``unetseg check``, ``plan``, ``info``, ``convert-checkpoint``, ``preview-augment`` and
 ``preview-weights``: commands about data and model files that train nothing."""
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print plan.json instead of the table")
     add_train_flags(p, CHECK_FLAGS)
     p.set_defaults(run=_plan)
+
+    p = sub.add_parser("info", help="what a model file says about itself: task, network (a"
+                       " volume network's spacing, kernels and poolings), classes and"
+                       " normalisation")
+    p.add_argument("model", help="model file (.safetensors) or run folder")
+    p.add_argument("--json", action="store_true", help="print the whole model card as JSON")
+    p.set_defaults(run=_info)
 
     p = sub.add_parser("convert-checkpoint", help="convert a TRUSTED pickled PyTorch"
                        " checkpoint (.pt, .pth, .ckpt) of a unetseg U-Net to a model file")
@@ -101,6 +108,24 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     print(format_plan(result.plan))
     print(f"wrote {result.fingerprint_path} and {result.plan_path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unetseg.errors import UserError
+    from unetseg.modelfile import describe_card, read_card
+
+    path = Path(args.model)
+    if path.is_dir():
+        path = path / "best.safetensors"
+        if not path.is_file():
+            raise UserError(f"{args.model}: a folder without best.safetensors; pass a model"
+                            " file or a run folder")
+    card = read_card(path)
+    print(json.dumps(json.loads(card.to_json()), indent=2) if args.json
+          else "\n".join([str(path), *describe_card(card)]))
     return 0
 
 

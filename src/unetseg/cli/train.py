@@ -166,15 +166,26 @@ def _step_text(trial: dict[str, Any]) -> str:
 
 
 def _train_volumes(args: argparse.Namespace, spacing: Any) -> int:
-    """``train`` on a volume data set (:func:`unetseg.train.volumes.fit_volumes`)."""
+    """``train`` on a volume data set (:func:`unetseg.train.volumes.fit_volumes`), in
+    ``--nproc`` processes as 2D training."""
+    from unetseg.train import distributed
     from unetseg.train.volumes import fit_volumes
 
-    for flag, given in (("--resume", args.resume), ("--folds", args.folds is not None),
-                        ("--nproc", args.nproc > 1)):
-        if given:
-            raise UserError(f"{flag} is not available for volumes yet; drop it")
-    result = fit_volumes(args.data, args.out, run_config_from_args(args), spacing=spacing,
-                         show_progress=not args.quiet)
+    if args.folds is not None:
+        raise UserError("--folds is not available for volumes yet; drop it")
+    if args.nproc > 1 and not distributed.launched():
+        if not args.resume:
+            distributed.batch_shard(run_config_from_args(args).train.batch_size,
+                                    distributed.DistEnv(world_size=args.nproc))
+        return distributed.launch(args.nproc, args.entry, args.argv)
+    main_process = distributed.DistEnv.from_environ().is_main
+    if not main_process:
+        logging.getLogger("unetseg").setLevel(logging.ERROR)
+    with distributed.leaving_at_the_end():
+        result = fit_volumes(args.data, args.out, run_config_from_args(args), spacing=spacing,
+                             resume=args.resume, show_progress=not args.quiet)
+    if not main_process:
+        return 0
     best = max(result.history, key=lambda h: h["val_mean_iou"])
     print(f"trained {len(result.history)} epoch(s) ({result.stopped}); best validation mean"
           f" IoU {best['val_mean_iou']:.4f} at epoch {best['epoch']}: {result.best_model}")

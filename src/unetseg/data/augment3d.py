@@ -6,7 +6,11 @@ slice axis, isotropic scaling within the slices, shift) with an elastic displace
 (drawn on a coarse ``G x G x G`` lattice, upsampled trilinearly), then the intensity jitter of
 2D. Images are resampled trilinearly, masks nearest, with ``padding_mode="reflection"`` and
 ``align_corners=False``. The z axis is never rotated into the slices: anisotropic volumes
-(slices far apart) keep their slices as slices, as nnU-Net augments them.
+(slices far apart) keep their slices as slices, as nnU-Net augments them. Given the voxel
+spacing, the elastic displacements have the same physical sd along every axis: ``elastic_sigma``
+voxels along the finest axis, proportionally fewer across thick slices (4 mm slices of 1 mm
+pixels move a quarter as many slices as pixels), so a thin stack is not scrambled across its
+slices.
 
 Like 2D, every random number is drawn on the CPU from the caller's generator in a fixed order
 and amount, so a seed gives the same draws on every device.
@@ -15,7 +19,8 @@ and amount, so a seed gives the same draws on every device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +57,30 @@ class VolumeAugmentParams:
     contrast: Tensor
     gamma: Tensor
 
+    def rows(self, index: slice) -> VolumeAugmentParams:
+        """The draws of the samples ``index``, e.g. one process's share of a global batch."""
+        return VolumeAugmentParams(**{f.name: getattr(self, f.name)[index]
+                                      for f in fields(self)})
+
+
+def elastic_axis_scale(spacing: Sequence[float] | None) -> Tensor:
+    """(3,) factors of the elastic displacements' sd along (x, y, z) for voxels of ``spacing``
+    ``(z, y, x)``: finest spacing / the axis's spacing (1 along the finest axis), so every
+    axis moves the same physical length; ones without a spacing."""
+    if spacing is None:
+        return torch.ones(3)
+    z, y, x = (float(v) for v in spacing)
+    finest = min(z, y, x)
+    return torch.tensor([finest / x, finest / y, finest / z])
+
 
 def sample_volume_params(n: int, cfg: AugmentConfig, generator: torch.Generator, *,
-                         shape: tuple[int, int, int]) -> VolumeAugmentParams:
-    """Draw the augmentation of ``n`` volumes of ``shape`` (D, H, W). Quarter turns are 0 or 2
-    when H != W (an odd turn would change the shape)."""
+                         shape: tuple[int, int, int], spacing: Sequence[float] | None = None
+                         ) -> VolumeAugmentParams:
+    """Draw the augmentation of ``n`` volumes of ``shape`` (D, H, W) with voxels of ``spacing``
+    ``(z, y, x)`` (None: cubes), which scales the elastic sd per axis
+    (:func:`elastic_axis_scale`). Quarter turns are 0 or 2 when H != W (an odd turn would
+    change the shape)."""
     depth, height, width = shape
     flip_u = torch.rand((n, 3), generator=generator)
     turns = torch.randint(0, 4, (n,), generator=generator)
@@ -64,6 +88,7 @@ def sample_volume_params(n: int, cfg: AugmentConfig, generator: torch.Generator,
     elastic_u = torch.rand((n,), generator=generator)
     grid = cfg.elastic_grid
     lattice = torch.randn((n, 3, grid, grid, grid), generator=generator) * cfg.elastic_sigma
+    lattice = lattice * elastic_axis_scale(spacing).view(1, 3, 1, 1, 1)
     intensity_u = torch.rand((n, 4), generator=generator)
 
     turns = turns * cfg.rot90 if height == width else (turns % 2) * 2 * cfg.rot90
@@ -164,10 +189,12 @@ def apply_volume_params(images: Tensor, masks: Tensor, params: VolumeAugmentPara
 
 
 def augment_volume_batch(images: Tensor, masks: Tensor, cfg: AugmentConfig, *,
-                         generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                         generator: torch.Generator, spacing: Sequence[float] | None = None
+                         ) -> tuple[Tensor, Tensor]:
     """Randomly augment a batch of volume/mask pairs jointly (draw, then apply)."""
     n, _, depth, height, width = images.shape
-    params = sample_volume_params(n, cfg, generator, shape=(depth, height, width))
+    params = sample_volume_params(n, cfg, generator, shape=(depth, height, width),
+                                  spacing=spacing)
     return apply_volume_params(images, masks, params)
 
 

@@ -409,7 +409,8 @@ def _set_up(data: str | Path, out: Path, cfg: RunConfig | None, resume_file: Pat
     t = build_training(cfg, prepared.train, device, loss_fn=loss_fn)
     if resume_file is None and cfg.train.encoder_weights:
         _load_encoder_weights(t.model, cfg.train.encoder_weights, show_progress)
-    state = _start_state(resolved, t) if resume_file is None else _restore_state(resume_file, t)
+    state = (start_state(resolved, t.scheduler, t.steps) if resume_file is None
+             else restore_state(resume_file, t.model, t.optimizer, t.scheduler, t.scaler))
     net = distributed.distribute(t.model, env, device, sync_batchnorm=cfg.train.sync_batchnorm)
     if env.is_main:
         write_manifest(out / "config.json", run_manifest(
@@ -449,20 +450,24 @@ def _load_encoder_weights(model: torch.nn.Module, path: str, show_progress: bool
         tqdm.write(result.summary())
 
 
-def _start_state(resolved: ResolvedConfig, t: Training) -> RunState:
-    """A new run's state; with an epoch plan the first epoch already follows its schedule."""
+def start_state(resolved: ResolvedConfig, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                steps: int) -> RunState:
+    """A new run's state for epochs of ``steps`` optimiser steps; with an epoch plan the first
+    epoch already follows its schedule."""
     state = RunState(epochs=resolved.cfg.train.epochs)
     if resolved.epoch_plan is not None:
-        set_epochs(state, t.scheduler, min(state.epochs, resolved.epoch_plan.epochs), t.steps)
+        set_epochs(state, scheduler, min(state.epochs, resolved.epoch_plan.epochs), steps)
     return state
 
 
-def _restore_state(resume_file: Path, t: Training) -> RunState:
+def restore_state(resume_file: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler
+                  ) -> RunState:
     """Load model, optimiser, RNG, schedule and scaler from ``resume_file``; return the loop
     state stored with them."""
-    stored = load_training_state(resume_file, t.model, t.optimizer)
-    t.scheduler.load_state_dict(stored["scheduler"])
-    t.scaler.load_state_dict(stored["scaler"])
+    stored = load_training_state(resume_file, model, optimizer)
+    scheduler.load_state_dict(stored["scheduler"])
+    scaler.load_state_dict(stored["scaler"])
     return RunState.from_json(stored)
 
 
@@ -505,7 +510,7 @@ def _run_epoch(run: _Run, state: RunState) -> tuple[dict[str, Any], bool]:
            "train_loss": loss, **scores, "elapsed_s": round(state.elapsed_s, 2),
            "images_seen": state.optimizer_steps * cfg.train.batch_size}
     improved = state.record(row, _score(row))
-    state.stopped = _stop_reason(state, cfg.train)
+    state.stopped = stop_reason(state, cfg.train)
     return row, improved
 
 
@@ -531,7 +536,7 @@ def _shown_classes(run: _Run) -> ClassTable:
     return ClassTable.from_values(range(len(names)), names)
 
 
-def _stop_reason(state: RunState, cfg: TrainConfig) -> str | None:
+def stop_reason(state: RunState, cfg: TrainConfig) -> str | None:
     """Why the run ends after its last recorded epoch, or None when it goes on."""
     if cfg.early_stopping and state.bad_epochs >= cfg.early_stopping:
         return "early_stopping"
@@ -609,7 +614,7 @@ def fit(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
         row, improved = _run_epoch(run, state)
         if run.env.is_main:
             _save_epoch(run, state, row, improved)
-            _report(row, improved, state.epochs, run.show_progress)
+            report_epoch(row, improved, state.epochs, run.show_progress)
         distributed.barrier(run.env)  # the epoch's files are whole before any process goes on
         for callback in callbacks:
             callback(row)
@@ -661,7 +666,9 @@ def choose_instance_postprocess(out: Path, data: PreparedData, cfg: RunConfig,
     return record
 
 
-def _report(row: dict[str, Any], improved: bool, epochs: int, show: bool) -> None:
+def report_epoch(row: dict[str, Any], improved: bool, epochs: int, show: bool) -> None:
+    """One line per epoch: loss, validation scores, best so far, seconds; shown above the
+    progress bars and logged."""
     val = row["val_mean_iou"]
     dsb = row.get("val_dsb_score")
     text = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}"

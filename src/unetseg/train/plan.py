@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -76,17 +77,19 @@ class WidthPlan:
     top_width: int | None = None
 
 
-def time_train_step(cfg: RunConfig, rows: int, patch: int, device: torch.device,
-                    *, repeats: int = 2) -> float:
+def time_train_step(cfg: RunConfig, rows: int, patch: int | Sequence[int],
+                    device: torch.device, *, repeats: int = 2) -> float:
     """Seconds of one training step (forward, loss, backward, optimiser) of ``cfg.model`` on
-    random ``(rows, C, patch, patch)`` batches: the fastest of ``repeats`` after one warm-up."""
+    random ``(rows, C, patch, patch)`` batches (``(rows, C, d, h, w)`` for a volume network's
+    ``patch`` ``(d, h, w)``): the fastest of ``repeats`` after one warm-up."""
+    sides = _sides(patch)
     generator = torch.Generator().manual_seed(0)
     model = build_model(cfg.model).to(device).train()
     model.to(memory_format=fastest_memory_format(model, device))  # type: ignore[call-overload]
     optimizer = build_optimizer(cfg.train, model.parameters())
     precision = Precision.for_device(device, cfg.train.amp)
-    x = torch.randn(rows, cfg.model.in_channels, patch, patch, generator=generator).to(device)
-    y = torch.randint(0, cfg.model.num_classes, (rows, patch, patch), generator=generator)
+    x = torch.randn(rows, cfg.model.in_channels, *sides, generator=generator).to(device)
+    y = torch.randint(0, cfg.model.num_classes, (rows, *sides), generator=generator)
     y = y.to(device)
     best = float("inf")
     for i in range(repeats + 1):
@@ -206,11 +209,17 @@ def plan_epochs(budget_s: float, step_s: float, area_steps: int, val_s: float) -
                      f" of {steps} x {step_s:.2f} s steps and a {val_s:.0f} s validation")
 
 
-def estimate_validation_s(step_s: float, rows: int, patch: int, val_pixels: int) -> float:
-    """Seconds to validate ``val_pixels`` pixels, from the time of a training step on ``rows``
-    patches of ``patch`` x ``patch`` pixels: a forward pass costs about a third of a step
-    (forward, then backward at twice the forward's cost)."""
-    return step_s * val_pixels / (3 * rows * patch * patch)
+def estimate_validation_s(step_s: float, rows: int, patch: int | Sequence[int],
+                          val_pixels: int) -> float:
+    """Seconds to validate ``val_pixels`` pixels (voxels), from the time of a training step on
+    ``rows`` patches of ``patch`` x ``patch`` pixels (or ``(d, h, w)`` voxels): a forward pass
+    costs about a third of a step (forward, then backward at twice the forward's cost)."""
+    return step_s * val_pixels / (3 * rows * math.prod(_sides(patch)))
+
+
+def _sides(patch: int | Sequence[int]) -> tuple[int, ...]:
+    """A square crop's side as ``(patch, patch)``; a volume patch ``(d, h, w)`` as it is."""
+    return (patch, patch) if isinstance(patch, int) else tuple(int(v) for v in patch)
 
 
 def patch_size_for(cfg: RunConfig) -> int:

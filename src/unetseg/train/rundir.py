@@ -38,14 +38,18 @@ def save_epoch_files(out: Path, model: torch.nn.Module, card: ModelCard,
     """Write the epoch's model files, metrics table, curves, ``report.html`` (the HTML that
     ``report`` renders, after the curves it shows) and resume state (each atomic).
 
+    The model files' cards keep ``card.info`` (a volume run's spacing and patch) and add the
+    epoch's metrics ``row`` (best) or its number (last).
+
     ``resume.safetensors`` (the model, ``optimizer`` and the JSON ``loop_state``) is written
     last: it is the commit point. A run killed before it is replaced redoes the epoch from the
     previous state and rewrites the other files with the same contents; killed after it, every
     file of the epoch is already complete.
     """
     if improved:
-        save_model(out / "best.safetensors", model, replace(card, info=row))
-    save_model(out / "last.safetensors", model, replace(card, info={"epoch": row["epoch"]}))
+        save_model(out / "best.safetensors", model, replace(card, info={**card.info, **row}))
+    save_model(out / "last.safetensors", model,
+               replace(card, info={**card.info, "epoch": row["epoch"]}))
     write_csv_atomic(out / "metrics.csv", history)
     plot_curves(history, out / "curves.png")
     if report is not None:

@@ -4,13 +4,27 @@ cosine schedule, foreground-aware patches, joint augmentation, best validation e
 
 The network is planned from the voxel spacing (:func:`~unetseg.model.geometry.anisotropic_plan`:
 slices far apart are neither convolved across nor pooled until the in-plane axes catch up) and
-the patch covers about the same physical extent along every axis. A run folder holds what a 2D
-run's does for prediction: ``best.safetensors`` and ``last.safetensors`` (a model file with its
-card), ``config.json``, ``metrics.csv`` and ``curves.png``; ``unetseg predict``/``evaluate``
-take the model like any other.
+the patch covers about the same physical extent along every axis; the elastic deformation
+moves every axis the same physical length (:func:`~unetseg.data.augment3d.elastic_axis_scale`).
+Normalisation is 2D's (:mod:`unetseg.data.normalize`) over whole volumes: the ``image`` scheme
+z-scores each training volume by its own statistics before patches are cut from it, as
+prediction does the whole volume (:func:`volume_training_view`).
 
-Not yet here (they are in 2D training): resuming, several processes, time-budget width
-planning and the training report.
+The loop is 2D training's (:mod:`unetseg.train.fit`): the same loop state, epoch files and
+crash-safe order (:func:`~unetseg.train.rundir.save_epoch_files`). A run folder holds
+``best.safetensors`` and ``last.safetensors`` (model files whose card also names the spacing
+and the patch), ``resume.safetensors``, ``config.json``, ``metrics.csv``, ``curves.png`` and
+``report.html`` (its validation examples are the middle slices of the first validation
+volumes); ``unetseg predict``/``evaluate`` take the model like any other. A stopped run resumes
+exactly (``resume=True``; each epoch's patches and augmentation come from a generator seeded by
+the epoch). Launched as several processes (``unetseg train --volume --nproc N``, torchrun) it
+trains data-parallel as 2D does (:mod:`unetseg.train.distributed`). A time budget without
+``steps_per_epoch`` plans the epochs from a timed step of the 3D network on a training patch
+(:func:`~unetseg.train.plan.plan_epochs`) and re-plans them after every epoch.
+
+Not here (2D has them): width planning (the width defaults to :data:`DEFAULT_WIDTH`), the
+data set's fingerprint plan, cross-validation, valid padding and architectures other than the
+U-Net.
 """
 
 from __future__ import annotations
@@ -19,21 +33,22 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from unetseg.config import RunConfig, replace, to_dict
-from unetseg.data.augment3d import augment_volume_batch
-from unetseg.data.classes import ClassTable
+from unetseg.config import RunConfig, check_run_config, replace, to_dict
+from unetseg.data.augment3d import apply_volume_params, sample_volume_params
+from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import split_pairs
 from unetseg.data.folds import split_by_stems
-from unetseg.data.normalize import dataset_stats
+from unetseg.data.normalize import ChannelStats, dataset_stats, training_view
 from unetseg.data.volumes import (
     check_volumes,
     read_volume,
@@ -41,17 +56,37 @@ from unetseg.data.volumes import (
     volume_files,
 )
 from unetseg.errors import UserError
-from unetseg.files import output_folder, write_csv_atomic, write_text_atomic
+from unetseg.files import output_folder, remove_stale_temps, write_text_atomic
 from unetseg.infer.engine import resolve_device
-from unetseg.infer.volume import normalize_volume, sliding_window_volume_logits, volume_to_float
+from unetseg.infer.volume import (
+    normalize_volume,
+    sliding_window_volume_logits,
+    volume_to_float,
+    volume_windows,
+)
 from unetseg.losses import build_loss
 from unetseg.metrics import confusion_matrix, iou, mean_iou
 from unetseg.model import UNet
 from unetseg.model.geometry import anisotropic_plan
-from unetseg.modelfile import ModelCard, save_model
-from unetseg.progress import progress
+from unetseg.modelfile import ModelCard, read_card
+from unetseg.report.training import Example, training_report
+from unetseg.train import distributed
+from unetseg.train.checkpoint import read_loop_state
+from unetseg.train.distributed import DistEnv
+from unetseg.train.fit import report_epoch, restore_state, start_state, stop_reason
+from unetseg.train.loop import Precision, train_one_epoch
+from unetseg.train.manifest import software_versions
 from unetseg.train.optim import build_optimizer, build_scheduler
-from unetseg.viz import plot_curves
+from unetseg.train.plan import (
+    EpochPlan,
+    ResolvedConfig,
+    estimate_validation_s,
+    fit_schedule_to_budget,
+    plan_epochs,
+    time_train_step,
+)
+from unetseg.train.rundir import check_run_folder, save_epoch_files
+from unetseg.train.state import RunState
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +110,7 @@ class VolumeFitResult:
 @dataclass(frozen=True)
 class _Volume:
     stem: str
-    image: torch.Tensor  # (C, D, H, W) float32, normalised
+    image: torch.Tensor  # (C, D, H, W) float32: a training view, or normalised (validation)
     ids: torch.Tensor  # (D, H, W) int64 class ids (-1 ignored)
 
 
@@ -139,20 +174,68 @@ def sample_patches(volumes: Sequence[_Volume], patch: Sequence[int], batch: int,
     return torch.stack(images), torch.stack(ids)
 
 
-def fit_volumes(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
-                spacing: Sequence[float] | None = None, show_progress: bool = True
-                ) -> VolumeFitResult:
-    """Train a 3D U-Net on ``data/images`` + ``data/masks`` volumes and write the run into
-    ``out`` (see the module's text). ``cfg`` gives the loss, the optimiser, epochs, steps per
-    epoch, batch, seed, time limit, validation share (or the held-out ``data.val_stems``) and
-    augmentation as in 2D; its width (None: :data:`DEFAULT_WIDTH`) and depth shape the
-    network. ``spacing`` stands in for files without one.
+def volume_training_view(image: np.ndarray, stats: ChannelStats) -> np.ndarray:
+    """A volume ``(C, D, H, W)`` as training cuts patches from it:
+    :func:`~unetseg.data.normalize.training_view` over the whole volume, so that a patch
+    normalised with ``stats.training()`` equals that window of the volume as prediction
+    normalises it (:func:`~unetseg.infer.volume.normalize_volume`)."""
+    return training_view(_flat(image), stats).reshape(image.shape)
+
+
+def volume_steps_per_epoch(cfg: RunConfig, train: Sequence[_Volume], patch: Sequence[int]
+                           ) -> int:
+    """Configured, or enough patches to cover the training volumes once (>= 8 steps)."""
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch
+    voxels = sum(v.ids.numel() for v in train)
+    return max(8, math.ceil(voxels / (math.prod(patch) * cfg.train.batch_size)))
+
+
+def validation_voxels(val: Sequence[_Volume], patch: Sequence[int], overlap: float = 0.5
+                      ) -> int:
+    """Voxels the validation's sliding window runs the network on (overlapping windows count
+    each time), for the time a validation takes."""
+    total = 0
+    for v in val:
+        windows = volume_windows(tuple(v.ids.shape), patch, overlap)
+        total += len(windows) * math.prod(s.stop - s.start for s in windows[0])
+    return total
+
+
+def plan_volume_epochs(cfg: RunConfig, train: Sequence[_Volume], val: Sequence[_Volume],
+                       patch: Sequence[int], rows: int, device: torch.device) -> EpochPlan:
+    """The epoch length for ``cfg.train.time_limit_s`` (:func:`~unetseg.train.plan.plan_epochs`)
+    from a timed training step of ``cfg.model`` (the 3D network) on ``rows`` patches of
+    ``patch`` voxels, this process's share of a batch."""
+    assert cfg.train.time_limit_s is not None
+    step_s = time_train_step(cfg, rows, tuple(patch), device)
+    return plan_epochs(cfg.train.time_limit_s, step_s, volume_steps_per_epoch(cfg, train, patch),
+                       estimate_validation_s(step_s, rows, tuple(patch),
+                                             validation_voxels(val, patch)))
+
+
+@dataclass(frozen=True)
+class VolumeData:
+    """The training volumes (in their :func:`volume_training_view`) and validation volumes
+    (normalised), the class table, the normalisation and the median spacing ``(z, y, x)`` the
+    network is planned for (ones without any spacing), the smallest volume's ``(D, H, W)``."""
+
+    classes: ClassTable
+    train: list[_Volume]
+    val: list[_Volume]
+    stats: ChannelStats
+    spacing: tuple[float, float, float]
+    smallest: tuple[int, int, int]
+
+
+def prepare_volumes(data: Path, cfg: RunConfig, spacing: Sequence[float] | None) -> VolumeData:
+    """Check, split (by seed, or holding out ``data.val_stems``), read and normalise the volume
+    pairs of ``data``; the same data and configuration give the same result, so a resumed run
+    prepares what it started with.
 
     Raises:
         UserError: problems ``check`` finds in the data set, or fewer than 2 volumes.
     """
-    cfg = cfg or RunConfig()
-    data, run_dir = Path(data), output_folder(out)
     report = check_volumes(data, spacing=spacing)
     if report.problems:
         raise UserError(report.problems[0])
@@ -176,92 +259,301 @@ def fit_volumes(data: str | Path, out: str | Path, cfg: RunConfig | None = None,
             raise UserError("val_stems names no volume; hold out at least one for validation")
         train_stems, val_stems = [k.stem for k in kept], [h.stem for h in held]
     spacings = [r["spacing"] for r in report.rows if r["spacing"]]
-    plan_spacing = (tuple(float(v) for v in np.median(np.array(spacings), axis=0))
-                    if spacings else (1.0, 1.0, 1.0))
+    median = (tuple(float(v) for v in np.median(np.array(spacings), axis=0))
+              if spacings else (1.0, 1.0, 1.0))
     images, ids = _load(data, train_stems, classes, spacing)
     val_images, val_ids = _load(data, val_stems, classes, spacing)
     stats = dataset_stats([_flat(x) for x in images], cfg.data.normalization,
                           seed=cfg.train.seed)
-
+    train = [_Volume(n, torch.as_tensor(volume_training_view(x, stats)), torch.as_tensor(y).long())
+             for n, x, y in zip(train_stems, images, ids, strict=True)]
+    val = [_Volume(n, normalize_volume(torch.as_tensor(x), stats), torch.as_tensor(y).long())
+           for n, x, y in zip(val_stems, val_images, val_ids, strict=True)]
     smallest = np.min([r["shape"] for r in report.rows], axis=0)
-    depth = cfg.model.depth
-    kernels, pools = anisotropic_plan(plan_spacing, depth)
-    model_cfg = replace(cfg.model, in_channels=images[0].shape[0],
-                        num_classes=classes.num_classes, width=cfg.model.width or DEFAULT_WIDTH,
-                        spatial_dims=3, kernel_sizes=kernels, pool_sizes=pools, arch="unet")
-    device = resolve_device(cfg.train.device)
+    return VolumeData(classes, train, val, stats, (median[0], median[1], median[2]),
+                      (int(smallest[0]), int(smallest[1]), int(smallest[2])))
+
+
+def check_volume_config(cfg: RunConfig) -> None:
+    """Refuse what volume training does not do, before any data is read.
+
+    Raises:
+        UserError: valid padding or an architecture other than ``unet``.
+    """
+    if cfg.model.padding != "same":
+        raise UserError("--padding valid: 3D training takes same padding (its validation and"
+                        " prediction tile the volume with same-padding windows); drop"
+                        " --padding valid")
+    if cfg.model.arch != "unet":
+        raise UserError(f"--arch {cfg.model.arch}: volumes train the U-Net only; drop --arch")
+
+
+def volume_model_config(cfg: RunConfig, data: VolumeData) -> RunConfig:
+    """``cfg`` with its network planned for ``data``: channels and classes from the data, the
+    kernels and poolings from the spacing, :data:`DEFAULT_WIDTH` where no width is given."""
+    kernels, pools = anisotropic_plan(data.spacing, cfg.model.depth)
+    return replace(cfg, model=replace(
+        cfg.model, in_channels=data.train[0].image.shape[0],
+        num_classes=data.classes.num_classes, width=cfg.model.width or DEFAULT_WIDTH,
+        spatial_dims=3, kernel_sizes=kernels, pool_sizes=pools))
+
+
+def volume_batches(volumes: Sequence[_Volume], patch: Sequence[int], cfg: RunConfig,
+                   generator: torch.Generator, rows: slice, spacing: Sequence[float]
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+    """This process's ``rows`` of every global batch: patches and their augmentation are drawn
+    for the whole batch from ``generator`` (so every process draws the same), and the rows'
+    patches ``(b, C, d, h, w)``, ids ``(b, d, h, w)`` and augmentation draws are yielded."""
+    while True:
+        x, y = sample_patches(volumes, patch, cfg.train.batch_size, generator,
+                              cfg.data.foreground_fraction)
+        params = sample_volume_params(cfg.train.batch_size, cfg.augment, generator,
+                                      shape=(x.shape[2], x.shape[3], x.shape[4]),
+                                      spacing=spacing)
+        yield x[rows], y[rows], params.rows(rows)
+
+
+def volume_batch_preparer(stats: ChannelStats, device: torch.device
+                          ) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Move a batch of :func:`volume_batches` to ``device``, augment and normalise it (with the
+    statistics of the training view, :meth:`~unetseg.data.normalize.ChannelStats.training`)."""
+    batch_stats = stats.training()
+
+    def prepare(images: torch.Tensor, ids: torch.Tensor, params: Any
+                ) -> tuple[torch.Tensor, ...]:
+        images, ids = apply_volume_params(images.to(device), ids.to(device), params)
+        return torch.stack([normalize_volume(v, batch_stats) for v in images]), ids
+
+    return prepare
+
+
+@dataclass
+class _VolumeRun:
+    """What stays fixed over the epochs of one volume run (``net`` is ``model`` wrapped for
+    several processes; ``rows`` this process's share of each batch)."""
+
+    out: Path
+    resolved: ResolvedConfig
+    data: VolumeData
+    model: UNet
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    loss_fn: Callable[..., torch.Tensor]
+    patch: tuple[int, int, int]
+    steps: int
+    card: ModelCard
+    env: DistEnv
+    device: torch.device
+    rows: slice
+    show_progress: bool
+    examples: list[Example] = field(default_factory=list)
+
+
+def fit_volumes(data: str | Path, out: str | Path, cfg: RunConfig | None = None, *,
+                spacing: Sequence[float] | None = None, resume: bool = False,
+                show_progress: bool = True,
+                callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()
+                ) -> VolumeFitResult:
+    """Train a 3D U-Net on ``data/images`` + ``data/masks`` volumes and write the run into
+    ``out`` (see the module's text). ``cfg`` gives the loss, the optimiser, epochs, steps per
+    epoch, batch, seed, time limit, validation share, normalisation and augmentation as in 2D;
+    its width (None: :data:`DEFAULT_WIDTH`) and depth shape the network. ``spacing`` stands in
+    for files without one.
+
+    With ``resume=True`` the run in ``out`` continues from ``resume.safetensors`` with the
+    configuration and plans stored there, as if it had not stopped. Each callback is called
+    with the epoch's metrics row after the epoch's files are written (an exception from it
+    stops the run with everything up to that epoch saved). Launched as several processes it
+    trains data-parallel as :func:`unetseg.train.fit.fit` does: each takes its share of every
+    global batch, only rank 0 writes files.
+
+    Raises:
+        UserError: problems ``check`` finds in the data set, fewer than 2 volumes, valid
+            padding, or a run folder that cannot be used (a run already, nothing to resume).
+    """
+    out = Path(out)
+    resume_file = check_run_folder(out, resume)
+    run, state = _set_up(Path(data), out, cfg, spacing, resume_file, show_progress)
+    while state.stopped is None and state.epoch < state.epochs:
+        row, improved = _run_epoch(run, state)
+        if run.env.is_main:
+            _save_epoch(run, state, row, improved)
+            report_epoch(row, improved, state.epochs, run.show_progress)
+        distributed.barrier(run.env)
+        for callback in callbacks:
+            callback(row)
+    return VolumeFitResult(out, out / "best.safetensors", out / "last.safetensors",
+                           state.history, state.stopped or "epochs")
+
+
+def _set_up(data: Path, out: Path, cfg: RunConfig | None, spacing: Sequence[float] | None,
+            resume_file: Path | None, show_progress: bool) -> tuple[_VolumeRun, RunState]:
+    """Resolve the configuration (a resumed run's is the stored one, with its plans), read the
+    data, build the training objects, restore a resumed run's state and write
+    ``config.json``."""
+    if resume_file is not None:  # checked when the run began, and planned for volumes since
+        cfg = read_card(resume_file).run
+    else:
+        cfg = cfg or RunConfig()
+        check_run_config(cfg)
+    assert cfg is not None
+    check_volume_config(cfg)
+    env, device = distributed.init_distributed(resolve_device(cfg.train.device))
+    if env.is_main:
+        remove_stale_temps(out)
+    show_progress = show_progress and env.is_main
+    rows = distributed.batch_shard(cfg.train.batch_size, env)
+    prepared = prepare_volumes(data, cfg, spacing)
+    cfg = volume_model_config(cfg, prepared)
     torch.manual_seed(cfg.train.seed)
-    model = UNet.from_config(model_cfg).to(device)
-    patch = plan_patch(smallest, plan_spacing, model.size_multiple)
-    run_cfg = replace(cfg, model=model_cfg)
-
-    def prepared(xs: list[np.ndarray], ys: list[np.ndarray], names: Sequence[str]
-                 ) -> list[_Volume]:
-        return [_Volume(n, torch.as_tensor(x), torch.as_tensor(y).long())
-                for n, x, y in zip(names, xs, ys, strict=True)]
-
-    train_set = prepared(images, ids, train_stems)
-    val_set = [_Volume(v.stem, normalize_volume(v.image, stats), v.ids)
-               for v in prepared(val_images, val_ids, val_stems)]
-    loss_fn = build_loss(cfg.train.loss if cfg.train.loss != "weighted-ce" else "dice_ce")
+    model = UNet.from_config(cfg.model).to(device)
+    patch = plan_patch(prepared.smallest, prepared.spacing, model.size_multiple)
+    if resume_file is not None:
+        resolved = ResolvedConfig.from_json(cfg, read_loop_state(resume_file))
+    else:
+        epoch_plan = None
+        if cfg.train.time_limit_s is not None and cfg.train.steps_per_epoch is None:
+            epoch_plan = distributed.broadcast_object(plan_volume_epochs(
+                cfg, prepared.train, prepared.val, patch, rows.stop - rows.start, device), env)
+            cfg = replace(cfg, train=replace(cfg.train,
+                                             steps_per_epoch=epoch_plan.steps_per_epoch))
+            if show_progress:
+                tqdm.write(f"planned {epoch_plan.reason}")
+        resolved = ResolvedConfig(cfg, None, epoch_plan, _volume_plan(cfg, prepared, patch))
+    cfg = resolved.cfg
+    steps = volume_steps_per_epoch(cfg, prepared.train, patch)
     optimizer = build_optimizer(cfg.train, model.parameters())
-    steps = cfg.train.steps_per_epoch or max(8, math.ceil(
-        sum(v.ids.numel() for v in train_set) / (math.prod(patch) * cfg.train.batch_size)))
     scheduler = build_scheduler(cfg.train, optimizer, steps_per_epoch=steps)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    card = ModelCard(model_cfg, classes, stats, run_cfg,
-                     info={"patch": list(patch), "spacing": list(plan_spacing),
-                           "train_volumes": list(train_stems), "val_volumes": list(val_stems)})
-    write_text_atomic(run_dir / "config.json", json.dumps(
-        {"run": to_dict(run_cfg), "patch": list(patch), "spacing": list(plan_spacing),
-         "classes": classes.to_dict(), "train": list(train_stems), "val": list(val_stems)},
-        indent=2))
-    log.info("3D U-Net: kernels %s, poolings %s, patch %s", kernels, pools, patch)
+    precision = Precision.for_device(device, cfg.train.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_gradients)
+    state = (start_state(resolved, scheduler, steps) if resume_file is None
+             else restore_state(resume_file, model, optimizer, scheduler, scaler))
+    weights = (torch.tensor(cfg.train.class_weights, device=device)
+               if cfg.train.class_weights else None)
+    loss_fn = build_loss(cfg.train.loss if cfg.train.loss != "weighted-ce" else "dice_ce",
+                         class_weights=weights, ignore_index=IGNORE_INDEX)
+    card = ModelCard(cfg.model, prepared.classes, prepared.stats, cfg,
+                     info={"spacing": list(prepared.spacing), "patch": list(patch)})
+    if env.is_main:
+        output_folder(out)
+        write_text_atomic(out / "config.json", json.dumps(_manifest(
+            resolved, data, prepared, patch, steps, env, device), indent=2))
+        log.info("3D U-Net: kernels %s, poolings %s, patch %s", cfg.model.kernel_sizes,
+                 cfg.model.pool_sizes, patch)
+    net = distributed.distribute(model, env, device, sync_batchnorm=cfg.train.sync_batchnorm)
+    return _VolumeRun(out, resolved, prepared, model, net, optimizer, scheduler, scaler,
+                      precision, loss_fn, patch, steps, card, env, device, rows,
+                      show_progress), state
 
-    history: list[dict[str, Any]] = []
-    best, began, stopped = -1.0, time.perf_counter(), "epochs"
-    for epoch in range(1, cfg.train.epochs + 1):
-        model.train()
-        total = 0.0
-        for _ in progress(range(steps), desc=f"epoch {epoch}", unit="step",
-                          disable=not show_progress, leave=False):
-            x, y = sample_patches(train_set, patch, cfg.train.batch_size, generator,
-                                  cfg.data.foreground_fraction)
-            x, y = augment_volume_batch(x, y, cfg.augment, generator=generator)
-            x = torch.stack([normalize_volume(v, stats) for v in x]).to(device)
-            loss = loss_fn(model(x), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach())
-        score, per_class = _validate(model, val_set, patch, classes.num_classes)
-        row = {"epoch": epoch, "step": epoch * steps, "lr": scheduler.get_last_lr()[0],
-               "train_loss": total / steps, "val_mean_iou": score,
-               **{f"val_iou/{n}": v for n, v in zip(classes.names, per_class, strict=True)},
-               "elapsed_s": round(time.perf_counter() - began, 2)}
-        history.append(row)
-        save_model(run_dir / "last.safetensors", model, card)
-        if score > best:
-            best = score
-            save_model(run_dir / "best.safetensors", model, card)
-        write_csv_atomic(run_dir / "metrics.csv", history)
-        plot_curves(history, run_dir / "curves.png")
-        if cfg.train.time_limit_s and time.perf_counter() - began >= cfg.train.time_limit_s:
-            stopped = "time_limit"
-            break
-    return VolumeFitResult(run_dir, run_dir / "best.safetensors", run_dir / "last.safetensors",
-                           history, stopped)
+
+def _volume_plan(cfg: RunConfig, data: VolumeData, patch: Sequence[int]) -> dict[str, Any]:
+    """What the spacing planned, with the reasons, in ``plan.json``'s form (for the report)."""
+    spacing = ",".join(f"{v:g}" for v in data.spacing)
+    return {"plan": {
+        "model.depth": {"value": cfg.model.depth,
+                        "reason": f"kernels {_plan_text(cfg.model.kernel_sizes)}, poolings"
+                                  f" {_plan_text(cfg.model.pool_sizes)} for spacing {spacing}"
+                                  " (slices far apart are not convolved across nor pooled)"},
+        "data.patch_size": {"value": list(patch),
+                            "reason": f"{PATCH_EXTENT} voxels in-plane and the same physical"
+                                      " length along z, within the smallest volume"},
+        "model.width": {"value": cfg.model.width,
+                        "reason": "given" if cfg.model.width != DEFAULT_WIDTH
+                        else "the 3D default on a CPU budget"},
+    }}
+
+
+def _plan_text(levels: Any) -> str:
+    return " ".join("x".join(str(v) for v in level) for level in levels or ())
+
+
+def _manifest(resolved: ResolvedConfig, data: Path, prepared: VolumeData,
+              patch: Sequence[int], steps: int, env: DistEnv, device: torch.device
+              ) -> dict[str, Any]:
+    """``config.json`` of a volume run: 2D's keys (:func:`~unetseg.train.manifest.run_manifest`
+    but the data hash) with the spacing, the patch ``(d, h, w)`` and the network's plan."""
+    cfg = resolved.cfg
+    return {
+        "run": to_dict(cfg), "classes": prepared.classes.to_dict(),
+        "stats": prepared.stats.to_dict(), "data": str(data.resolve()),
+        "spacing": list(prepared.spacing), "patch": list(patch), "patch_size": list(patch),
+        "kernel_sizes": [list(k) for k in cfg.model.kernel_sizes or ()],
+        "pool_sizes": [list(p) for p in cfg.model.pool_sizes or ()],
+        "steps_per_epoch": steps, "processes": env.world_size,
+        "train_stems": [v.stem for v in prepared.train],
+        "val_stems": [v.stem for v in prepared.val],
+        "device": str(device), "torch_threads": torch.get_num_threads(),
+        "versions": software_versions(), **resolved.plans_json(),
+    }
+
+
+def _run_epoch(run: _VolumeRun, state: RunState) -> tuple[dict[str, Any], bool]:
+    """Train and validate the next epoch, count its time against the budget, re-plan the rest
+    of a budgeted run and record the epoch in ``state`` (as 2D's ``_run_epoch``)."""
+    cfg, env, epoch = run.resolved.cfg, run.env, state.epoch + 1
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.train.seed * 100_003 + epoch + 7_919 * env.rank)  # dropout
+    stats = train_one_epoch(
+        run.net, volume_batches(run.data.train, run.patch, cfg, generator, run.rows,
+                                run.data.spacing),
+        prepare=volume_batch_preparer(run.data.stats, run.device), loss_fn=run.loss_fn,
+        optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
+        precision=run.precision, steps=state.steps_in(epoch, run.steps),
+        description=f"epoch {epoch}/{state.epochs}", show_progress=run.show_progress)
+    train_s = distributed.broadcast_object(stats.seconds, env)
+    loss = distributed.all_reduce_mean(stats.loss, env)
+    scores = _validate(run)
+    state.count_epoch(stats.steps, train_s,
+                      distributed.broadcast_object(time.perf_counter() - started, env))
+    if cfg.train.time_limit_s is not None:
+        fit_schedule_to_budget(state, run.scheduler, cfg.train, epoch, run.steps)
+    row = {"epoch": epoch, "step": state.optimizer_steps, "lr": run.scheduler.get_last_lr()[0],
+           "train_loss": loss, **scores, "elapsed_s": round(state.elapsed_s, 2),
+           "images_seen": state.optimizer_steps * cfg.train.batch_size}
+    improved = state.record(row, row["val_mean_iou"])
+    state.stopped = stop_reason(state, cfg.train)
+    return row, improved
+
+
+REPORT_EXAMPLES = 3
+"""Validation volumes whose middle slice the report shows."""
 
 
 @torch.inference_mode()
-def _validate(model: UNet, volumes: Sequence[_Volume], patch: Sequence[int],
-              num_classes: int) -> tuple[float, list[float]]:
-    """Mean IoU (and per class) of the validation volumes, predicted with the sliding window."""
-    model.eval()
-    device = next(model.parameters()).device
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for v in volumes:
-        logits = sliding_window_volume_logits(model, v.image.to(device), patch)
-        cm += confusion_matrix(logits.argmax(0).cpu(), v.ids, num_classes)
-    return float(mean_iou(cm)), [float(x) for x in iou(cm)]
+def _validate(run: _VolumeRun) -> dict[str, Any]:
+    """Mean IoU (and per class) of the validation volumes, predicted with the sliding window;
+    with several processes each predicts every ``world_size``-th volume and the confusion
+    matrices are summed. Refills ``run.examples`` with middle slices for the report."""
+    env, k = run.env, run.data.classes.num_classes
+    distributed.broadcast_buffers(run.model, env)
+    run.model.eval()
+    run.examples.clear()
+    cm = torch.zeros(k, k, dtype=torch.long)
+    for v in run.data.val[env.rank::env.world_size]:
+        logits = sliding_window_volume_logits(run.model, v.image.to(run.device), run.patch)
+        labels = logits.argmax(0).cpu()
+        cm += confusion_matrix(labels, v.ids, k)
+        if len(run.examples) < REPORT_EXAMPLES:
+            z = v.ids.shape[0] // 2
+            run.examples.append((v.stem, v.image[:, z].numpy(), v.ids[z].numpy(),
+                                 labels[z].numpy()))
+    total = distributed.all_reduce_sum(cm, env)
+    row: dict[str, Any] = {"val_mean_iou": float(mean_iou(total))}
+    for name, value in zip(run.data.classes.names, iou(total).tolist(), strict=True):
+        row[f"val_iou/{name}"] = None if math.isnan(value) else value
+    return row
+
+
+def _save_epoch(run: _VolumeRun, state: RunState, row: dict[str, Any], improved: bool) -> None:
+    """Write the epoch's files (:func:`~unetseg.train.rundir.save_epoch_files`)."""
+
+    def report() -> str:
+        return training_report(run.out, state.history, None, run.examples, run.data.classes)
+
+    save_epoch_files(run.out, run.model, run.card, run.optimizer, state.history, row, improved, {
+        **state.to_json(), **run.resolved.plans_json(),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict()}, report)
