@@ -76,13 +76,13 @@ def test_cli_trains_volumes_and_refuses_what_is_not_built(tmp_path: Path, capsys
 
 
 def test_the_named_volumes_are_held_out_for_validation(tmp_path: Path):
-    data = _balls(tmp_path / "balls", count=3)
+    data = write_ball_volumes(tmp_path / "balls", count=3)
     cfg = RunConfig(model=ModelConfig(depth=1, width=2),
                     data=DataConfig(val_stems=("case1",)),
-                    train=TrainConfig(epochs=0))  # the split is written before training
+                    train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=1))
     fit_volumes(data, tmp_path / "run", cfg, show_progress=False)
     written = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (written["train"], written["val"]) == (["case0", "case2"], ["case1"])
+    assert (written["train_stems"], written["val_stems"]) == (["case0", "case2"], ["case1"])
     with pytest.raises(UserError, match="case9: held out for validation"):
         fit_volumes(data, tmp_path / "r2", replace(cfg, **{"data.val_stems": ("case9",)}),
                     show_progress=False)
