@@ -17,9 +17,10 @@ Problems with a file are one-line :class:`~unetseg.errors.UserError` naming it a
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 import tifffile
 
 from unetseg.errors import UserError
+from unetseg.files import atomic_path
 
 VOLUME_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy")
 SPACING_TOLERANCE = 1e-3
@@ -175,6 +177,12 @@ def _read_tiff(path: Path) -> Volume:
         data = series.asarray()
         axes = series.axes.upper()
         spacing = _ome_spacing(tif) if tif.is_ome else _imagej_spacing(tif)
+    return Volume(_arrange_tiff(data, axes, path), spacing, None, path)
+
+
+def _arrange_tiff(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """A TIFF series ``data`` with ``axes`` as ``(C, ...)`` or ``(...)``: the channel axis (C or
+    S) first and a single time point dropped; views only, so a memory map stays one."""
     channel = next((axes.index(a) for a in "CS" if a in axes), None)
     if channel is not None:
         data = np.moveaxis(data, channel, 0)
@@ -185,7 +193,7 @@ def _read_tiff(path: Path) -> Volume:
     if data.ndim == 2 or (data.ndim == 3 and channel is not None):
         raise UserError(f"{path}: a single 2-D image, not a stack; give one page per slice"
                         " (or use it as a 2-D image)")
-    return Volume(data, spacing, None, path)
+    return data
 
 
 def _ome_spacing(tif: tifffile.TiffFile) -> Spacing | None:
@@ -231,6 +239,175 @@ def _read_nifti(path: Path) -> Volume:
     zooms = tuple(float(v) for v in image.header.get_zooms()[:3])
     spacing = (zooms[2], zooms[1], zooms[0]) if all(v > 0 for v in zooms) else None
     return Volume(np.ascontiguousarray(data), spacing, np.asarray(image.affine), path)
+
+
+# --------------------------------------------------------------------------- lazy reading
+
+
+class VolumeSource:
+    """An image volume on disk, read a slab of slices at a time (:func:`open_volume`), so that
+    a volume larger than memory can be predicted: only the slices asked for are read.
+
+    Attributes:
+        path: the file.
+        shape: ``(D, H, W)``.
+        channels: C.
+        dtype: the voxels' type as :meth:`read` returns them (NIfTI's scaling applied).
+        spacing: ``(z, y, x)`` voxel size, or None (see :func:`with_spacing`).
+        affine: NIfTI's voxel-to-world matrix, else None.
+        slices_read: slices handed out by :meth:`read` so far (what a caller can check its
+            reads against).
+    """
+
+    def __init__(self, path: Path, read: Callable[[int, int], np.ndarray],
+                 shape: tuple[int, ...], dtype: np.dtype[Any], spacing: Spacing | None,
+                 affine: np.ndarray | None, close: Callable[[], None] = lambda: None):
+        if len(shape) == 3:
+            shape = (1, *shape)
+        if len(shape) != 4:
+            raise UserError(f"{path}: expected a volume (D, H, W) or (C, D, H, W), found"
+                            f" shape {shape}; save one volume per file")
+        self.path = path
+        self.channels = int(shape[0])
+        self.shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
+        self.dtype = np.dtype(dtype)
+        self.spacing = spacing
+        self.affine = affine
+        self.slices_read = 0
+        self._read, self._close = read, close
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        """Slices ``[z0, z1)`` as a new ``(C, z1 - z0, H, W)`` array in :attr:`dtype`.
+
+        Raises:
+            UserError: the file cannot be read there, or holds NaN or infinite values.
+        """
+        if not 0 <= z0 < z1 <= self.shape[0]:
+            raise ValueError(f"slices [{z0}, {z1}) outside a volume of {self.shape[0]}")
+        try:
+            slab = np.array(self._read(z0, z1), copy=True)
+        except MemoryError:
+            raise UserError(f"{self.path}: not enough memory to read slices {z0}-{z1 - 1}")\
+                from None
+        except Exception as exc:  # readers raise many unrelated types for corrupt input
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise UserError(f"{self.path}: cannot read slices {z0}-{z1 - 1} ({text}); check"
+                            " that the file is complete") from exc
+        if slab.ndim == 3:
+            slab = slab[None]
+        slab = slab.reshape(self.channels, z1 - z0, *self.shape[1:])
+        if slab.dtype.kind == "f" and not np.isfinite(slab).all():
+            raise UserError(f"{self.path}: holds NaN or infinite values; replace them first")
+        self.slices_read += z1 - z0
+        return slab
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> VolumeSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_volume(path: PathLike, *, spacing: Sequence[float] | None = None) -> VolumeSource:
+    """An image volume ``(C, D, H, W)`` to read slab by slab, without reading it whole:
+
+    * TIFF: a memory map when the series is stored uncompressed in one piece, else the pages a
+      slab needs (one page per slice and channel); a layout of another kind is read whole.
+    * NIfTI: nibabel's array proxy, sliced along z (a ``.nii`` is memory-mapped; a ``.nii.gz``
+      is decompressed from its start for each slab, slower but still a slab in memory).
+    * ``.npy``: a read-only memory map.
+
+    ``spacing`` stands in where the file carries none. Use it as a context manager (or call
+    :meth:`VolumeSource.close`).
+
+    Raises:
+        UserError: as :func:`read_volume`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; check the path")
+    suffix = volume_suffix(path)
+    if suffix not in VOLUME_SUFFIXES:
+        raise UserError(f"{path}: unknown volume format; use {', '.join(VOLUME_SUFFIXES)}")
+    try:
+        if suffix in (".tif", ".tiff"):
+            source = _open_tiff(path)
+        elif suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            source = VolumeSource(path, lambda z0, z1: array[..., z0:z1, :, :], array.shape,
+                                  array.dtype, None, None)
+        else:
+            source = _open_nifti(path)
+    except UserError:
+        raise
+    except Exception as exc:  # readers raise many unrelated types for corrupt input
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{path}: cannot read the image volume ({text}); check that the"
+                        " file is complete") from exc
+    if source.spacing is None and spacing is not None:
+        source.spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    return source
+
+
+def _open_tiff(path: Path) -> VolumeSource:
+    tif = tifffile.TiffFile(path)
+    try:
+        series = tif.series[0]
+        axes, shape = series.axes.upper(), tuple(series.shape)
+        spacing = _ome_spacing(tif) if tif.is_ome else _imagej_spacing(tif)
+        if series.dataoffset is not None:  # uncompressed, in one piece
+            mapped = _arrange_tiff(tifffile.memmap(path, series=0, mode="r"), axes, path)
+            tif.close()
+            return VolumeSource(path, lambda z0, z1: mapped[..., z0:z1, :, :], mapped.shape,
+                                mapped.dtype, spacing, None)
+        page_axes = series.keyframe.axes.upper()
+        lead = axes[:len(axes) - len(page_axes)]
+        pages = np.arange(math.prod(shape[:len(lead)])).reshape(shape[:len(lead)])
+        pages = pages.reshape(pages.shape + (1, 1))
+        if (page_axes != "YX" or axes[len(lead):] != "YX" or len(series.pages) != pages.size
+                or pages.size == 0):
+            data = _arrange_tiff(series.asarray(), axes, path)
+            tif.close()
+            return VolumeSource(path, lambda z0, z1: data[..., z0:z1, :, :], data.shape,
+                                data.dtype, spacing, None)
+        index = _arrange_tiff(pages, axes, path)[..., 0, 0]  # (D,) or (C, D) page numbers
+        if index.ndim not in (1, 2):
+            raise UserError(f"{path}: a TIFF of axes {axes}; save one volume (Z, Y, X) or"
+                            " (C, Z, Y, X) per file")
+        height, width = shape[-2:]
+
+        def read(z0: int, z1: int) -> np.ndarray:
+            wanted = index[..., z0:z1]
+            data = tif.asarray(key=wanted.ravel().tolist(), series=0)
+            return data.reshape(*wanted.shape, height, width)
+
+        return VolumeSource(path, read, (*index.shape, height, width), series.dtype, spacing,
+                            None, tif.close)
+    except BaseException:
+        tif.close()
+        raise
+
+
+def _open_nifti(path: Path) -> VolumeSource:
+    image = _nibabel().load(str(path))
+    proxy = image.dataobj
+    if len(proxy.shape) not in (3, 4):
+        raise UserError(f"{path}: NIfTI of {len(proxy.shape)} dimensions; give one 3-D volume")
+    x, y, z = proxy.shape[:3]
+    channels = proxy.shape[3] if len(proxy.shape) == 4 else 1
+
+    def read(z0: int, z1: int) -> np.ndarray:
+        data = np.asanyarray(proxy[:, :, z0:z1])
+        return data.transpose(3, 2, 1, 0) if data.ndim == 4 else data.transpose(2, 1, 0)
+
+    zooms = tuple(float(v) for v in image.header.get_zooms()[:3])
+    spacing = (zooms[2], zooms[1], zooms[0]) if all(v > 0 for v in zooms) else None
+    dtype = read(0, 1).dtype  # the scaled type, as a whole read gives it
+    return VolumeSource(path, read, (channels, z, y, x), dtype, spacing,
+                        np.asarray(image.affine))
 
 
 # --------------------------------------------------------------------------- checks
@@ -307,6 +484,121 @@ def write_volume(path: PathLike, array: np.ndarray, like: Volume | None = None) 
     else:
         raise UserError(f"{path}: unknown volume format; use {', '.join(VOLUME_SUFFIXES)}")
     return path
+
+
+def smallest_label_dtype(low: int, high: int) -> np.dtype[Any]:
+    """The smallest integer type every format here writes that holds ``[low, high]``
+    (uint8, uint16, int16, int32, else int64), chosen before the labels exist, from their
+    class values."""
+    for dtype in (np.uint8, np.uint16, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def write_volume_slabs(path: PathLike, slabs: Iterable[np.ndarray], *,
+                       shape: Sequence[int], dtype: Any,
+                       like: Volume | VolumeSource | None = None) -> Path:
+    """Write a volume ``shape`` ``(D, H, W)`` of ``dtype`` given as slabs ``(n, H, W)`` in z
+    order (together exactly D slices), holding one slab at a time: the streaming form of
+    :func:`write_volume`, with the same formats, spacing and NIfTI affine from ``like``.
+
+    TIFF and OME-TIFF are written page by page (ImageJ stacks take uint8, uint16 or float32;
+    other types become float32), NIfTI as its header then the slabs' bytes (a NIfTI's
+    ``(x, y, z)`` voxels in Fortran order lie in the file as ``(z, y, x)`` in C order, so each
+    slab is one piece; ``.nii.gz`` through gzip), ``.npy`` through a memory map. The file
+    appears only once whole (:func:`~unetseg.files.atomic_path`).
+
+    Raises:
+        UserError: an unknown suffix or a folder that cannot take the file.
+        ValueError: slabs of another height or width, or not D slices in all.
+    """
+    path = Path(path)
+    depth, height, width = (int(v) for v in shape)
+    dtype = np.dtype(dtype)
+    suffix = volume_suffix(path)
+    if suffix not in VOLUME_SUFFIXES:
+        raise UserError(f"{path}: unknown volume format; use {', '.join(VOLUME_SUFFIXES)}")
+    spacing = like.spacing if like is not None else None
+    checked = _checked_slabs(slabs, (depth, height, width), dtype)
+    with atomic_path(path) as tmp:
+        if suffix in (".tif", ".tiff"):
+            _write_tiff_pages(tmp, checked, (depth, height, width), dtype, spacing,
+                              ome=path.name.lower().endswith((".ome.tif", ".ome.tiff")))
+        elif suffix == ".npy":
+            mapped = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                               shape=(depth, height, width))
+            for z0, slab in checked:
+                mapped[z0:z0 + len(slab)] = slab
+            mapped.flush()
+            del mapped
+        else:
+            affine = like.affine if like is not None else None
+            _write_nifti_slabs(tmp, checked, (depth, height, width), dtype, spacing, affine,
+                               gz=suffix == ".nii.gz")
+    return path
+
+
+def _checked_slabs(slabs: Iterable[np.ndarray], shape: tuple[int, int, int],
+                   dtype: np.dtype[Any]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(z0, slab as dtype)`` in order; ValueError for a wrong slab or count."""
+    depth, height, width = shape
+    z0 = 0
+    for slab in slabs:
+        slab = np.asarray(slab)
+        if slab.ndim != 3 or slab.shape[1:] != (height, width) or z0 + len(slab) > depth:
+            raise ValueError(f"slab {slab.shape} at slice {z0} does not fit a volume {shape}")
+        yield z0, slab.astype(dtype, copy=False)
+        z0 += len(slab)
+    if z0 != depth:
+        raise ValueError(f"{z0} slices written of a volume of {depth}")
+
+
+def _write_tiff_pages(path: Path, slabs: Iterator[tuple[int, np.ndarray]],
+                      shape: tuple[int, int, int], dtype: np.dtype[Any],
+                      spacing: Spacing | None, *, ome: bool) -> None:
+    if ome:
+        meta: dict[str, Any] = {"axes": "ZYX"}
+        if spacing is not None:
+            meta.update(PhysicalSizeZ=spacing[0], PhysicalSizeY=spacing[1],
+                         PhysicalSizeX=spacing[2])
+        kwargs: dict[str, Any] = {"ome": True, "metadata": meta}
+    else:
+        if dtype not in (np.uint8, np.uint16, np.float32):
+            dtype = np.dtype(np.uint8 if dtype.kind == "b" else np.float32)
+        kwargs = {"imagej": True,
+                  "metadata": {"axes": "ZYX", **({"spacing": spacing[0]} if spacing else {})}}
+        if spacing is not None:
+            kwargs["resolution"] = (1.0 / spacing[2], 1.0 / spacing[1])
+    pages = (page.astype(dtype, copy=False) for _, slab in slabs for page in slab)
+    tifffile.imwrite(path, pages, shape=shape, dtype=dtype, compression="zlib", **kwargs)
+    if next(pages, None) is not None:  # also runs the count check at the slabs' end
+        raise ValueError(f"more than {shape[0]} slices written")
+
+
+NIFTI_DATA_OFFSET = 352
+"""Where a single-file NIfTI-1 without extensions keeps its voxels."""
+
+
+def _write_nifti_slabs(path: Path, slabs: Iterator[tuple[int, np.ndarray]],
+                       shape: tuple[int, int, int], dtype: np.dtype[Any],
+                       spacing: Spacing | None, affine: np.ndarray | None, *, gz: bool) -> None:
+    nib = _nibabel()
+    depth, height, width = shape
+    if affine is None:
+        sx, sy, sz = (spacing[2], spacing[1], spacing[0]) if spacing else (1.0, 1.0, 1.0)
+        affine = np.diag([sx, sy, sz, 1.0])
+    header = nib.Nifti1Image(np.zeros((1, 1, 1), dtype), affine).header
+    header.set_data_shape((width, height, depth))
+    header.set_data_dtype(dtype)
+    header.set_zooms(tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3)))
+    header.set_data_offset(NIFTI_DATA_OFFSET)
+    with (gzip.open(path, "wb") if gz else open(path, "wb")) as fh:
+        header.write_to(fh)
+        fh.write(b"\0" * (NIFTI_DATA_OFFSET - fh.tell()))
+        for _, slab in slabs:
+            fh.write(np.ascontiguousarray(slab, dtype=header.get_data_dtype()).tobytes())
 
 
 def _imagej_dtype(array: np.ndarray) -> np.ndarray:
