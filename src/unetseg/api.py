@@ -218,8 +218,17 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
 
     A 3D model runs the 3D sliding window (a window of ``tile`` voxels along each axis, or
     planned by :func:`~unetseg.infer.volume.plan_volume_tile`); a 2D model predicts slice by
-    slice (the baseline for any 3D result). ``spacing`` (z, y, x) is used where a file has
-    none. Returns the label files.
+    slice (the baseline for any 3D result); a valid-padding 3D U-Net the paper's overlap-tile
+    strategy with mirrored borders. ``spacing`` (z, y, x) is used where a file has none.
+    Returns the label files.
+
+    Every volume is streamed along z: slices are read as the windows need them
+    (:func:`~unetseg.data.volumes.open_volume`), only one window depth of logits is held, and
+    labels are written slab by slab (:func:`~unetseg.data.volumes.write_volume_slabs`), so
+    memory grows with the window and the slice size, not the volume's depth; the labels equal
+    those of the whole volume in memory (:func:`~unetseg.infer.volume.predict_volume_slabs`).
+    The overlay picture is gathered from the same slabs and a second read, its contrast from
+    the planes it shows.
 
     Raises:
         UserError: a model set or an instance model (volumes take one semantic model), a
@@ -227,17 +236,18 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     """
     from unetseg.data.volumes import (
         VOLUME_SUFFIXES,
-        read_volume,
+        open_volume,
+        smallest_label_dtype,
         volume_files,
         volume_stem,
         volume_suffix,
-        write_volume,
+        write_volume_slabs,
     )
     from unetseg.infer.engine import resolve_device
     from unetseg.infer.modelset import resolve_model
-    from unetseg.infer.volume import predict_volume_logits, volume_to_float
+    from unetseg.infer.volume import predict_volume_slabs
     from unetseg.modelfile import load_model
-    from unetseg.viz import plot_volume
+    from unetseg.viz import VolumePlanes, plot_volume_planes
 
     cfg = predict_config(config, **options)
     resolved = resolve_model(model)
@@ -260,13 +270,11 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     out = output_folder(out)
     palette = class_colours(card.classes)
     tile = (cfg.tile,) * 3 if cfg.tile else None
+    values = np.asarray(card.classes.values)
+    label_type = smallest_label_dtype(int(values.min()), int(values.max()))
+    class_values = values.astype(label_type)  # ids -> the masks' values, as 2D labels are
     written = []
     for path in progress(paths, desc="predict", unit="volume", disable=not show_progress):
-        volume = read_volume(path, spacing=spacing)
-        logits = predict_volume_logits(net, card.stats, volume_to_float(volume.array),
-                                       tile=tile, overlap=cfg.overlap or 0.5,
-                                       batch_size=cfg.batch_size)
-        ids = logits_to_labels(logits.transpose(0, 1)).numpy()  # (D, K, H, W) -> (D, H, W)
         suffix, stem = volume_suffix(path), volume_stem(path)
         if path.name.lower().endswith((".ome.tif", ".ome.tiff")):
             suffix = ".ome.tif"
@@ -274,11 +282,31 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
         if target.resolve() == path.resolve():
             raise UserError(f"{path}: predicting into the input folder would overwrite it;"
                             " choose another --out")
-        labels = np.asarray(card.classes.values)[ids]  # the masks' values, as 2D labels are
-        written.append(write_volume(target, labels, volume))
-        if overlays:
-            plot_volume(volume.array, ids, out / f"{stem}_views.png", spacing=volume.spacing,
-                        palette=palette, title=f"{path.name}: {card.model.spatial_dims}D model")
+        with open_volume(path, spacing=spacing) as source:
+            if source.channels != card.model.in_channels:
+                raise UserError(f"{path}: the volume has {source.channels} channel(s); the"
+                                f" model takes {card.model.in_channels}")
+            planes = VolumePlanes(source.shape) if overlays else None
+
+            def label_slabs(source: Any = source, planes: VolumePlanes | None = planes
+                            ) -> Iterator[np.ndarray]:
+                for z0, logits in predict_volume_slabs(
+                        net, card.stats, source.read, source.shape, tile=tile,
+                        overlap=cfg.overlap or 0.5, batch_size=cfg.batch_size):
+                    ids = logits_to_labels(logits.transpose(0, 1)).numpy()  # (n, H, W)
+                    if planes is not None:
+                        planes.add(z0, ids=ids)
+                    yield class_values[ids]
+
+            written.append(write_volume_slabs(target, label_slabs(), shape=source.shape,
+                                              dtype=label_type, like=source))
+            if planes is not None:
+                depth, slab = source.shape[0], max(1, (tile or (16,))[0])
+                for z0 in range(0, depth, slab):
+                    planes.add(z0, image=source.read(z0, min(depth, z0 + slab)))
+                plot_volume_planes(planes, out / f"{stem}_views.png", spacing=source.spacing,
+                                   palette=palette,
+                                   title=f"{path.name}: {card.model.spatial_dims}D model")
     return written
 
 

@@ -318,6 +318,114 @@ def _stretch_rows(picture: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(picture, factor, axis=0) if factor > 1 else picture
 
 
+class VolumePlanes:
+    """The planes :func:`plot_volume` shows of a volume ``(C, D, H, W)`` and its class ids
+    ``(D, H, W)``, gathered slab by slab (:meth:`add`), so that a volume never held whole can
+    be pictured: the axial slice, coronal row and sagittal column through ``point`` (default
+    the centre) and the montage's ``count`` slices (:func:`montage_slices`).
+
+    Attributes:
+        point: ``(z, y, x)``.
+        montage: the montage's slice indices.
+        images, labels: plane name (``axial``, ``coronal``, ``sagittal``, or a slice index)
+            -> ``(C, ., .)`` image and ``(., .)`` ids planes; filled by :meth:`add`.
+    """
+
+    def __init__(self, shape: Sequence[int], point: Sequence[int] | None = None, *,
+                 count: int = 9):
+        depth, height, width = (int(v) for v in shape)
+        z, y, x = point if point is not None else (depth // 2, height // 2, width // 2)
+        self.shape = (depth, height, width)
+        self.point = (int(z), int(y), int(x))
+        self.montage = montage_slices(depth, count)
+        self.images: dict[str | int, np.ndarray] = {}
+        self.labels: dict[str | int, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, volume: np.ndarray, ids: np.ndarray | None = None,
+           point: Sequence[int] | None = None, *, count: int = 9) -> VolumePlanes:
+        """The planes of a volume held whole."""
+        planes = cls(volume.shape[1:], point, count=count)
+        planes.add(0, volume, ids)
+        return planes
+
+    def add(self, z0: int, image: np.ndarray | None = None, ids: np.ndarray | None = None
+            ) -> None:
+        """Take the planes' share of slices ``[z0, z0 + n)``: ``image`` ``(C, n, H, W)`` and/or
+        ``ids`` ``(n, H, W)``."""
+        for store, slab, lead in ((self.images, image, (slice(None),)),
+                                  (self.labels, ids, ())):
+            if slab is None:
+                continue
+            n = slab.shape[len(lead)]
+            z, y, x = self.point
+            depth = self.shape[0]
+            for name, cut in (("coronal", (*lead, slice(None), y)),
+                              ("sagittal", (*lead, slice(None), slice(None), x))):
+                part = slab[cut]
+                if name not in store:
+                    store[name] = np.zeros((*part.shape[:len(lead)], depth, part.shape[-1]),
+                                           part.dtype)
+                store[name][(*lead, slice(z0, z0 + n))] = part
+            keys: list[str | int] = ["axial", *self.montage]
+            for key in keys:
+                at = z if key == "axial" else int(key)
+                if z0 <= at < z0 + n:
+                    store[key] = np.array(slab[(*lead, at - z0)])
+
+    def limits(self) -> tuple[float, float]:
+        """The 1st and 99th percentiles of the gathered image planes (the contrast of a volume
+        not held whole; :func:`volume_limits` of one that is)."""
+        values = np.concatenate([p.astype(np.float32).ravel() for p in self.images.values()])
+        lo, hi = np.percentile(values, [1, 99])
+        return float(lo), float(hi)
+
+    def _palette(self, palette: np.ndarray | None) -> np.ndarray | None:
+        if palette is not None or not self.labels:
+            return palette
+        return class_palette(max(int(np.max(p)) for p in self.labels.values()) + 1)
+
+    def _picture(self, key: str | int, limits: tuple[float, float],
+                 palette: np.ndarray | None, alpha: float, skip: Sequence[int]) -> np.ndarray:
+        labels = self.labels.get(key)
+        if labels is None or palette is None:
+            return display_rgb(self.images[key], limits)
+        return overlay(self.images[key], labels, palette, alpha=alpha, skip=skip, limits=limits)
+
+    def views(self, *, limits: tuple[float, float] | None = None,
+              palette: np.ndarray | None = None, spacing: Sequence[float] | None = None,
+              alpha: float = 0.4, skip: Sequence[int] = (0,)) -> dict[str, np.ndarray]:
+        """:func:`orthogonal_views` of the gathered planes (``limits`` default:
+        :meth:`limits`)."""
+        limits = limits or self.limits()
+        palette = self._palette(palette)
+        factor = 1
+        if spacing is not None:
+            factor = max(1, round(float(spacing[0]) / float(spacing[1])))
+        views = {}
+        for name in ("axial", "coronal", "sagittal"):
+            picture = self._picture(name, limits, palette, alpha, skip)
+            views[name] = picture if name == "axial" else _stretch_rows(picture, factor)
+        return views
+
+    def montage_picture(self, *, limits: tuple[float, float] | None = None,
+                        palette: np.ndarray | None = None, alpha: float = 0.4,
+                        skip: Sequence[int] = (0,)) -> np.ndarray:
+        """:func:`slice_montage`'s picture of the gathered slices."""
+        limits = limits or self.limits()
+        palette = self._palette(palette)
+        _, height, width = self.shape
+        cols = int(np.ceil(np.sqrt(len(self.montage))))
+        rows = int(np.ceil(len(self.montage) / cols))
+        out = np.full((rows * (height + 1) - 1, cols * (width + 1) - 1, 3), 255, np.uint8)
+        for i, z in enumerate(self.montage):
+            r, c = divmod(i, cols)
+            out[r * (height + 1):r * (height + 1) + height,
+                c * (width + 1):c * (width + 1) + width] = self._picture(z, limits, palette,
+                                                                         alpha, skip)
+        return out
+
+
 def orthogonal_views(volume: np.ndarray, ids: np.ndarray | None = None,
                      point: Sequence[int] | None = None, *,
                      palette: np.ndarray | None = None,
@@ -332,31 +440,18 @@ def orthogonal_views(volume: np.ndarray, ids: np.ndarray | None = None,
         volume keeps its proportions); all three share the volume's contrast.
     """
     volume = np.asarray(volume)
-    _, depth, height, width = volume.shape
-    z, y, x = point if point is not None else (depth // 2, height // 2, width // 2)
-    limits = volume_limits(volume)
-    factor = 1
-    if spacing is not None:
-        factor = max(1, round(float(spacing[0]) / float(spacing[1])))
     if ids is not None and palette is None:
         palette = class_palette(int(np.max(ids)) + 1 if np.size(ids) else 1)
-    planes = {"axial": (volume[:, z], None if ids is None else ids[z]),
-              "coronal": (volume[:, :, y], None if ids is None else ids[:, y]),
-              "sagittal": (volume[:, :, :, x], None if ids is None else ids[:, :, x])}
-    views = {}
-    for name, (image, labels) in planes.items():
-        if labels is None or palette is None:
-            picture = display_rgb(image, limits)
-        else:
-            picture = overlay(image, labels, palette, alpha=alpha, skip=skip, limits=limits)
-        views[name] = picture if name == "axial" else _stretch_rows(picture, factor)
-    return views
+    return VolumePlanes.of(volume, ids, point, count=0).views(
+        limits=volume_limits(volume), palette=palette, spacing=spacing, alpha=alpha, skip=skip)
 
 
 def montage_slices(depth: int, count: int = 9) -> list[int]:
     """``count`` slice indices spread evenly over ``depth`` slices (all of them if fewer)."""
     if depth <= count:
         return list(range(depth))
+    if count < 2:
+        return [depth // 2][:count]
     return [round(i * (depth - 1) / (count - 1)) for i in range(count)]
 
 
@@ -369,22 +464,12 @@ def slice_montage(volume: np.ndarray, ids: np.ndarray | None = None, *, count: i
     Returns:
         the montage (rows, cols, 3) uint8 and the slice indices it shows, row by row.
     """
-    _, depth, height, width = volume.shape
-    chosen = montage_slices(depth, count)
-    limits = volume_limits(volume)
     if ids is not None and palette is None:
         palette = class_palette(int(np.max(ids)) + 1 if np.size(ids) else 1)
-    cols = int(np.ceil(np.sqrt(len(chosen))))
-    rows = int(np.ceil(len(chosen) / cols))
-    out = np.full((rows * (height + 1) - 1, cols * (width + 1) - 1, 3), 255, np.uint8)
-    for i, z in enumerate(chosen):
-        r, c = divmod(i, cols)
-        tile = (display_rgb(volume[:, z], limits) if ids is None or palette is None
-                else overlay(volume[:, z], ids[z], palette, alpha=alpha, skip=skip,
-                             limits=limits))
-        out[r * (height + 1):r * (height + 1) + height,
-            c * (width + 1):c * (width + 1) + width] = tile
-    return out, chosen
+    planes = VolumePlanes.of(volume, ids, count=count)
+    picture = planes.montage_picture(limits=volume_limits(volume), palette=palette,
+                                     alpha=alpha, skip=skip)
+    return picture, planes.montage
 
 
 def plot_volume(volume: np.ndarray, ids: np.ndarray | None, path: str | Path, *,
@@ -392,12 +477,24 @@ def plot_volume(volume: np.ndarray, ids: np.ndarray | None, path: str | Path, *,
                 palette: np.ndarray | None = None, title: str = "") -> None:
     """One picture of a volume and its labels: the three orthogonal views through ``point`` and
     a montage of axial slices, titled with the planes' positions."""
-    _, depth, height, width = volume.shape
-    z, y, x = point if point is not None else (depth // 2, height // 2, width // 2)
-    views = orthogonal_views(volume, ids, (z, y, x), palette=palette, spacing=spacing)
-    montage, chosen = slice_montage(volume, ids, palette=palette)
+    if ids is not None and palette is None:
+        palette = class_palette(int(np.max(ids)) + 1 if np.size(ids) else 1)
+    plot_volume_planes(VolumePlanes.of(volume, ids, point), path, limits=volume_limits(volume),
+                       spacing=spacing, palette=palette, title=title)
+
+
+def plot_volume_planes(planes: VolumePlanes, path: str | Path, *,
+                       limits: tuple[float, float] | None = None,
+                       spacing: Sequence[float] | None = None,
+                       palette: np.ndarray | None = None, title: str = "") -> None:
+    """:func:`plot_volume` of gathered planes (a volume streamed slab by slab); ``limits``
+    default to the planes' own (:meth:`VolumePlanes.limits`)."""
+    limits = limits or planes.limits()
+    views = planes.views(limits=limits, palette=palette, spacing=spacing)
+    montage = planes.montage_picture(limits=limits, palette=palette)
+    z, y, x = planes.point
     names = [f"axial z={z}", f"coronal y={y}", f"sagittal x={x}",
-             f"slices {', '.join(map(str, chosen))}"]
+             f"slices {', '.join(map(str, planes.montage))}"]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
     for ax, picture, name in zip(axes, [*views.values(), montage], names, strict=True):

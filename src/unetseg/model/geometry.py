@@ -172,3 +172,19 @@ def anisotropic_plan(spacing: Sequence[float], depth: int, *, ratio: float = 2.0
             pools.append(tuple(2 if f else 1 for f in fine))
             current = [c * p for c, p in zip(current, pools[-1], strict=True)]
     return tuple(kernels), tuple(pools)
+
+
+def valid_margin_axis(kernels: Sequence[int], pools: Sequence[int]) -> int:
+    """Voxels lost on each side along one axis by a valid-padding U-Net of per-level
+    ``kernels`` and ``pools`` (:func:`valid_output_size_axis`): ``(input - output) / 2``, the
+    same for every legal input. With kernels of 3 and pools of 2 it is :func:`valid_margin`."""
+    s = nearest_legal_input_size_axis(1, kernels, pools)
+    return (s - valid_output_size_axis(s, kernels, pools)) // 2
+
+
+def valid_input_size_axis(output_size: int, kernels: Sequence[int], pools: Sequence[int]
+                          ) -> int:
+    """The smallest legal input side along one axis whose valid-padding output is at least
+    ``output_size`` (it is ``output_size + 2 * margin`` where that is legal)."""
+    margin = valid_margin_axis(kernels, pools)
+    return nearest_legal_input_size_axis(max(1, output_size) + 2 * margin, kernels, pools)
