@@ -14,7 +14,7 @@ from unetseg.cli import main
 from unetseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig, replace
 from unetseg.errors import UserError
 from unetseg.modelfile import load_model
-from unetseg.train.volumes import _Volume, fit_volumes, plan_patch, sample_patches
+from unetseg.train.volumes import TrainingVolume, fit_volumes, plan_patch, sample_patches
 
 pytest.importorskip("nibabel")
 
@@ -28,7 +28,7 @@ def test_patch_covers_one_physical_length_and_fits_the_network():
 def test_foreground_patches_hold_foreground():
     ids = torch.zeros(10, 20, 20, dtype=torch.long)
     ids[7, 15, 3] = 1
-    volume = _Volume("v", torch.rand(1, 10, 20, 20), ids)
+    volume = TrainingVolume("v", torch.rand(1, 10, 20, 20), ids)
     g = torch.Generator().manual_seed(0)
     x, y = sample_patches([volume], (4, 8, 8), 5, g, foreground_fraction=1.0)
     assert x.shape == (5, 1, 4, 8, 8) and y.shape == (5, 4, 8, 8)

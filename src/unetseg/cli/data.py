@@ -63,6 +63,12 @@ def add_data_commands(sub: Any) -> None:
                    help="augmented copies per image (default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the augmentation (default %(default)s)")
+    p.add_argument("--volume", action="store_true",
+                   help="the data are volumes (TIFF stacks; NIfTI and .npy always are): draw"
+                        " a 3D training patch per volume and its augmented copies as"
+                        " orthogonal views with the mask blended over them")
+    p.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                   help="voxel size of volumes whose files carry none, e.g. 4,1,1")
     p.set_defaults(run=_preview_augment)
 
     p = sub.add_parser("preview-weights", help="heat maps of the paper's border weight maps")
@@ -156,10 +162,13 @@ def _preview_config(args: argparse.Namespace) -> Any:
 
 
 def _preview_augment(args: argparse.Namespace) -> int:
+    from unetseg.data.volumes import parse_spacing
     from unetseg.preview import preview_augment
 
+    spacing = parse_spacing(args.spacing) if args.spacing is not None else None
     path = preview_augment(args.data, args.out, cfg=_preview_config(args), images=args.images,
-                           samples=args.samples, seed=args.seed)
+                           samples=args.samples, seed=args.seed, volume=args.volume,
+                           spacing=spacing)
     print(f"wrote {path}")
     return 0
 

@@ -43,13 +43,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetseg.config import RunConfig, check_run_config, replace, to_dict
+from unetseg.config import DataConfig, RunConfig, check_run_config, replace, to_dict
 from unetseg.data.augment3d import apply_volume_params, sample_volume_params
 from unetseg.data.classes import IGNORE_INDEX, ClassTable
 from unetseg.data.dataset import split_pairs
 from unetseg.data.folds import split_by_stems
 from unetseg.data.normalize import ChannelStats, dataset_stats, training_view
 from unetseg.data.volumes import (
+    VolumeCheck,
     check_volumes,
     read_volume,
     read_volume_mask,
@@ -108,10 +109,14 @@ class VolumeFitResult:
 
 
 @dataclass(frozen=True)
-class _Volume:
+class TrainingVolume:
+    """A volume as training holds it: ``image`` ``(C, D, H, W)`` float32 (its
+    :func:`volume_training_view` for training, normalised for validation) and ``ids``
+    ``(D, H, W)`` int64 class ids (-1 ignored)."""
+
     stem: str
-    image: torch.Tensor  # (C, D, H, W) float32: a training view, or normalised (validation)
-    ids: torch.Tensor  # (D, H, W) int64 class ids (-1 ignored)
+    image: torch.Tensor
+    ids: torch.Tensor
 
 
 def plan_patch(shape: Sequence[int], spacing: Sequence[float] | None,
@@ -128,8 +133,11 @@ def plan_patch(shape: Sequence[int], spacing: Sequence[float] | None,
     return patch[0], patch[1], patch[2]
 
 
-def _load(data: Path, stems: Sequence[str], classes: ClassTable,
-          spacing: Sequence[float] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def load_volume_pairs(data: Path, stems: Sequence[str], classes: ClassTable,
+                      spacing: Sequence[float] | None
+                      ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The images (C, D, H, W) float32 in their read scale (:func:`volume_to_float`) and
+    class ids (D, H, W) of the pairs ``stems`` of ``data/images`` and ``data/masks``."""
     images, masks = volume_files(data / "images"), volume_files(data / "masks")
     out_images, out_ids = [], []
     for stem in stems:
@@ -139,13 +147,40 @@ def _load(data: Path, stems: Sequence[str], classes: ClassTable,
     return out_images, out_ids
 
 
+def volume_classes(report: VolumeCheck, data_cfg: DataConfig) -> ClassTable:
+    """The classes of a volume data set: ``data_cfg``'s values, else every mask value found
+    (with 0 added where only one is), with its names and ignore value."""
+    values = data_cfg.class_values or tuple(sorted({v for r in report.rows
+                                                    for v in r["mask_values"]}))
+    if len(values) < 2:
+        values = (0, *values) if 0 not in values else (0, 1)
+    return ClassTable.from_values(values, data_cfg.class_names,
+                                  ignore_value=data_cfg.ignore_value)
+
+
+def plan_spacing(report: VolumeCheck) -> tuple[float, float, float]:
+    """The median spacing of the data set's volumes (1, 1, 1 where none has one): what the
+    network and the patch are planned for."""
+    spacings = [r["spacing"] for r in report.rows if r["spacing"]]
+    if not spacings:
+        return 1.0, 1.0, 1.0
+    z, y, x = (float(v) for v in np.median(np.array(spacings), axis=0))
+    return z, y, x
+
+
+def pooling_multiple(pools: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """Per axis, the product of a network's poolings (:attr:`UNet.size_multiple`)."""
+    z, y, x = (math.prod(p[a] for p in pools) for a in range(3))
+    return z, y, x
+
+
 def _flat(image: np.ndarray) -> np.ndarray:
     """(C, D, H, W) as (C, D * H, W): the 2D statistics' layout."""
     c, d, h, w = image.shape
     return image.reshape(c, d * h, w)
 
 
-def sample_patches(volumes: Sequence[_Volume], patch: Sequence[int], batch: int,
+def sample_patches(volumes: Sequence[TrainingVolume], patch: Sequence[int], batch: int,
                    generator: torch.Generator, foreground_fraction: float
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random patches ``(B, C, d, h, w)`` and their ids ``(B, d, h, w)``; a share
@@ -182,7 +217,7 @@ def volume_training_view(image: np.ndarray, stats: ChannelStats) -> np.ndarray:
     return training_view(_flat(image), stats).reshape(image.shape)
 
 
-def volume_steps_per_epoch(cfg: RunConfig, train: Sequence[_Volume], patch: Sequence[int]
+def volume_steps_per_epoch(cfg: RunConfig, train: Sequence[TrainingVolume], patch: Sequence[int]
                            ) -> int:
     """Configured, or enough patches to cover the training volumes once (>= 8 steps)."""
     if cfg.train.steps_per_epoch:
@@ -191,7 +226,7 @@ def volume_steps_per_epoch(cfg: RunConfig, train: Sequence[_Volume], patch: Sequ
     return max(8, math.ceil(voxels / (math.prod(patch) * cfg.train.batch_size)))
 
 
-def validation_voxels(val: Sequence[_Volume], patch: Sequence[int], overlap: float = 0.5
+def validation_voxels(val: Sequence[TrainingVolume], patch: Sequence[int], overlap: float = 0.5
                       ) -> int:
     """Voxels the validation's sliding window runs the network on (overlapping windows count
     each time), for the time a validation takes."""
@@ -202,8 +237,9 @@ def validation_voxels(val: Sequence[_Volume], patch: Sequence[int], overlap: flo
     return total
 
 
-def plan_volume_epochs(cfg: RunConfig, train: Sequence[_Volume], val: Sequence[_Volume],
-                       patch: Sequence[int], rows: int, device: torch.device) -> EpochPlan:
+def plan_volume_epochs(cfg: RunConfig, train: Sequence[TrainingVolume],
+                       val: Sequence[TrainingVolume], patch: Sequence[int], rows: int,
+                       device: torch.device) -> EpochPlan:
     """The epoch length for ``cfg.train.time_limit_s`` (:func:`~unetseg.train.plan.plan_epochs`)
     from a timed training step of ``cfg.model`` (the 3D network) on ``rows`` patches of
     ``patch`` voxels, this process's share of a batch."""
@@ -221,8 +257,8 @@ class VolumeData:
     network is planned for (ones without any spacing), the smallest volume's ``(D, H, W)``."""
 
     classes: ClassTable
-    train: list[_Volume]
-    val: list[_Volume]
+    train: list[TrainingVolume]
+    val: list[TrainingVolume]
     stats: ChannelStats
     spacing: tuple[float, float, float]
     smallest: tuple[int, int, int]
@@ -242,12 +278,7 @@ def prepare_volumes(data: Path, cfg: RunConfig, spacing: Sequence[float] | None)
     if len(report.rows) < 2:
         raise UserError(f"{data}: {len(report.rows)} volume pair; training needs at least 2"
                         " (one is held out for validation)")
-    values = cfg.data.class_values or tuple(sorted({v for r in report.rows
-                                                    for v in r["mask_values"]}))
-    if len(values) < 2:
-        values = (0, *values) if 0 not in values else (0, 1)
-    classes = ClassTable.from_values(values, cfg.data.class_names,
-                                     ignore_value=cfg.data.ignore_value)
+    classes = volume_classes(report, cfg.data)
     stems = [r["stem"] for r in report.rows]
     if cfg.data.val_stems is None:
         train_stems, val_stems = split_pairs(stems, max(cfg.data.val_fraction, 1 / len(stems)),
@@ -258,16 +289,16 @@ def prepare_volumes(data: Path, cfg: RunConfig, spacing: Sequence[float] | None)
         if not held:
             raise UserError("val_stems names no volume; hold out at least one for validation")
         train_stems, val_stems = [k.stem for k in kept], [h.stem for h in held]
-    spacings = [r["spacing"] for r in report.rows if r["spacing"]]
-    median = (tuple(float(v) for v in np.median(np.array(spacings), axis=0))
-              if spacings else (1.0, 1.0, 1.0))
-    images, ids = _load(data, train_stems, classes, spacing)
-    val_images, val_ids = _load(data, val_stems, classes, spacing)
+    median = plan_spacing(report)
+    images, ids = load_volume_pairs(data, train_stems, classes, spacing)
+    val_images, val_ids = load_volume_pairs(data, val_stems, classes, spacing)
     stats = dataset_stats([_flat(x) for x in images], cfg.data.normalization,
                           seed=cfg.train.seed)
-    train = [_Volume(n, torch.as_tensor(volume_training_view(x, stats)), torch.as_tensor(y).long())
+    train = [TrainingVolume(n, torch.as_tensor(volume_training_view(x, stats)),
+                            torch.as_tensor(y).long())
              for n, x, y in zip(train_stems, images, ids, strict=True)]
-    val = [_Volume(n, normalize_volume(torch.as_tensor(x), stats), torch.as_tensor(y).long())
+    val = [TrainingVolume(n, normalize_volume(torch.as_tensor(x), stats),
+                          torch.as_tensor(y).long())
            for n, x, y in zip(val_stems, val_images, val_ids, strict=True)]
     smallest = np.min([r["shape"] for r in report.rows], axis=0)
     return VolumeData(classes, train, val, stats, (median[0], median[1], median[2]),
@@ -298,7 +329,7 @@ def volume_model_config(cfg: RunConfig, data: VolumeData) -> RunConfig:
         spatial_dims=3, kernel_sizes=kernels, pool_sizes=pools))
 
 
-def volume_batches(volumes: Sequence[_Volume], patch: Sequence[int], cfg: RunConfig,
+def volume_batches(volumes: Sequence[TrainingVolume], patch: Sequence[int], cfg: RunConfig,
                    generator: torch.Generator, rows: slice, spacing: Sequence[float]
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
     """This process's ``rows`` of every global batch: patches and their augmentation are drawn
