@@ -330,7 +330,7 @@ def evaluate_volumes(model: ModelSpec, data: str | Path, out: str | Path | None 
     from unetseg.data.volumes import check_volumes, read_volume, read_volume_mask, volume_files
     from unetseg.infer.engine import resolve_device
     from unetseg.infer.modelset import resolve_model
-    from unetseg.infer.volume import predict_volume_logits, volume_to_float
+    from unetseg.infer.volume import predict_volume_logits
     from unetseg.metrics import confusion_matrix
     from unetseg.metrics_boundary import hd95, mean_over_images, surface_dice
     from unetseg.modelfile import load_model
@@ -353,7 +353,7 @@ def evaluate_volumes(model: ModelSpec, data: str | Path, out: str | Path | None 
         volume = read_volume(images[stem], spacing=spacing)
         truth = card.classes.encode(read_volume_mask(masks[stem], spacing=spacing).array,
                                     str(masks[stem]))
-        logits = predict_volume_logits(net, card.stats, volume_to_float(volume.array),
+        logits = predict_volume_logits(net, card.stats, volume.array,
                                        tile=(cfg.tile,) * 3 if cfg.tile else None,
                                        batch_size=cfg.batch_size)
         pred = logits_to_labels(logits.transpose(0, 1)).numpy()
