@@ -285,7 +285,7 @@ class VolumeSource:
         if not 0 <= z0 < z1 <= self.shape[0]:
             raise ValueError(f"slices [{z0}, {z1}) outside a volume of {self.shape[0]}")
         try:
-            slab = np.array(self._read(z0, z1), copy=True)
+            slab = np.ascontiguousarray(self._read(z0, z1))
         except MemoryError:
             raise UserError(f"{self.path}: not enough memory to read slices {z0}-{z1 - 1}")\
                 from None
@@ -337,8 +337,7 @@ def open_volume(path: PathLike, *, spacing: Sequence[float] | None = None) -> Vo
             source = _open_tiff(path)
         elif suffix == ".npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-            source = VolumeSource(path, lambda z0, z1: array[..., z0:z1, :, :], array.shape,
-                                  array.dtype, None, None)
+            source = VolumeSource(path, _slabs_of(array), array.shape, array.dtype, None, None)
         else:
             source = _open_nifti(path)
     except UserError:
@@ -352,6 +351,11 @@ def open_volume(path: PathLike, *, spacing: Sequence[float] | None = None) -> Vo
     return source
 
 
+def _slabs_of(array: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """Slabs of an array (a memory map, or a volume read whole) as new arrays."""
+    return lambda z0, z1: np.array(array[..., z0:z1, :, :])
+
+
 def _open_tiff(path: Path) -> VolumeSource:
     tif = tifffile.TiffFile(path)
     try:
@@ -361,8 +365,8 @@ def _open_tiff(path: Path) -> VolumeSource:
         if series.dataoffset is not None:  # uncompressed, in one piece
             mapped = _arrange_tiff(tifffile.memmap(path, series=0, mode="r"), axes, path)
             tif.close()
-            return VolumeSource(path, lambda z0, z1: mapped[..., z0:z1, :, :], mapped.shape,
-                                mapped.dtype, spacing, None)
+            return VolumeSource(path, _slabs_of(mapped), mapped.shape, mapped.dtype, spacing,
+                                None)
         page_axes = series.keyframe.axes.upper()
         lead = axes[:len(axes) - len(page_axes)]
         pages = np.arange(math.prod(shape[:len(lead)])).reshape(shape[:len(lead)])
@@ -371,8 +375,7 @@ def _open_tiff(path: Path) -> VolumeSource:
                 or pages.size == 0):
             data = _arrange_tiff(series.asarray(), axes, path)
             tif.close()
-            return VolumeSource(path, lambda z0, z1: data[..., z0:z1, :, :], data.shape,
-                                data.dtype, spacing, None)
+            return VolumeSource(path, _slabs_of(data), data.shape, data.dtype, spacing, None)
         index = _arrange_tiff(pages, axes, path)[..., 0, 0]  # (D,) or (C, D) page numbers
         if index.ndim not in (1, 2):
             raise UserError(f"{path}: a TIFF of axes {axes}; save one volume (Z, Y, X) or"
