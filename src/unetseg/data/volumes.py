@@ -508,10 +508,11 @@ def write_volume_slabs(path: PathLike, slabs: Iterable[np.ndarray], *,
     :func:`write_volume`, with the same formats, spacing and NIfTI affine from ``like``.
 
     TIFF and OME-TIFF are written page by page (ImageJ stacks take uint8, uint16 or float32;
-    other types become float32), NIfTI as its header then the slabs' bytes (a NIfTI's
-    ``(x, y, z)`` voxels in Fortran order lie in the file as ``(z, y, x)`` in C order, so each
-    slab is one piece; ``.nii.gz`` through gzip), ``.npy`` through a memory map. The file
-    appears only once whole (:func:`~unetseg.files.atomic_path`).
+    other types become float32), NIfTI and ``.npy`` as their header then the slabs' bytes (a
+    NIfTI's ``(x, y, z)`` voxels in Fortran order lie in the file as ``(z, y, x)`` in C order,
+    so each slab is one piece; ``.nii.gz`` through gzip), so no writer holds more than a slab,
+    nor maps the file into memory. The file appears only once whole
+    (:func:`~unetseg.files.atomic_path`).
 
     Raises:
         UserError: an unknown suffix or a folder that cannot take the file.
@@ -530,12 +531,12 @@ def write_volume_slabs(path: PathLike, slabs: Iterable[np.ndarray], *,
             _write_tiff_pages(tmp, checked, (depth, height, width), dtype, spacing,
                               ome=path.name.lower().endswith((".ome.tif", ".ome.tiff")))
         elif suffix == ".npy":
-            mapped = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
-                                               shape=(depth, height, width))
-            for z0, slab in checked:
-                mapped[z0:z0 + len(slab)] = slab
-            mapped.flush()
-            del mapped
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, {
+                    "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                    "shape": (depth, height, width)})
+                for _, slab in checked:
+                    fh.write(np.ascontiguousarray(slab).tobytes())
         else:
             affine = like.affine if like is not None else None
             _write_nifti_slabs(tmp, checked, (depth, height, width), dtype, spacing, affine,
