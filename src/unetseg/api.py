@@ -217,7 +217,8 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     ``<stem>_views.png`` (orthogonal views and a slice montage, :func:`~unetseg.viz.plot_volume`).
 
     A 3D model runs the 3D sliding window (a window of ``tile`` voxels along each axis, or
-    planned by :func:`~unetseg.infer.volume.plan_volume_tile`); a 2D model predicts slice by
+    planned by :func:`~unetseg.infer.volume.plan_volume_tile`; neighbours overlap by
+    ``overlap``, None: 0.5, 0: not at all); a 2D model predicts slice by
     slice (the baseline for any 3D result). ``spacing`` (z, y, x) is used where a file has
     none. Returns the label files.
 
@@ -264,7 +265,7 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     for path in progress(paths, desc="predict", unit="volume", disable=not show_progress):
         volume = read_volume(path, spacing=spacing)
         logits = predict_volume_logits(net, card.stats, volume_to_float(volume.array),
-                                       tile=tile, overlap=cfg.overlap or 0.5,
+                                       tile=tile, overlap=cfg.overlap,
                                        batch_size=cfg.batch_size)
         ids = logits_to_labels(logits.transpose(0, 1)).numpy()  # (D, K, H, W) -> (D, H, W)
         suffix, stem = volume_suffix(path), volume_stem(path)
@@ -327,7 +328,7 @@ def evaluate_volumes(model: ModelSpec, data: str | Path, out: str | Path | None 
                                     str(masks[stem]))
         logits = predict_volume_logits(net, card.stats, volume_to_float(volume.array),
                                        tile=(cfg.tile,) * 3 if cfg.tile else None,
-                                       batch_size=cfg.batch_size)
+                                       overlap=cfg.overlap, batch_size=cfg.batch_size)
         pred = logits_to_labels(logits.transpose(0, 1)).numpy()
         cm = confusion_matrix(torch.as_tensor(pred), torch.as_tensor(truth), k)
         total += cm
