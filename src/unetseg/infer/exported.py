@@ -1,6 +1,7 @@
 """What an exported model file says about itself.
 
-An exported graph maps normalised windows ``(N, C, H, W)`` to logits; everything else a user
+An exported graph maps normalised windows ``(N, C, H, W)`` (a 3D network's: ``(N, C, D, H,
+W)``) to logits; everything else a user
 needs to run it on images travels in the file: the :class:`~unetseg.modelfile.ModelCard`
 (model config, class table, normalisation) under the key ``"unetseg"`` (the same JSON as in a
 safetensors model file) and :class:`ExportInfo` (tiling parameters, legal input sizes,
