@@ -1,12 +1,12 @@
 """What an exported model file says about itself.
 
-An exported graph maps normalised windows ``(N, C, H, W)`` (a 3D network's: ``(N, C, D, H,
-W)``) to logits; everything else a user
-needs to run it on images travels in the file: the :class:`~unetseg.modelfile.ModelCard`
-(model config, class table, normalisation) under the key ``"unetseg"`` (the same JSON as in a
-safetensors model file) and :class:`ExportInfo` (tiling parameters, legal input sizes,
-exporter) under ``"unetseg.export"``. ONNX files keep both in ``metadata_props``, TorchScript
-files as ``_extra_files`` (``unetseg.json`` and ``unetseg.export.json``).
+An exported graph maps normalised windows ``(N, C, H, W)`` (a 3D network's ``(N, C, D, H, W)``)
+to logits; everything else a user needs to run it on images travels in the file: the
+:class:`~unetseg.modelfile.ModelCard` (model config, class table, normalisation) under the key
+``"unetseg"`` (the same JSON as in a safetensors model file) and :class:`ExportInfo` (tiling
+parameters, legal input sizes, exporter) under ``"unetseg.export"``. ONNX files keep both in
+``metadata_props``, TorchScript files as ``_extra_files`` (``unetseg.json`` and
+``unetseg.export.json``).
 
 The format lives in ``infer/`` because both sides read it: :mod:`unetseg.export` writes it and
 :mod:`unetseg.infer.backends` runs the files. ``export`` depends on ``infer``, never the reverse.
