@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from unetseg.api import demo_data_root
@@ -62,4 +63,41 @@ def tiny_instance_model(path: Path, *, seed: int = 0) -> Path:
     card = ModelCard(net.config, ClassTable.from_values((0, 255), ("background", "cell")), STATS,
                      instance=InstanceConfig(seed_threshold=0.5, min_size=0))
     save_model(path, net, card)
+    return path
+
+
+VOLUME_SPACING = (3.0, 1.0, 1.0)
+"""The (z, y, x) voxel size :func:`tiny_volume_model` is planned for: slices three times
+farther apart than pixels, so its first pooling keeps the slices (size multiple (2, 4, 4))."""
+
+
+def sample_volume(shape: tuple[int, int, int] = (7, 13, 10), *, seed: int = 0) -> np.ndarray:
+    """A uint8 volume ``(D, H, W)``: a bright ball in noise, so a random network's labels have
+    structure. Its sides are not multiples of :func:`tiny_volume_model`'s (2, 4, 4)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    ball = (z**2 + y**2 + x**2 < 0.5) * 120.0
+    return np.clip(ball + rng.normal(80, 40, shape), 0, 255).astype(np.uint8)
+
+
+def tiny_volume_model(path: Path, *, seed: int = 0, padding: str = "same") -> Path:
+    """A randomly initialised 3D U-Net (width 4, depth 2, instance norm, anisotropic plan of
+    :data:`VOLUME_SPACING`) saved as a model file with that spacing in its card, as
+    ``fit_volumes`` writes it; its last bias shifted so that about half of the voxels of
+    :func:`sample_volume` fall in each class."""
+    from unetseg.infer.volume import normalize_volume, volume_to_float
+    from unetseg.model.geometry import anisotropic_plan
+
+    torch.manual_seed(seed)
+    kernels, pools = anisotropic_plan(VOLUME_SPACING, 2)
+    net = UNet(1, 2, depth=2, width=4, padding=padding, spatial_dims=3,  # type: ignore[arg-type]
+               kernel_sizes=kernels, pool_sizes=pools).eval()
+    if padding == "same":
+        volume = torch.from_numpy(volume_to_float(sample_volume()[None]))
+        with torch.no_grad():
+            logits = net(normalize_volume(volume, STATS)[None])[0]
+            net.head.bias[1] -= (logits[1] - logits[0]).median()
+    classes = ClassTable.from_values((0, 1), ("background", "cell"))
+    save_model(path, net, ModelCard(net.config, classes, STATS,
+                                    info={"spacing": list(VOLUME_SPACING)}))
     return path

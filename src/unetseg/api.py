@@ -217,9 +217,10 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
     ``<stem>_views.png`` (orthogonal views and a slice montage, :func:`~unetseg.viz.plot_volume`).
 
     A 3D model runs the 3D sliding window (a window of ``tile`` voxels along each axis, or
-    planned by :func:`~unetseg.infer.volume.plan_volume_tile`); a 2D model predicts slice by
-    slice (the baseline for any 3D result); a valid-padding 3D U-Net the paper's overlap-tile
-    strategy with mirrored borders. ``spacing`` (z, y, x) is used where a file has none.
+    planned by :func:`~unetseg.infer.volume.plan_volume_tile`; neighbours overlap by
+    ``overlap``, None: 0.5, 0: not at all); a 2D model predicts slice by slice (the baseline
+    for any 3D result); a valid-padding 3D U-Net the paper's overlap-tile strategy with
+    mirrored borders. ``spacing`` (z, y, x) is used where a file has none.
     Returns the label files.
 
     Every volume is streamed along z: slices are read as the windows need them
@@ -292,7 +293,7 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
                             ) -> Iterator[np.ndarray]:
                 for z0, logits in predict_volume_slabs(
                         net, card.stats, source.read, source.shape, tile=tile,
-                        overlap=cfg.overlap or 0.5, batch_size=cfg.batch_size):
+                        overlap=0.5 if cfg.overlap is None else cfg.overlap, batch_size=cfg.batch_size):
                     ids = logits_to_labels(logits.transpose(0, 1)).numpy()  # (n, H, W)
                     if planes is not None:
                         planes.add(z0, ids=ids)
@@ -355,7 +356,7 @@ def evaluate_volumes(model: ModelSpec, data: str | Path, out: str | Path | None 
                                     str(masks[stem]))
         logits = predict_volume_logits(net, card.stats, volume.array,
                                        tile=(cfg.tile,) * 3 if cfg.tile else None,
-                                       batch_size=cfg.batch_size)
+                                       overlap=cfg.overlap, batch_size=cfg.batch_size)
         pred = logits_to_labels(logits.transpose(0, 1)).numpy()
         cm = confusion_matrix(torch.as_tensor(pred), torch.as_tensor(truth), k)
         total += cm

@@ -303,11 +303,13 @@ def predict_config(config: PredictConfig | None = None, **options: Any) -> Predi
 @dataclass(frozen=True)
 class ServeLimits:
     """What ``unetseg serve`` admits, stated once for the command line and :func:`~unetseg.serve.
-    app.create_app`: larger requests or images get HTTP 413, more requests than ``workers +
-    queue_size`` in inference get 503."""
+    app.create_app`: larger requests, images or volumes get HTTP 413, more requests than
+    ``workers + queue_size`` in inference get 503. ``max_voxels`` bounds depth x height x width
+    of a volume (read from its header; 32 Mi voxels hold a float32 volume of 128 MiB)."""
 
     max_upload_bytes: int = 32 * 2**20
     max_pixels: int = 16 * 2**20
+    max_voxels: int = 32 * 2**20
     queue_size: int = 8
     workers: int = 1
 

@@ -128,3 +128,31 @@ def test_evaluate_scores_each_volume_in_physical_units(tmp_path: Path, capsys):
         assert row["nsd/foreground"] == pytest.approx(
             surface_dice(ids_p, ids_t, 2, 1.0, spacing=spacing)[1], abs=1e-6)
     assert report["summary"]["units"] == "the volumes' spacing"
+
+
+def test_an_overlap_of_zero_means_no_overlap_and_none_the_default(tmp_path: Path, monkeypatch):
+    import unetseg.infer.volume as volume_module
+
+    model, net = _model_file(tmp_path, 3)
+    voxels = (np.random.default_rng(2).random((16, 16, 16)) * 255).astype(np.uint8)
+    np.save(tmp_path / "cube.npy", voxels)
+    seen: list[float] = []
+    real = volume_module.sliding_window_volume_logits
+
+    def spy(predictor, x, tile, *, overlap, **kwargs):
+        seen.append(overlap)
+        return real(predictor, x, tile, overlap=overlap, **kwargs)
+
+    monkeypatch.setattr(volume_module, "sliding_window_volume_logits", spy)
+    (written,) = predict(model, tmp_path / "cube.npy", tmp_path / "zero", tile=8, overlap=0.0,
+                         overlays=False, show_progress=False)
+    predict(model, tmp_path / "cube.npy", tmp_path / "default", tile=8, overlays=False,
+            show_progress=False)
+    assert seen == [0.0, 0.5]
+    # the reference: eight windows that do not overlap, run through the network directly
+    x = normalize_volume(torch.as_tensor(voxels[None] / np.float32(255)), STATS)
+    windows = []
+    with torch.no_grad():
+        logits = real(lambda b: windows.append(len(b)) or net(b), x, (8, 8, 8), overlap=0.0)
+    assert sum(windows) == 8
+    assert np.array_equal(np.load(written), np.array([0, 255])[logits.argmax(0).numpy()])

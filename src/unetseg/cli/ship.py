@@ -51,6 +51,9 @@ def add_ship_commands(sub: Any) -> None:
                    help="largest request body in MiB; larger: 413 (default %(default)s)")
     p.add_argument("--max-pixels", type=int, default=limits.max_pixels,
                    help="largest image height x width; larger: 413 (default %(default)s)")
+    p.add_argument("--max-voxels", type=int, default=limits.max_voxels,
+                   help="largest volume depth x height x width (.nii, .nii.gz, .npy, TIFF"
+                        " stacks); larger: 413 (default %(default)s)")
     p.add_argument("--queue-size", type=int, default=limits.queue_size,
                    help="requests waiting for inference before 503 (default %(default)s)")
     add_prediction_flags(p)
@@ -86,5 +89,5 @@ def _serve(args: argparse.Namespace) -> int:
 
     run_server(args.model, predict_config_from_args(args), host=args.host, port=args.port,
                max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-               queue_size=args.queue_size)
+               max_voxels=args.max_voxels, queue_size=args.queue_size)
     return 0

@@ -15,8 +15,9 @@ predictor's planned tiling), so their labels differ only where a pixel's two bes
 tied to within fp32 rounding.
 
 Only the CPU is considered (ONNX Runtime runs on the CPU here), and only where nothing needs
-PyTorch: a forced backend, a GPU device, test-time augmentation, streamed TIFFs and forced bf16
-keep PyTorch (or the forced backend).
+PyTorch: a forced backend, a GPU device, test-time augmentation, streamed TIFFs, forced bf16
+and 3D models keep PyTorch (or the forced backend; an exported 3D ``.onnx`` file runs on ONNX
+Runtime).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from unetseg.infer.load import load_image_predictor, load_predictor, resolve_bac
 from unetseg.infer.modelset import ModelSet, ModelSpec, load_model_set_predictor, resolve_model
 from unetseg.infer.postprocess import Step
 from unetseg.infer.precision import PrecisionChoice, choice_without_check
-from unetseg.modelfile import ModelCard
+from unetseg.modelfile import ModelCard, read_card
 from unetseg.runtime import cpu_model
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,9 @@ def why_pytorch(model: str | Path, config: PredictConfig, streamed: Sequence[Pat
         return f"--backend {config.backend}"
     if resolve_backend(model, config.backend) != "torch":
         return "an exported .onnx file"
+    if read_card(model).model.spatial_dims == 3:
+        return ("a 3D model runs on PyTorch: the backends are timed, and ONNX Runtime's windows"
+                " planned, on 2-D images only")
     if resolve_device(config.device).type != "cpu":
         return "a GPU device"
     if config.tta:
@@ -343,6 +347,10 @@ def _forced_onnxruntime(model: Path, config: PredictConfig, streamed: Sequence[P
     with the tiling the PyTorch predictor would plan."""
     check_backend_options("onnxruntime", device=config.device, tta=config.tta,
                           precision=config.precision, streamed=streamed)
+    if read_card(model).model.spatial_dims == 3:
+        raise UserError(f"{model}: a 3D model; --backend onnxruntime runs its exported graph,"
+                        f" so export it first (unetseg export {model} --out model.onnx) and"
+                        " pass the .onnx file, or use --backend torch")
     torch_predictor, card = load_predictor(model, config)
     onnx_net, _, info = load_onnx(cached_onnx(model, file_sha256(model), folder))
     predictor = OnnxImagePredictor(onnx_net, card, info, plan=torch_predictor.tiling)

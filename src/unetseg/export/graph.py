@@ -17,7 +17,7 @@ from torch import nn
 
 from unetseg.infer.ensemble import MIN_PROBABILITY, EnsembleNet
 from unetseg.model import ExternalNet, SegmentationNet, UNet
-from unetseg.model.blocks import center_crop
+from unetseg.model.blocks import center_crop_to
 
 
 def _pad_indices(size: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,33 +40,56 @@ def pad_to_multiple_indexed(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
     Shape: (N, C, H, W) -> (N, C, H + (-H % m), W + (-W % m)).
     """
-    height, width = x.shape[-2], x.shape[-1]
-    # ceil-to-multiple rather than -size % multiple: torch.export can bound it from below
-    pad_h = (height + multiple - 1) // multiple * multiple - height
-    pad_w = (width + multiple - 1) // multiple * multiple - width
-    rows_reflect, rows_replicate = _pad_indices(height, pad_h)
-    cols_reflect, cols_replicate = _pad_indices(width, pad_w)
-    # reflect is possible iff no mirrored index went negative, i.e. pad < size on both axes
-    reflect = (rows_reflect.min() >= 0) & (cols_reflect.min() >= 0)
-    rows = torch.where(reflect, rows_reflect, rows_replicate).to(x.device)
-    cols = torch.where(reflect, cols_reflect, cols_replicate).to(x.device)
-    return x.index_select(-2, rows).index_select(-1, cols)
+    return pad_to_multiples_indexed(x, [multiple] * (x.dim() - 2))
+
+
+def pad_to_multiples_indexed(x: torch.Tensor, multiples: list[int]) -> torch.Tensor:
+    """:func:`pad_to_multiple_indexed` with one multiple per spatial axis (slowest first), for
+    volumes (N, C, D, H, W) whose plan pools some axes less than others."""
+    dims = x.dim() - 2
+    reflects: list[torch.Tensor] = []
+    replicates: list[torch.Tensor] = []
+    reflect = torch.ones((), dtype=torch.bool)
+    for axis in range(dims):
+        size, m = x.shape[2 + axis], multiples[axis]
+        # ceil-to-multiple rather than -size % multiple: torch.export can bound it from below
+        pad = (size + m - 1) // m * m - size
+        mirrored, repeated = _pad_indices(size, pad)
+        reflects.append(mirrored)
+        replicates.append(repeated)
+        # reflect is possible iff no mirrored index went negative, i.e. pad < size on each axis
+        reflect = reflect & (mirrored.min() >= 0)
+    for axis in range(dims):
+        index = torch.where(reflect, reflects[axis], replicates[axis]).to(x.device)
+        x = x.index_select(2 + axis, index)
+    return x
+
+
+def crop_indexed(logits: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """The first ``size`` entries of each spatial axis of ``logits`` (slowest first), by
+    gathering: a slice needs a bound torch.export cannot prove."""
+    for axis in range(len(size)):
+        logits = logits.index_select(2 + axis, torch.arange(size[axis], device=logits.device))
+    return logits
 
 
 class ExportableUNet(nn.Module):
     """A :class:`UNet`'s layers with a size-generic forward; the same logits as ``unet(x)``.
 
-    The layers are shared, not copied. Scriptable (``torch.jit.script``) and traceable.
+    The layers are shared, not copied. Scriptable (``torch.jit.script``) and traceable. A 3D
+    network pads each axis to its own multiple (:attr:`UNet.size_multiple`: an anisotropic plan
+    pools z less than y and x).
 
     Shape:
         (N, C, H, W) -> (N, K, H, W) for same padding (any H, W >= 1); the valid output size for
-        valid padding (legal H, W only; see :mod:`unetseg.model.geometry`).
+        valid padding (legal H, W only; see :mod:`unetseg.model.geometry`). Volumes
+        (N, C, D, H, W) -> (N, K, D, H, W) (same padding).
     """
 
     def __init__(self, unet: UNet):
         super().__init__()
         self.same: bool = unet.config.padding == "same"
-        self.multiple: int = 2**unet.config.depth
+        self.multiple = list(unet.size_multiple)
         self.inc = unet.inc
         self.downs = unet.downs
         self.dropout = unet.dropout
@@ -74,9 +97,9 @@ class ExportableUNet(nn.Module):
         self.head = unet.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2], x.shape[-1]
+        size: list[int] = list(x.shape[2:])
         if self.same:
-            x = pad_to_multiple_indexed(x, self.multiple)
+            x = pad_to_multiples_indexed(x, self.multiple)
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
@@ -85,22 +108,17 @@ class ExportableUNet(nn.Module):
             x = up.up(x)  # type: ignore[operator]
             skip = skips.pop()
             if not self.same:  # valid padding: the skip is larger; same: sizes are equal
-                skip = center_crop(skip, x.shape[-2], x.shape[-1])
+                skip = center_crop_to(skip, list(x.shape[2:]))
             x = up.conv(torch.cat([skip, x], dim=1))  # type: ignore[operator]
         logits = self.head(x)
-        if self.same:  # crop by gathering: a slice needs a bound torch.export cannot prove
-            rows = torch.arange(height, device=logits.device)
-            cols = torch.arange(width, device=logits.device)
-            logits = logits.index_select(2, rows).index_select(3, cols)
+        if self.same:
+            logits = crop_indexed(logits, size)
         return logits
 
 
 def _crop_indexed(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The top-left ``height`` x ``width`` of ``logits``, by gathering: a slice needs a bound
-    torch.export cannot prove."""
-    rows = torch.arange(height, device=logits.device)
-    cols = torch.arange(width, device=logits.device)
-    return logits.index_select(2, rows).index_select(3, cols)
+    """The top-left ``height`` x ``width`` of ``logits`` (:func:`crop_indexed` in 2D)."""
+    return crop_indexed(logits, [height, width])
 
 
 class ExportableNet(nn.Module):

@@ -1,4 +1,4 @@
-"""ONNX export of a U-Net with dynamic batch, height and width.
+"""ONNX export of a U-Net with dynamic batch, height and width (and depth for a 3D U-Net).
 
 Two exporters, both ``torch.onnx.export``:
 
@@ -37,7 +37,7 @@ from unetseg.config import ModelConfig
 from unetseg.export.graph import ENSEMBLE_LAYOUT, ExportableEnsemble, exportable
 from unetseg.files import atomic_path
 from unetseg.infer.exported import Tiling, export_info, to_props
-from unetseg.model.geometry import min_legal_input_size
+from unetseg.model.geometry import min_legal_input_size, size_multiple
 from unetseg.modelfile import ModelCard
 
 OnnxExporter = Literal["dynamo", "legacy"]
@@ -48,14 +48,24 @@ INPUT, OUTPUT = "image", "logits"
 
 def example_input(cfg: ModelConfig) -> torch.Tensor:
     """A batch of 2 for tracing; sides of at least two size steps above the minimum, so no
-    dynamic dimension is 0 or 1 (``torch.export`` would specialise those)."""
+    dynamic dimension is 0 or 1 (``torch.export`` would specialise those). Volumes: three
+    sides, each off its axis' size multiple."""
+    generator = torch.Generator().manual_seed(0)
+    if cfg.spatial_dims == 3:
+        multiple = size_multiple(cfg.depth, 3, cfg.pool_sizes)
+        sides = [(2 + a) * m + 1 + 2 * a for a, m in enumerate(multiple)]
+        return torch.randn(2, cfg.in_channels, *sides, generator=generator)
     if cfg.padding == "valid":
         low, step = min_legal_input_size(cfg.depth), 2**cfg.depth
         height, width = low + 2 * step, low + 3 * step
     else:
         height, width = 2 * 2**cfg.depth + 3, 3 * 2**cfg.depth + 5
-    generator = torch.Generator().manual_seed(0)
     return torch.randn(2, cfg.in_channels, height, width, generator=generator)
+
+
+def spatial_axes(cfg: ModelConfig) -> tuple[str, ...]:
+    """The names of the graph's spatial input axes, slowest first."""
+    return ("depth", "height", "width") if cfg.spatial_dims == 3 else ("height", "width")
 
 
 def _dynamic_shapes(cfg: ModelConfig) -> dict[str, Any]:
@@ -68,8 +78,10 @@ def _dynamic_shapes(cfg: ModelConfig) -> dict[str, Any]:
         return {"x": {0: Dim("batch"), 2: height, 3: width}}
     # torch.export specialises sizes 0 and 1: declare sides whose every level has >= 2 pixels;
     # the graph is the same for smaller ones (the parity check runs 1 x 1 and other tiny sizes)
-    low = 2**cfg.depth + 1
-    return {"x": {0: Dim("batch"), 2: Dim("height", min=low), 3: Dim("width", min=low)}}
+    multiple = size_multiple(cfg.depth, cfg.spatial_dims, cfg.pool_sizes)
+    axes = {2 + a: Dim(name, min=m + 1)
+            for a, (name, m) in enumerate(zip(spatial_axes(cfg), multiple, strict=True))}
+    return {"x": {0: Dim("batch"), **axes}}
 
 
 @contextlib.contextmanager
@@ -99,8 +111,9 @@ def _dynamo(module: nn.Module, cfg: ModelConfig) -> Any:
 def _legacy(module: nn.Module, cfg: ModelConfig) -> Any:
     import onnx
 
-    axes = {INPUT: {0: "batch", 2: "height", 3: "width"},
-            OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"}}
+    names = spatial_axes(cfg)
+    axes = {INPUT: {0: "batch", **{2 + a: n for a, n in enumerate(names)}},
+            OUTPUT: {0: "batch", **{2 + a: f"out_{n}" for a, n in enumerate(names)}}}
     with tempfile.TemporaryDirectory(prefix="unetseg-onnx-") as folder, _quiet():
         target = Path(folder) / "model.onnx"
         torch.onnx.export(module, (example_input(cfg),), target, dynamo=False,
@@ -114,8 +127,10 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, *,
     """Write ``model`` as an ONNX file with the card and tiling in its ``metadata_props``.
 
     The graph maps normalised images ``image`` (N, C, H, W) float32 to ``logits`` (N, K, H', W')
-    with dynamic N, H and W (legal sizes only for valid padding). The file is written
-    atomically; it is not verified here (see :mod:`unetseg.export.verify`).
+    with dynamic N, H and W (legal sizes only for valid padding); a 3D network's volumes
+    (N, C, D, H, W) to (N, K, D, H, W) with dynamic N, D, H and W, each axis padded inside the
+    graph to its own size multiple. The file is written atomically; it is not verified here
+    (see :mod:`unetseg.export.verify`).
 
     Raises:
         ImportError: onnx or onnxscript is not installed.

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unetseg.config import ModelConfig
 from unetseg.errors import UserError
 from unetseg.export.verify import (
     FP32_TOLERANCE,
@@ -141,19 +142,37 @@ def _load(model: ModelSpec) -> tuple[Any, Any]:
     :class:`~unetseg.infer.ensemble.EnsembleNet` (see :mod:`unetseg.infer.modelset`)."""
     from unetseg.infer.ensemble import load_ensemble
     from unetseg.infer.modelset import ModelSet, resolve_model
-    from unetseg.modelfile import load_model
+    from unetseg.modelfile import load_model, read_card
 
     source = resolve_model(model)
     net: Any
     if isinstance(source, ModelSet):
+        if any(read_card(m).model.spatial_dims == 3 for m in source.members):
+            raise UserError(f"{source.name}: a model set of 3D networks; one graph averaging"
+                            " 3D members is not exported yet, so export one member (e.g."
+                            " RUN/fold-0/best.safetensors)")
         net, card = load_ensemble(source.members)
         if source.postprocessing:
             log.warning("%s: the exported graph does not include the model set's"
                         " post-processing (%d step(s))", source.name, len(source.postprocessing))
     else:
+        check_volume_export(source, read_card(source).model)
         net, card = load_model(source)
         card = replace(card, model=model_config(net))  # the built network's own (depth, padding)
     return net, card
+
+
+def check_volume_export(source: Path, cfg: ModelConfig) -> None:
+    """Refuse a 3D network the export cannot carry honestly: valid padding (unetseg predicts
+    volumes with the same-padding sliding window only, and the graph's legal input sizes would
+    differ per axis, which the file cannot state).
+
+    Raises:
+        UserError: naming the model file and the fix.
+    """
+    if cfg.spatial_dims == 3 and cfg.padding == "valid":
+        raise UserError(f"{source}: a 3D valid-padding network; volumes are exported (and"
+                        " predicted) with same padding only; retrain it with padding same")
 
 
 def export_model(model: ModelSpec, out: str | Path, fmt: str = "onnx", *,
@@ -220,11 +239,16 @@ def export_model(model: ModelSpec, out: str | Path, fmt: str = "onnx", *,
 def _one_model_file(model: ModelSpec) -> Path:
     """The model file a bioimage.io package holds: a model set has several, so it is refused."""
     from unetseg.infer.modelset import ModelSet, resolve_model
+    from unetseg.modelfile import read_card
 
     source = resolve_model(model)
     if isinstance(source, ModelSet):
         raise UserError(f"{source.name}: a model set; a bioimage.io package holds one model file,"
                         " so export one member (e.g. RUN/fold-0/best.safetensors)")
+    if read_card(source).model.spatial_dims == 3:
+        raise UserError(f"{source}: a 3D network; bioimage.io packages of volume models are not"
+                        " written yet (their test tensors and axes are 2-D); use --format onnx"
+                        " or torchscript")
     return Path(source)
 
 

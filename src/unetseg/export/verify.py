@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from unetseg.config import ModelConfig
-from unetseg.model.geometry import min_legal_input_size
+from unetseg.model.geometry import min_legal_input_size, size_multiple
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
-Shape = tuple[int, int, int, int]
+Shape = tuple[int, ...]
+"""(N, C, H, W), or (N, C, D, H, W) for volumes."""
 
 #: Largest accepted absolute logit difference for float32 exports.
 FP32_TOLERANCE = 1e-4
@@ -37,7 +38,7 @@ class ParityError(Exception):
 
 @dataclass(frozen=True)
 class ParityReport:
-    """Max absolute logit difference per input shape (N, C, H, W)."""
+    """Max absolute logit difference per input shape (N, C, H, W) or (N, C, D, H, W)."""
 
     diffs: tuple[tuple[Shape, float], ...]
     tolerance: float
@@ -65,6 +66,8 @@ def parity_shapes(cfg: ModelConfig) -> list[Shape]:
     """Input shapes to compare on: sizes on and off the pooling grid, tiny sizes (padding by
     replication), a batch of 2; for valid padding the smallest legal sizes and larger ones."""
     c, step = cfg.in_channels, 2**cfg.depth
+    if cfg.spatial_dims == 3:
+        return volume_parity_shapes(cfg)
     base = max(step, 16)  # shallow models: still sizes of several dozen pixels
     if cfg.padding == "valid":
         low = min_legal_input_size(cfg.depth)
@@ -74,6 +77,20 @@ def parity_shapes(cfg: ModelConfig) -> list[Shape]:
     if cfg.norm == "instance":  # needs more than one pixel at the bottom level, as in PyTorch
         return [*shapes, (1, c, step + 1, step + 3)]
     return [*shapes, (1, c, max(1, step // 2 - 1), 2 * step + 1), (1, c, 1, 1)]
+
+
+def volume_parity_shapes(cfg: ModelConfig) -> list[Shape]:
+    """Small volumes for a 3D network: each side off its axis' size multiple (so the graph's
+    padding runs on every axis, by reflection and, for sides shorter than the pad, by
+    replication), a batch of 2; tiny ones unless instance norm needs two voxels per level.
+    Kept small (tens of thousands of voxels) so the check takes seconds on a CPU."""
+    c = cfg.in_channels
+    mz, my, mx = size_multiple(cfg.depth, 3, cfg.pool_sizes)
+    shapes: list[Shape] = [(1, c, 2 * mz + 1, 2 * my + 3, 3 * mx - 1),
+                           (2, c, mz + 3, my + 1, 2 * mx + 5)]
+    if cfg.norm == "instance":
+        return shapes
+    return [*shapes, (1, c, max(1, mz // 2 - 1), my + 1, 1)]
 
 
 def compare(reference: Predictor, candidate: Predictor, shapes: Sequence[Shape], *,
@@ -92,7 +109,7 @@ def compare(reference: Predictor, candidate: Predictor, shapes: Sequence[Shape],
                                   f" {tuple(got.shape)} for input {shape}; PyTorch returns"
                                   f" {tuple(expected.shape)}")
             diffs.append((tuple(shape), float((got - expected).abs().max())))
-    return ParityReport(tuple(diffs), tolerance)  # type: ignore[arg-type]
+    return ParityReport(tuple(diffs), tolerance)
 
 
 def exported_predictor(path: str | Path, fmt: str) -> Predictor:

@@ -1,11 +1,12 @@
 """What an exported model file says about itself.
 
-An exported graph maps normalised windows ``(N, C, H, W)`` to logits; everything else a user
-needs to run it on images travels in the file: the :class:`~unetseg.modelfile.ModelCard`
-(model config, class table, normalisation) under the key ``"unetseg"`` (the same JSON as in a
-safetensors model file) and :class:`ExportInfo` (tiling parameters, legal input sizes,
-exporter) under ``"unetseg.export"``. ONNX files keep both in ``metadata_props``, TorchScript
-files as ``_extra_files`` (``unetseg.json`` and ``unetseg.export.json``).
+An exported graph maps normalised windows ``(N, C, H, W)`` (a 3D network's ``(N, C, D, H, W)``)
+to logits; everything else a user needs to run it on images travels in the file: the
+:class:`~unetseg.modelfile.ModelCard` (model config, class table, normalisation) under the key
+``"unetseg"`` (the same JSON as in a safetensors model file) and :class:`ExportInfo` (tiling
+parameters, legal input sizes, exporter) under ``"unetseg.export"``. ONNX files keep both in
+``metadata_props``, TorchScript files as ``_extra_files`` (``unetseg.json`` and
+``unetseg.export.json``).
 
 The format lives in ``infer/`` because both sides read it: :mod:`unetseg.export` writes it and
 :mod:`unetseg.infer.backends` runs the files. ``export`` depends on ``infer``, never the reverse.
@@ -19,7 +20,7 @@ from typing import Any
 
 from unetseg.config import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE, PredictConfig
 from unetseg.errors import UserError
-from unetseg.model.geometry import min_legal_input_size
+from unetseg.model.geometry import min_legal_input_size, size_multiple
 from unetseg.modelfile import FORMAT, ModelCard
 
 EXPORT_KEY = "unetseg.export"
@@ -56,6 +57,13 @@ class ExportInfo:
     ``min_size + k * size_step`` (k >= 0); other sides give wrong or no output, so callers must
     check (:func:`unetseg.infer.backends.check_input_size` does). Same padding: any side >= 1
     (``min_size`` 1, ``size_step`` 1).
+
+    ``spatial_dims`` 3: the graph maps volumes ``(N, C, D, H, W)``. ``size_multiple`` (one per
+    spatial axis, slowest first) is what the graph pads each axis to a multiple of before the
+    network (a window that already is one is not padded, so windows planned on it cost no
+    extra work); ``spacing`` ``(z, y, x)`` is the voxel size the network was planned for
+    (the training volumes' median), None for images or unknown. Files written before these
+    were recorded read as 2D with no ``size_multiple``.
     """
 
     padding: str
@@ -68,6 +76,9 @@ class ExportInfo:
     input_name: str = "image"
     output_name: str = "logits"
     layout: str = "NCHW float32, normalised with the card's stats"
+    spatial_dims: int = 2
+    size_multiple: tuple[int, ...] = ()
+    spacing: tuple[float, ...] | None = None
 
     def to_json(self) -> str:
         return json.dumps({"version": EXPORT_VERSION, **asdict(self)})
@@ -77,6 +88,10 @@ class ExportInfo:
         d = json.loads(text)
         d.pop("version", None)
         d["tiling"] = Tiling(**d["tiling"])
+        if "size_multiple" in d:
+            d["size_multiple"] = tuple(int(v) for v in d["size_multiple"])
+        if d.get("spacing") is not None:
+            d["spacing"] = tuple(float(v) for v in d["spacing"])
         return cls(**d)
 
     def is_legal(self, side: int) -> bool:
@@ -98,9 +113,15 @@ def export_info(card: ModelCard, *, exporter: str, tiling: Tiling | None = None)
         min_size, step = min_legal_input_size(cfg.depth), 2**cfg.depth
     else:
         min_size, step = 1, 1
+    spacing = card.info.get("spacing") if cfg.spatial_dims == 3 else None
     return ExportInfo(padding=cfg.padding, depth=cfg.depth, min_size=min_size, size_step=step,
                       tiling=tiling or Tiling(), exporter=exporter,
-                      torch_version=str(torch.__version__))
+                      torch_version=str(torch.__version__),
+                      layout=("NCDHW float32 volumes, normalised with the card's stats"
+                              if cfg.spatial_dims == 3 else ExportInfo.layout),
+                      spatial_dims=cfg.spatial_dims,
+                      size_multiple=size_multiple(cfg.depth, cfg.spatial_dims, cfg.pool_sizes),
+                      spacing=tuple(float(v) for v in spacing) if spacing else None)
 
 
 def to_props(card: ModelCard, info: ExportInfo) -> dict[str, str]:

@@ -43,6 +43,8 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 SlabReader = Callable[[int, int], torch.Tensor]
 """``read(z0, z1)`` -> the input slices ``[z0, z1)`` as ``(C, z1 - z0, H, W)``."""
 BatchCallback = Callable[[int, int], None]
+VOLUME_OVERLAP = 0.5
+"""Overlap of neighbouring 3D windows, a fraction of each side, where none is given."""
 
 
 def gaussian_weight_nd(tile: Sequence[int], *, sigma_scale: float = 0.125,
@@ -402,15 +404,35 @@ def predict_volume_slabs(model: nn.Module, stats: ChannelStats,
 
 
 def predict_volume_logits(model: nn.Module, stats: ChannelStats, volume: np.ndarray, *,
-                          tile: Sequence[int] | None = None, overlap: float = 0.5,
+                          tile: Sequence[int] | None = None, overlap: float | None = None,
                           batch_size: int = 2, on_batch: BatchCallback | None = None
                           ) -> torch.Tensor:
     """Logits ``(K, D, H, W)`` (CPU, float32) of a volume ``(C, D, H, W)`` held in memory, in
-    its file's type: :func:`predict_volume_slabs` reading from it."""
+    its file's type: :func:`predict_volume_slabs` reading from it (``overlap`` None is
+    :data:`VOLUME_OVERLAP`, 0 no overlap)."""
     config = model_config(model)
     if volume.shape[0] != config.in_channels:
         raise UserError(f"the volume has {volume.shape[0]} channel(s); the model takes"
                         f" {config.in_channels}")
     return torch.cat([logits for _, logits in predict_volume_slabs(
         model, stats, lambda z0, z1: volume[:, z0:z1], volume.shape[1:], tile=tile,
-        overlap=overlap, batch_size=batch_size, on_batch=on_batch)], dim=1)
+        overlap=VOLUME_OVERLAP if overlap is None else overlap, batch_size=batch_size,
+        on_batch=on_batch)], dim=1)
+
+
+@torch.inference_mode()
+def window_volume_logits(predictor: Predictor, stats: ChannelStats, volume: np.ndarray,
+                         multiple: Sequence[int], *, tile: Sequence[int] | None = None,
+                         overlap: float | None = None, batch_size: int = 2,
+                         on_batch: BatchCallback | None = None,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits ``(K, D, H, W)`` (CPU, float32) of a volume ``(C, D, H, W)`` in its read scale
+    by any window predictor ``(B, C, d, h, w) -> (B, K, d, h, w)`` (a 3D network, or an
+    exported graph run by ONNX Runtime): normalised over the whole volume, then the 3D sliding
+    window of ``tile`` (or :func:`plan_volume_tile` on the network's size ``multiple`` per
+    axis) overlapping by ``overlap`` (None: :data:`VOLUME_OVERLAP`)."""
+    x = normalize_volume(torch.as_tensor(volume, dtype=torch.float32), stats).to(device)
+    window = tuple(tile) if tile is not None else plan_volume_tile(x.shape[1:], multiple)
+    return sliding_window_volume_logits(
+        predictor, x, window, overlap=VOLUME_OVERLAP if overlap is None else overlap,
+        batch_size=batch_size, on_batch=on_batch).cpu()

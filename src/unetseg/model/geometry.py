@@ -8,6 +8,7 @@ All sizes are one side in pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from unetseg.errors import UserError
@@ -141,6 +142,17 @@ def nearest_legal_input_size_axis(input_size: int, kernels: Sequence[int],
     while not _valid_axis(s, kernels, pools)[0]:
         s += 1
     return s
+
+
+def size_multiple(depth: int, spatial_dims: int = 2,
+                  pool_sizes: Sequence[Sequence[int]] | None = None) -> tuple[int, ...]:
+    """Per axis (slowest first), what a same-padding input is padded to a multiple of: the
+    product of the ``depth`` poolings along it (``pool_sizes``, one size per axis each), or
+    ``2**depth`` when every pooling halves every axis. ``(4, 16, 16)`` for a depth-4 plan
+    that pools z at two levels only."""
+    if pool_sizes is None:
+        return (2**depth,) * spatial_dims
+    return tuple(math.prod(int(level[a]) for level in pool_sizes) for a in range(spatial_dims))
 
 
 def anisotropic_plan(spacing: Sequence[float], depth: int, *, ratio: float = 2.0

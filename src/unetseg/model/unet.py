@@ -13,7 +13,7 @@ from torch import nn
 
 from unetseg.config import ModelConfig, Norm, Padding, UpMode
 from unetseg.model.blocks import DoubleConv, Down, Up, out_conv, pad_to_multiple
-from unetseg.model.geometry import valid_output_size, valid_output_size_axis
+from unetseg.model.geometry import size_multiple, valid_output_size, valid_output_size_axis
 from unetseg.model.segnet import upsample_to
 
 Plan = Sequence[Sequence[int]]
@@ -112,8 +112,7 @@ class UNet(nn.Module):
     def size_multiple(self) -> tuple[int, ...]:
         """Per axis, what a same-padding input is padded to a multiple of: the product of the
         poolings along it (``2**depth`` for isotropic plans)."""
-        return tuple(math.prod(level[a] for level in self.pools)
-                     for a in range(self.config.spatial_dims))
+        return size_multiple(self.config.depth, self.config.spatial_dims, self.pools)
 
     def output_size(self, *size: int) -> tuple[int, ...]:
         """Logit map size for an input of ``height`` x ``width`` (or ``depth`` x ``height``

@@ -6,9 +6,15 @@ server; :func:`run_server` uses uvicorn. Limits:
 * request bodies above ``max_upload_bytes`` -> 413 (refused from the ``Content-Length`` header
   before anything is read, or as soon as a streamed body crosses the limit);
 * images above ``max_pixels`` (height x width, read from the header) -> 413;
-* anything that is not a readable PNG, TIFF or JPEG, or has the wrong channel count -> 400 with
-  a message;
+* volumes above ``max_voxels`` (depth x height x width, read from the header) -> 413;
+* anything that is not a readable PNG, TIFF or JPEG image or NIfTI, NumPy or TIFF-stack
+  volume, or has the wrong channel count -> 400 with a message;
 * more than ``workers + queue_size`` requests in inference -> 503 with ``Retry-After``.
+
+Volumes (``.nii``, ``.nii.gz``, ``.npy``, and multi-page TIFF stacks when ``volume=true`` or
+the served model is 3D) are predicted with the 3D sliding window (a 3D model) or slice by slice
+(a 2D model) and answered in the upload's format: NIfTI with the input's affine, a TIFF stack
+with its spacing; ``format=json`` gives the shape, spacing and class voxel counts.
 
 An instance model (``train --task instance``) answers ``format=png`` with its object labels
 (a 16-bit PNG, 0 background; a 32-bit TIFF above 65535 objects) and ``format=json`` with the
@@ -28,14 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.config import PredictConfig, ServeLimits
+from unetseg.data.volumes import is_volume_file, volume_stem
 from unetseg.errors import UserError
 from unetseg.serve.codec import (
+    VOLUME_ONLY,
     BadUpload,
     class_counts,
     decode,
+    decode_volume,
     instance_image,
     label_png,
     sniff,
+    sniff_volume,
+    upload_format,
+    volume_labels,
 )
 from unetseg.serve.worker import InferenceQueue, QueueFull, ServedModel, load_served_model
 
@@ -175,10 +187,34 @@ def _inference_job(served: ServedModel, data: bytes, suffix: str, name: str,
     return body, time.perf_counter() - started
 
 
+def _volume_job(served: ServedModel, data: bytes, suffix: str, name: str,
+                fmt: str | None) -> tuple[Any, float]:
+    """Decode, predict and encode one uploaded volume (runs in a worker thread): the labels
+    in the upload's format (``(bytes, media type)``) or, for ``json``, their counts."""
+    import numpy as np
+
+    from unetseg.infer.volume import volume_to_float
+
+    started = time.perf_counter()
+    volume = decode_volume(data, suffix, name)
+    try:
+        ids = served.predict_volume_ids(volume_to_float(volume.array))
+    except UserError as exc:
+        raise BadUpload(400, f"{name}: {exc}") from None
+    if fmt == "json":
+        body: Any = {"volume": name, "shape": [int(v) for v in ids.shape],
+                     "spacing": list(volume.spacing) if volume.spacing else None,
+                     "classes": class_counts(ids, served.card.classes, unit="voxels")}
+    else:  # the masks' values, as predict_volumes writes them
+        body = volume_labels(np.asarray(served.card.classes.values)[ids], volume, suffix)
+    return body, time.perf_counter() - started
+
+
 def create_app(model_path: Any, config: PredictConfig | None = None, *,
                max_upload_bytes: int = LIMITS.max_upload_bytes,
-               max_pixels: int = LIMITS.max_pixels, queue_size: int = LIMITS.queue_size,
-               workers: int = LIMITS.workers, **options: Any) -> Any:
+               max_pixels: int = LIMITS.max_pixels, max_voxels: int = LIMITS.max_voxels,
+               queue_size: int = LIMITS.queue_size, workers: int = LIMITS.workers,
+               **options: Any) -> Any:
     """The FastAPI app serving one model file, loaded here, once.
 
     Args:
@@ -187,6 +223,7 @@ def create_app(model_path: Any, config: PredictConfig | None = None, *,
             :mod:`unetseg.infer.modelset`).
         max_upload_bytes: largest request body; larger ones get 413.
         max_pixels: largest image height x width; larger ones get 413.
+        max_voxels: largest volume depth x height x width; larger ones get 413.
         queue_size: requests that may wait for a worker; beyond them, 503.
         workers: inference threads.
         config: how to predict (:class:`~unetseg.config.PredictConfig`: tiling, device,
@@ -201,14 +238,14 @@ def create_app(model_path: Any, config: PredictConfig | None = None, *,
         from fastapi import FastAPI
     except ImportError:
         raise UserError(f"unetseg serve needs fastapi; {INSTALL_HINT}") from None
-    if max_upload_bytes < 1 or max_pixels < 1:
-        raise UserError("--max-upload-mb and --max-pixels must be positive")
+    if max_upload_bytes < 1 or max_pixels < 1 or max_voxels < 1:
+        raise UserError("--max-upload-mb, --max-pixels and --max-voxels must be positive")
     if queue_size < 0:
         raise UserError(f"--queue-size {queue_size}: give 0 or more")
     served = load_served_model(model_path, config, **options)
     queue = InferenceQueue(workers=workers, queue_size=queue_size)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
-              "queue_size": queue_size, "workers": workers}
+              "max_voxels": max_voxels, "queue_size": queue_size, "workers": workers}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -256,22 +293,32 @@ def _add_routes(app: Any, served: ServedModel, queue: InferenceQueue,
         return info
 
     @app.post("/predict")
-    async def predict(request: Request, format: str = "png") -> Response:
-        if format not in ("png", "json"):
+    async def predict(request: Request, format: str | None = None,
+                      volume: bool = False) -> Response:
+        if format not in (None, "png", "json"):
             raise BadUpload(400, f"format={format}: use png (the label image) or json")
         data, name = await _read_upload(request)
+        suffix = upload_format(data, name)
+        if suffix in VOLUME_ONLY or (suffix == ".tif" and (volume or served.spatial_dims == 3)):
+            return await _predict_volume(data, suffix, name, format)
+        if volume:
+            raise BadUpload(400, f"{name}: volume=true but this is a 2-D {suffix[1:].upper()}"
+                                 " image; send a NIfTI, NumPy or multi-page TIFF volume")
+        if served.spatial_dims == 3:
+            raise BadUpload(400, f"{name}: the served model is 3D; send a volume (.nii,"
+                                 " .nii.gz, .npy or a multi-page TIFF)")
         suffix, height, width = sniff(data, name)
         if height * width > limits["max_pixels"]:
             raise BadUpload(413, f"{name}: {width}x{height} pixels is more than the limit of"
                                  f" {limits['max_pixels']}; send a smaller image")
+        fmt = format or "png"
         try:
             body, seconds = await queue.run(
-                lambda: _inference_job(served, data, suffix, name, format))
+                lambda: _inference_job(served, data, suffix, name, fmt))
         except QueueFull:
-            return JSONResponse({"detail": "the inference queue is full; retry shortly"},
-                                status_code=503, headers={"Retry-After": "1"})
+            return _queue_full()
         headers = {"X-Inference-Seconds": f"{seconds:.4f}"}
-        if format == "json":
+        if fmt == "json":
             return JSONResponse(body, headers=headers)
         if served.card.instance is not None:  # object labels: a 16-bit PNG or a TIFF
             content, media, suffix = body
@@ -280,6 +327,33 @@ def _add_routes(app: Any, served: ServedModel, queue: InferenceQueue,
             return Response(content, media_type=media, headers=headers)
         headers["Content-Disposition"] = f'inline; filename="{Path(name).stem}_mask.png"'
         return Response(body, media_type="image/png", headers=headers)
+
+    async def _predict_volume(data: bytes, suffix: str, name: str,
+                              fmt: str | None) -> Response:
+        if fmt == "png":
+            raise BadUpload(400, f"format=png: {name} is a volume, answered in its own format"
+                                 f" ({suffix}); drop format or use json")
+        depth, height, width = sniff_volume(data, suffix, name)
+        if depth * height * width > limits["max_voxels"]:
+            raise BadUpload(413, f"{name}: {depth}x{height}x{width} voxels is more than the"
+                                 f" limit of {limits['max_voxels']}; send a smaller volume or"
+                                 " raise --max-voxels")
+        try:
+            body, seconds = await queue.run(
+                lambda: _volume_job(served, data, suffix, name, fmt))
+        except QueueFull:
+            return _queue_full()
+        headers = {"X-Inference-Seconds": f"{seconds:.4f}"}
+        if fmt == "json":
+            return JSONResponse(body, headers=headers)
+        content, media = body
+        stem = volume_stem(name) if is_volume_file(name) else Path(name).stem
+        headers["Content-Disposition"] = f'inline; filename="{stem}_labels{suffix}"'
+        return Response(content, media_type=media, headers=headers)
+
+    def _queue_full() -> Response:
+        return JSONResponse({"detail": "the inference queue is full; retry shortly"},
+                            status_code=503, headers={"Retry-After": "1"})
 
     app.mount("/static", StaticFiles(directory=static), name="static")
 

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import torch
 
 from unetseg.config import PredictConfig, predict_config
+from unetseg.errors import UserError
 from unetseg.modelfile import ModelCard
 
 if TYPE_CHECKING:
@@ -87,11 +89,13 @@ class InferenceQueue:
 
 @dataclass
 class ServedModel:
-    """A model loaded once: images (C, H, W) as read -> class ids (H, W).
+    """A model loaded once: images (C, H, W) as read -> class ids (H, W); volumes
+    (C, D, H, W) -> class ids (D, H, W).
 
     ``predictor`` is an :class:`~unetseg.infer.engine.ImagePredictor` (``torch`` backend) or an
     :class:`~unetseg.infer.backends.OnnxImagePredictor` (``onnxruntime``); ``postprocessing``
-    is a model set's (:mod:`unetseg.infer.postprocess`), applied to every label image.
+    is a model set's (:mod:`unetseg.infer.postprocess`), applied to every label image;
+    ``config`` the options it was loaded with (the tiling of volumes).
     """
 
     path: Path
@@ -100,6 +104,7 @@ class ServedModel:
     card: ModelCard
     loaded_at: float = field(default_factory=time.time)
     postprocessing: tuple[Step, ...] = ()
+    config: PredictConfig = field(default_factory=PredictConfig)
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         self.predictor.check_channels(image, name)
@@ -112,6 +117,53 @@ class ServedModel:
 
         ids = logits_to_labels(self.predictor.logits(image)).numpy()
         return apply_postprocessing(ids, self.postprocessing)
+
+    @property
+    def spatial_dims(self) -> int:
+        """3 for a 3D network (it takes volumes only), else 2."""
+        return self.card.model.spatial_dims
+
+    def predict_volume_ids(self, volume: np.ndarray) -> np.ndarray:
+        """Class ids ``(D, H, W)`` int64 of a volume ``(C, D, H, W)`` in its read scale
+        (:func:`~unetseg.infer.volume.volume_to_float`).
+
+        A 3D network runs the 3D sliding window as ``unetseg predict`` does (windows of
+        :attr:`config`'s tile along each axis, else planned per volume; its overlap, else 0.5),
+        on PyTorch or, for an exported ``.onnx``, on ONNX Runtime (the tiling stored in the
+        file is for 2-D images and is not used); a 2D model predicts slice by slice as it
+        predicts images, each slice's labels post-processed as an image's.
+
+        Raises:
+            UserError: an instance model, or a volume of the wrong channel count.
+        """
+        from unetseg.infer.postprocess import apply_postprocessing
+        from unetseg.infer.predict import logits_to_labels
+        from unetseg.infer.volume import slice_by_slice_logits, window_volume_logits
+
+        if self.card.instance is not None:
+            raise UserError("an instance model; volumes take a semantic model")
+        want = self.card.model.in_channels
+        if volume.shape[0] != want:
+            raise UserError(f"the volume has {volume.shape[0]} channel(s); the model takes"
+                            f" {want}")
+        predictor = self.predictor
+        if self.spatial_dims == 2:
+            logits = slice_by_slice_logits(lambda image: predictor.logits(image.numpy()),
+                                           torch.as_tensor(volume))
+            ids = logits_to_labels(logits.transpose(0, 1)).numpy()
+            return np.stack([apply_postprocessing(s, self.postprocessing) for s in ids])
+        config = self.config
+        tile = (config.tile,) * 3 if config.tile else None
+        if self.backend == "torch":
+            window, device = predictor.model, predictor.device
+            multiple = predictor.model.size_multiple
+        else:  # an exported 3D graph; its file states the size multiple per axis
+            window, device = predictor.predictor, torch.device("cpu")
+            multiple = predictor.info.size_multiple
+        logits = window_volume_logits(window, self.card.stats, volume, multiple, tile=tile,
+                                      overlap=config.overlap, batch_size=config.batch_size,
+                                      device=device)
+        return logits_to_labels(logits.transpose(0, 1)).numpy()
 
     def predict_objects(self, image: np.ndarray) -> np.ndarray:
         """Object labels ``(H, W)`` int32 of an instance model (0 background), split from its
@@ -133,7 +185,8 @@ def load_served_model(path: ModelSpec, config: PredictConfig | None = None, **op
     from unetseg.export.fastest import load_fastest
     from unetseg.infer.modelset import model_name
 
-    loaded = load_fastest(path, predict_config(config, **options))
+    cfg = predict_config(config, **options)
+    loaded = load_fastest(path, cfg)
     shown = Path(path) if isinstance(path, str | os.PathLike) else Path(model_name(path))
     return ServedModel(shown, loaded.backend, loaded.predictor, loaded.card,
-                       postprocessing=loaded.postprocessing)
+                       postprocessing=loaded.postprocessing, config=cfg)
