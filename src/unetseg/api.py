@@ -293,7 +293,8 @@ def predict_volumes(model: ModelSpec, volumes: Sequence[str | Path] | str | Path
                             ) -> Iterator[np.ndarray]:
                 for z0, logits in predict_volume_slabs(
                         net, card.stats, source.read, source.shape, tile=tile,
-                        overlap=0.5 if cfg.overlap is None else cfg.overlap, batch_size=cfg.batch_size):
+                        overlap=0.5 if cfg.overlap is None else cfg.overlap,
+                        batch_size=cfg.batch_size):
                     ids = logits_to_labels(logits.transpose(0, 1)).numpy()  # (n, H, W)
                     if planes is not None:
                         planes.add(z0, ids=ids)
