@@ -138,12 +138,13 @@ def test_an_overlap_of_zero_means_no_overlap_and_none_the_default(tmp_path: Path
     np.save(tmp_path / "cube.npy", voxels)
     seen: list[float] = []
     real = volume_module.sliding_window_volume_logits
+    streamed = volume_module.stream_volume_logits
 
-    def spy(predictor, x, tile, *, overlap, **kwargs):
+    def spy(predictor, read, shape, window, *, overlap, **kwargs):
         seen.append(overlap)
-        return real(predictor, x, tile, overlap=overlap, **kwargs)
+        return streamed(predictor, read, shape, window, overlap=overlap, **kwargs)
 
-    monkeypatch.setattr(volume_module, "sliding_window_volume_logits", spy)
+    monkeypatch.setattr(volume_module, "stream_volume_logits", spy)
     (written,) = predict(model, tmp_path / "cube.npy", tmp_path / "zero", tile=8, overlap=0.0,
                          overlays=False, show_progress=False)
     predict(model, tmp_path / "cube.npy", tmp_path / "default", tile=8, overlays=False,
