@@ -123,3 +123,19 @@ def test_registered_networks_refuse_volumes(monkeypatch):
     assert build_model(ModelConfig(1, 2, arch="flat-net")) is not None
     with pytest.raises(UserError, match="flat-net: registered networks take images"):
         build_model(ModelConfig(1, 2, arch="flat-net", spatial_dims=3))
+
+
+@pytest.mark.parametrize("arch", ["residual", "attention"])
+def test_exportable_3d_variant_equals_the_network(arch):
+    from unetseg.export.graph import exportable_network
+
+    net = build_model(_volume_config(arch, depth=2, width=2, norm="instance",
+                                     kernels=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
+                                     pools=((1, 2, 2), (2, 2, 2)))).eval()
+    graph = exportable_network(net)
+    volume = torch.rand(1, 1, 3, 9, 6)
+    with torch.no_grad():
+        want = net(volume)
+        torch.testing.assert_close(graph(volume), want)
+        traced = torch.jit.trace(graph, torch.rand(1, 1, 4, 8, 8))
+        torch.testing.assert_close(traced(volume), want)
