@@ -125,8 +125,8 @@ def test_registered_networks_refuse_volumes(monkeypatch):
         build_model(ModelConfig(1, 2, arch="flat-net", spatial_dims=3))
 
 
-@pytest.mark.parametrize("arch", ["residual", "attention"])
-def test_exportable_3d_variant_equals_the_network(arch):
+@pytest.mark.parametrize("arch", ["residual", "attention", "nested"])
+def test_exportable_3d_variant_equals_the_network_and_scripts(arch):
     from unetseg.export.graph import exportable_network
 
     net = build_model(_volume_config(arch, depth=2, width=2, norm="instance",
@@ -139,3 +139,4 @@ def test_exportable_3d_variant_equals_the_network(arch):
         torch.testing.assert_close(graph(volume), want)
         traced = torch.jit.trace(graph, torch.rand(1, 1, 4, 8, 8))
         torch.testing.assert_close(traced(volume), want)
+        torch.testing.assert_close(torch.jit.script(graph)(volume), want)

@@ -34,22 +34,21 @@ class AttentionGate(nn.Module):
                  dims: int = 2, scale: Size = 2):
         super().__init__()
         conv = conv_layer(dims)
-        self.scale = per_axis(scale, dims)
-        self.theta = conv(skip_channels, inter_channels, self.scale, stride=self.scale,
-                          bias=False)
+        scale = per_axis(scale, dims)
+        self.theta = conv(skip_channels, inter_channels, scale, stride=scale, bias=False)
         self.phi = conv(gate_channels, inter_channels, 1)
         self.psi = conv(inter_channels, 1, 1)
+        factor: float | tuple[float, ...] = (
+            2.0 if set(scale) == {2} else tuple(float(v) for v in scale))
+        self.upsample = nn.Upsample(scale_factor=factor,
+                                    mode="trilinear" if dims == 3 else "bilinear",
+                                    align_corners=False)
 
     def coefficients(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """The attention coefficients (N, 1, H, W) (volumes: (N, 1, D, H, W)), each in
         (0, 1)."""
         f = F.relu(self.theta(skip) + self.phi(gate))
-        alpha = torch.sigmoid(self.psi(f))
-        if len(self.scale) == 3:
-            factor = tuple(float(s) for s in self.scale)
-            return F.interpolate(alpha, scale_factor=factor, mode="trilinear",
-                                 align_corners=False)
-        return F.interpolate(alpha, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.upsample(torch.sigmoid(self.psi(f)))
 
     def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         return skip * self.coefficients(skip, gate)

@@ -38,12 +38,6 @@ def conv_layer(dims: int) -> Callable[..., nn.Module]:
     return nn.Conv3d if dims == 3 else nn.Conv2d
 
 
-def subsample_axes(x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
-    """Every ``stride[a]``-th element along each spatial axis ``a`` of ``x`` (N, C, ...)."""
-    index: tuple[slice, ...] = (slice(None), slice(None), *(slice(None, None, s) for s in stride))
-    return x[index]
-
-
 class StridedPointwiseConv(nn.Conv2d):
     """A 1x1 convolution with ``stride``, computed as subsampling then a stride-1 1x1 conv.
 
@@ -59,7 +53,8 @@ class StridedPointwiseConv(nn.Conv2d):
         self.subsample = per_axis(stride, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(subsample_axes(x, self.subsample), self.weight, self.bias)
+        s = self.subsample
+        return self._conv_forward(x[:, :, ::s[0], ::s[1]], self.weight, self.bias)
 
 
 class StridedPointwiseConv3d(nn.Conv3d):
@@ -72,7 +67,8 @@ class StridedPointwiseConv3d(nn.Conv3d):
         self.subsample = per_axis(stride, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(subsample_axes(x, self.subsample), self.weight, self.bias)
+        s = self.subsample
+        return self._conv_forward(x[:, :, ::s[0], ::s[1], ::s[2]], self.weight, self.bias)
 
 
 def strided_pointwise_conv(in_channels: int, out_channels: int, *, stride: Size,
