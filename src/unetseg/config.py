@@ -53,10 +53,11 @@ class ModelConfig:
     ``deep_supervision`` adds 1x1 heads to the coarser decoder stages whose losses join the
     main one in training (for ``nested``, heads on its nested outputs); ``prune_level`` runs a
     ``nested`` network pruned to its first ``prune_level`` levels at inference (None: all).
-    ``spatial_dims`` is 2 for images, 3 for volumes (``unet`` only, so far). For anisotropic
-    volumes ``kernel_sizes`` (``depth + 1`` entries, finest level first) and ``pool_sizes``
-    (``depth`` entries) give the conv kernel and the pooling per axis (``(z, y, x)``) of each
-    level (:func:`unetseg.model.geometry.anisotropic_plan`); None: 3 and 2 along every axis.
+    ``spatial_dims`` is 2 for images, 3 for volumes (``unet``, ``residual``, ``attention`` and
+    ``nested``; the ResNets are 2D). For anisotropic volumes ``kernel_sizes`` (``depth + 1``
+    entries, finest level first) and ``pool_sizes`` (``depth`` entries) give the conv kernel
+    and the pooling per axis (``(z, y, x)``) of each level
+    (:func:`unetseg.model.geometry.anisotropic_plan`); None: 3 and 2 along every axis.
     """
 
     in_channels: int = 1

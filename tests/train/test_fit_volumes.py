@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import write_ball_volumes
@@ -86,3 +87,31 @@ def test_the_named_volumes_are_held_out_for_validation(tmp_path: Path):
     with pytest.raises(UserError, match="case9: held out for validation"):
         fit_volumes(data, tmp_path / "r2", replace(cfg, **{"data.val_stems": ("case9",)}),
                     show_progress=False)
+
+
+def test_a_3d_residual_run_saves_reloads_and_predicts(tmp_path: Path):
+    from unetseg.api import predict_volumes
+
+    data = write_ball_volumes(tmp_path / "balls", count=2, shape=(8, 16, 16))
+    cfg = RunConfig(model=ModelConfig(depth=2, width=4, arch="residual", encoder_blocks=1),
+                    data=DataConfig(val_fraction=0.5),
+                    train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=1))
+    result = fit_volumes(data, tmp_path / "run", cfg, show_progress=False)
+    model, card = load_model(result.best_model)
+    assert (card.model.arch, card.model.spatial_dims) == ("residual", 3)
+    assert card.model.kernel_sizes[0] == (1, 3, 3)
+    assert type(model.body).__name__ == "ResidualUNetBody"
+    assert any(p.ndim == 5 for p in model.parameters())
+    written = predict_volumes(result.best_model, data / "images" / "case0.nii.gz",
+                              tmp_path / "pred", overlays=False, show_progress=False)
+    import nibabel as nib
+
+    labels = np.asarray(nib.load(str(written[0])).dataobj)
+    assert labels.shape == (16, 16, 8)  # NIfTI's x, y, z of the (8, 16, 16) volume
+
+
+def test_volume_training_refuses_2d_only_architectures(tmp_path: Path):
+    cfg = RunConfig(model=ModelConfig(arch="resnet18"))
+    with pytest.raises(UserError, match="--arch resnet18 has no 3D form"):
+        fit_volumes(tmp_path / "missing", tmp_path / "run", cfg, show_progress=False)
+    assert not (tmp_path / "run").exists()

@@ -124,18 +124,19 @@ def _crop_indexed(logits: torch.Tensor, height: int, width: int) -> torch.Tensor
 class ExportableNet(nn.Module):
     """A :class:`~unetseg.model.SegmentationNet`'s body and inference head with a size-generic
     forward; the same logits as ``net(x)`` in eval mode. Shares the layers. Shape: (N, C, H, W)
-    -> (N, K, H, W) for any H, W >= 1."""
+    -> (N, K, H, W) for any H, W >= 1; volumes (N, C, D, H, W) alike, each axis padded to its
+    own multiple (:attr:`SegmentationNet.size_multiple`)."""
 
     def __init__(self, net: SegmentationNet):
         super().__init__()
-        self.multiple: int = 2**net.config.depth
+        self.multiple = list(net.size_multiple)
         self.body = net.body
         self.head = net.inference_head()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2], x.shape[-1]
-        features = self.body(pad_to_multiple_indexed(x, self.multiple))
-        return _crop_indexed(self.head(features[0]), height, width)
+        size: list[int] = list(x.shape[2:])
+        features = self.body(pad_to_multiples_indexed(x, self.multiple))
+        return crop_indexed(self.head(features[0]), size)
 
 
 class ExportableExternal(nn.Module):

@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from unetseg.config import ModelConfig
-from unetseg.model.blocks import DoubleConv, Up
+from unetseg.model.blocks import DoubleConv, Down, Size, Up, conv_layer, per_axis
+from unetseg.model.geometry import network_plan
 
 
 class AttentionGate(nn.Module):
@@ -24,20 +25,30 @@ class AttentionGate(nn.Module):
 
     ``theta``: 2x2 conv, stride 2, no bias (skip -> ``inter`` channels at the gate's size);
     ``phi``: 1x1 conv (gate -> ``inter``); ``psi``: 1x1 conv (``inter`` -> 1).
-    Shape: skip (N, C_s, H, W), gate (N, C_g, H / 2, W / 2) -> (N, C_s, H, W).
+    Shape: skip (N, C_s, H, W), gate (N, C_g, H / 2, W / 2) -> (N, C_s, H, W). Volumes
+    (``dims=3``) alike, ``scale`` (the pooling between skip and gate) per axis: theta's kernel
+    and stride, and the trilinear upsampling of the coefficients.
     """
 
-    def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int):
+    def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int, *,
+                 dims: int = 2, scale: Size = 2):
         super().__init__()
-        self.theta = nn.Conv2d(skip_channels, inter_channels, 2, stride=2, bias=False)
-        self.phi = nn.Conv2d(gate_channels, inter_channels, 1)
-        self.psi = nn.Conv2d(inter_channels, 1, 1)
+        conv = conv_layer(dims)
+        scale = per_axis(scale, dims)
+        self.theta = conv(skip_channels, inter_channels, scale, stride=scale, bias=False)
+        self.phi = conv(gate_channels, inter_channels, 1)
+        self.psi = conv(inter_channels, 1, 1)
+        factor: float | tuple[float, ...] = (
+            2.0 if set(scale) == {2} else tuple(float(v) for v in scale))
+        self.upsample = nn.Upsample(scale_factor=factor,
+                                    mode="trilinear" if dims == 3 else "bilinear",
+                                    align_corners=False)
 
     def coefficients(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """The attention coefficients (N, 1, H, W), each in (0, 1)."""
+        """The attention coefficients (N, 1, H, W) (volumes: (N, 1, D, H, W)), each in
+        (0, 1)."""
         f = F.relu(self.theta(skip) + self.phi(gate))
-        alpha = torch.sigmoid(self.psi(f))
-        return F.interpolate(alpha, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.upsample(torch.sigmoid(self.psi(f)))
 
     def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         return skip * self.coefficients(skip, gate)
@@ -45,7 +56,8 @@ class AttentionGate(nn.Module):
 
 class AttentionUNetBody(nn.Module):
     """The U-Net's encoder and decoder with an :class:`AttentionGate` on every skip, gated
-    by the decoder features one level below.
+    by the decoder features one level below. Volumes (``cfg.spatial_dims`` 3) take the
+    config's kernels and poolings per level.
 
     Shape: (N, C, H, W), H and W multiples of ``2**depth`` -> decoder features finest first,
     level ``l`` of ``widths[l]`` channels at ``1 / 2**l`` of the size (``depth`` maps).
@@ -53,20 +65,24 @@ class AttentionUNetBody(nn.Module):
 
     def __init__(self, cfg: ModelConfig, widths: list[int]):
         super().__init__()
-        self.inc = DoubleConv(cfg.in_channels, widths[0], padding="same", norm=cfg.norm)
+        dims = cfg.spatial_dims
+        kernels, pools = network_plan(cfg.depth, dims, cfg.kernel_sizes, cfg.pool_sizes)
+        self.inc = DoubleConv(cfg.in_channels, widths[0], padding="same", norm=cfg.norm,
+                              dims=dims, kernel=kernels[0])
         self.downs = nn.ModuleList(
-            nn.Sequential(nn.MaxPool2d(2),
-                          DoubleConv(widths[i], widths[i + 1], padding="same", norm=cfg.norm))
+            Down(widths[i], widths[i + 1], padding="same", norm=cfg.norm, dims=dims,
+                 pool=pools[i], kernel=kernels[i + 1])
             for i in range(cfg.depth)
         )
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.gates = nn.ModuleList(
-            AttentionGate(widths[i], widths[i + 1], max(1, widths[i] // 2))
+            AttentionGate(widths[i], widths[i + 1], max(1, widths[i] // 2), dims=dims,
+                          scale=pools[i])
             for i in reversed(range(cfg.depth))
         )
         self.ups = nn.ModuleList(
             Up(widths[i + 1], widths[i], padding="same", norm=cfg.norm, up=cfg.up,
-               skip_channels=widths[i])
+               skip_channels=widths[i], dims=dims, scale=pools[i], kernel=kernels[i])
             for i in reversed(range(cfg.depth))
         )
 

@@ -44,17 +44,38 @@ class StridedPointwiseConv(nn.Conv2d):
     The same function and parameters as ``nn.Conv2d(in, out, 1, stride=stride)`` (its state dict
     loads either way), but it never calls oneDNN's strided 1x1 weight-gradient kernel, which
     corrupts the heap in torch 2.13 on CPU for channels-last inputs of fewer than 8 channels on
-    one thread (a crash seen training a width-4 residual U-Net). Shape: (N, C_in, H, W) ->
-    (N, C_out, ceil(H / stride), ceil(W / stride)).
+    one thread (a crash seen training a width-4 residual U-Net). ``stride`` is one for both
+    axes or one per axis. Shape: (N, C_in, H, W) -> (N, C_out, ceil(H / s_y), ceil(W / s_x)).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int, bias: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, *, stride: Size, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
-        self.subsample = stride
+        self.subsample = per_axis(stride, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.subsample
-        return self._conv_forward(x[:, :, ::s, ::s], self.weight, self.bias)
+        return self._conv_forward(x[:, :, ::s[0], ::s[1]], self.weight, self.bias)
+
+
+class StridedPointwiseConv3d(nn.Conv3d):
+    """:class:`StridedPointwiseConv` for volumes: ``nn.Conv3d(in, out, 1, stride=stride)``
+    as subsampling then a 1x1x1 conv, ``stride`` per axis (``(1, 2, 2)`` keeps the slices).
+    Shape: (N, C_in, D, H, W) -> (N, C_out, ceil(D / s_z), ceil(H / s_y), ceil(W / s_x))."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: Size, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+        self.subsample = per_axis(stride, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.subsample
+        return self._conv_forward(x[:, :, ::s[0], ::s[1], ::s[2]], self.weight, self.bias)
+
+
+def strided_pointwise_conv(in_channels: int, out_channels: int, *, stride: Size,
+                           bias: bool = True, dims: int = 2) -> nn.Module:
+    """The strided 1x1 (or 1x1x1) projection of a ``dims``-dimensional network."""
+    cls = StridedPointwiseConv3d if dims == 3 else StridedPointwiseConv
+    return cls(in_channels, out_channels, stride=stride, bias=bias)
 
 
 def norm_layer(norm: Norm, channels: int, dims: int = 2) -> nn.Module:

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 from unetseg.errors import UserError
 
+Plan = Sequence[Sequence[int]]
+"""Per level, one size per axis: ``((1, 3, 3), (3, 3, 3), ...)``."""
+
 
 def valid_output_size(input_size: int, depth: int) -> int:
     """Output side of a valid-padding U-Net for ``input_size``; :class:`UserError` if illegal.
@@ -200,3 +203,31 @@ def valid_input_size_axis(output_size: int, kernels: Sequence[int], pools: Seque
     ``output_size`` (it is ``output_size + 2 * margin`` where that is legal)."""
     margin = valid_margin_axis(kernels, pools)
     return nearest_legal_input_size_axis(max(1, output_size) + 2 * margin, kernels, pools)
+
+
+def level_plan(sizes: Plan | None, levels: int, dims: int, default: int, name: str
+               ) -> tuple[tuple[int, ...], ...]:
+    """``sizes`` checked (``levels`` entries of ``dims`` positive ints), or ``default``
+    everywhere."""
+    if sizes is None:
+        return tuple((default,) * dims for _ in range(levels))
+    plan = tuple(tuple(int(v) for v in level) for level in sizes)
+    if len(plan) != levels or any(len(level) != dims or min(level) < 1 for level in plan):
+        raise ValueError(f"{name} {plan}: give {levels} entries of {dims} positive sizes")
+    return plan
+
+
+def network_plan(depth: int, spatial_dims: int, kernel_sizes: Plan | None,
+                 pool_sizes: Plan | None, *, same: bool = True
+                 ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """``(kernels, pools)`` of a network: ``depth + 1`` conv kernels and ``depth`` poolings,
+    one size per axis each (3 and 2 where None), checked.
+
+    Raises:
+        ValueError: plans of the wrong length, or even kernels under same padding.
+    """
+    kernels = level_plan(kernel_sizes, depth + 1, spatial_dims, 3, "kernel_sizes")
+    pools = level_plan(pool_sizes, depth, spatial_dims, 2, "pool_sizes")
+    if same and any(k % 2 == 0 for level in kernels for k in level):
+        raise ValueError(f"kernel_sizes {kernels}: same padding needs odd kernels")
+    return kernels, pools

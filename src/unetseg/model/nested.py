@@ -24,19 +24,24 @@ import torch
 from torch import nn
 
 from unetseg.config import ModelConfig
-from unetseg.model.blocks import DoubleConv, Up
+from unetseg.model.blocks import DoubleConv, Down, Size, Up
+from unetseg.model.geometry import network_plan
 
 
 class NestedNode(nn.Module):
     """One ``X[i][j]``, ``j >= 1``: upsample ``X[i+1][j-1]`` to level ``i`` (as the U-Net's
-    up step, to ``width`` channels), concatenate after ``X[i][0..j-1]``, double conv."""
+    up step, to ``width`` channels), concatenate after ``X[i][0..j-1]``, double conv.
+    Volumes: ``scale`` is the pooling between the two levels, ``kernel`` level ``i``'s."""
 
-    def __init__(self, width: int, deeper_width: int, j: int, cfg: ModelConfig):
+    def __init__(self, width: int, deeper_width: int, j: int, cfg: ModelConfig, *,
+                 scale: Size = 2, kernel: Size = 3):
         super().__init__()
+        dims = cfg.spatial_dims
         step = Up(deeper_width, width, padding="same", norm=cfg.norm, up=cfg.up,
-                  skip_channels=width)
+                  skip_channels=width, dims=dims, scale=scale, kernel=kernel)
         self.up = step.up
-        self.conv = DoubleConv((j + 1) * width, width, padding="same", norm=cfg.norm)
+        self.conv = DoubleConv((j + 1) * width, width, padding="same", norm=cfg.norm,
+                               dims=dims, kernel=kernel)
 
     def forward(self, deeper: torch.Tensor, same_level: list[torch.Tensor]) -> torch.Tensor:
         inputs = list(same_level)
@@ -51,9 +56,12 @@ class NestedDiagonal(nn.Module):
     def __init__(self, k: int, widths: list[int], cfg: ModelConfig):
         super().__init__()
         self.k = k
-        self.down = nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[k - 1], widths[k],
-                                                              padding="same", norm=cfg.norm))
-        self.nodes = nn.ModuleList(NestedNode(widths[k - j], widths[k - j + 1], j, cfg)
+        kernels, pools = network_plan(cfg.depth, cfg.spatial_dims, cfg.kernel_sizes,
+                                      cfg.pool_sizes)
+        self.down = Down(widths[k - 1], widths[k], padding="same", norm=cfg.norm,
+                         dims=cfg.spatial_dims, pool=pools[k - 1], kernel=kernels[k])
+        self.nodes = nn.ModuleList(NestedNode(widths[k - j], widths[k - j + 1], j, cfg,
+                                              scale=pools[k - j], kernel=kernels[k - j])
                                    for j in range(1, k + 1))
 
     def forward(self, rows: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
@@ -79,7 +87,9 @@ class NestedUNetBody(nn.Module):
         super().__init__()
         self.supervised: bool = cfg.deep_supervision
         self.levels = levels
-        self.inc = DoubleConv(cfg.in_channels, widths[0], padding="same", norm=cfg.norm)
+        kernels, _ = network_plan(cfg.depth, cfg.spatial_dims, cfg.kernel_sizes, cfg.pool_sizes)
+        self.inc = DoubleConv(cfg.in_channels, widths[0], padding="same", norm=cfg.norm,
+                              dims=cfg.spatial_dims, kernel=kernels[0])
         self.diagonals = nn.ModuleList(NestedDiagonal(k, widths, cfg)
                                        for k in range(1, cfg.depth + 1))
 

@@ -114,6 +114,9 @@ def arch_config(cfg: ModelConfig) -> ModelConfig:
     if cfg.arch == "unet" or cfg.arch in BUILDERS:
         return variant_config(cfg)
     arch = _external(cfg.arch)
+    if cfg.spatial_dims != 2:
+        raise UserError(f"--arch {cfg.arch}: registered networks take images (N, C, H, W);"
+                        " for volumes use --arch unet, residual, attention or nested")
     if cfg.deep_supervision or cfg.prune_level is not None:
         raise UserError(f"--arch {cfg.arch}: deep supervision and pruning are for unetseg's"
                         " own networks; drop --deep-supervision and --prune-level")

@@ -14,28 +14,42 @@ import torch
 from torch import nn
 
 from unetseg.config import ModelConfig, Norm
-from unetseg.model.blocks import StridedPointwiseConv, Up, norm_layer
+from unetseg.model.blocks import (
+    Size,
+    Up,
+    conv_layer,
+    norm_layer,
+    per_axis,
+    strided_pointwise_conv,
+)
+from unetseg.model.geometry import network_plan
 
 
 class ResidualBlock(nn.Module):
     """(3x3 conv -> norm -> ReLU -> 3x3 conv -> norm) + shortcut, then ReLU: He et al.'s basic
     block. The shortcut is the identity, or a 1x1 conv and norm where the channels or the
-    stride change. Shape: (N, C_in, H, W) -> (N, C_out, H / stride, W / stride)."""
+    stride change. Shape: (N, C_in, H, W) -> (N, C_out, H / stride, W / stride); volumes
+    (``dims=3``) alike, with ``kernel`` and ``stride`` one per axis or one for all."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: Norm):
+    def __init__(self, in_channels: int, out_channels: int, *, stride: Size = 1, norm: Norm,
+                 dims: int = 2, kernel: Size = 3):
         super().__init__()
         bias = norm == "none"
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1,
-                               bias=bias)
-        self.norm1 = norm_layer(norm, out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias)
-        self.norm2 = norm_layer(norm, out_channels)
+        strides, kernels = per_axis(stride, dims), per_axis(kernel, dims)
+        pad = tuple(k // 2 for k in kernels)
+        conv = conv_layer(dims)
+        self.conv1 = conv(in_channels, out_channels, kernels, stride=strides, padding=pad,
+                          bias=bias)
+        self.norm1 = norm_layer(norm, out_channels, dims)
+        self.conv2 = conv(out_channels, out_channels, kernels, padding=pad, bias=bias)
+        self.norm2 = norm_layer(norm, out_channels, dims)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
+        if any(s != 1 for s in strides) or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                StridedPointwiseConv(in_channels, out_channels, stride=stride, bias=bias),
-                norm_layer(norm, out_channels),
+                strided_pointwise_conv(in_channels, out_channels, stride=strides, bias=bias,
+                                       dims=dims),
+                norm_layer(norm, out_channels, dims),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,16 +61,20 @@ class ResidualBlock(nn.Module):
 class ResidualStage(nn.Sequential):
     """``blocks`` residual blocks; the first maps the channels and applies ``stride``."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, blocks: int, stride: int,
-                 norm: Norm):
+    def __init__(self, in_channels: int, out_channels: int, *, blocks: int, stride: Size,
+                 norm: Norm, dims: int = 2, kernel: Size = 3):
         super().__init__(
-            ResidualBlock(in_channels, out_channels, stride=stride, norm=norm),
-            *(ResidualBlock(out_channels, out_channels, norm=norm) for _ in range(blocks - 1)),
+            ResidualBlock(in_channels, out_channels, stride=stride, norm=norm, dims=dims,
+                          kernel=kernel),
+            *(ResidualBlock(out_channels, out_channels, norm=norm, dims=dims, kernel=kernel)
+              for _ in range(blocks - 1)),
         )
 
 
 class ResidualUNetBody(nn.Module):
     """Residual encoder of ``depth + 1`` stages (widths as the U-Net's), the U-Net's decoder.
+    Volumes (``cfg.spatial_dims`` 3) take the config's kernels and poolings per level: stage
+    ``l`` strides by pooling ``l - 1``.
 
     Shape: (N, C, H, W), H and W multiples of ``2**depth`` -> decoder features finest first,
     level ``l`` of ``widths[l]`` channels at ``1 / 2**l`` of the size (``depth`` maps).
@@ -64,15 +82,18 @@ class ResidualUNetBody(nn.Module):
 
     def __init__(self, cfg: ModelConfig, widths: list[int]):
         super().__init__()
+        dims = cfg.spatial_dims
+        kernels, pools = network_plan(cfg.depth, dims, cfg.kernel_sizes, cfg.pool_sizes)
         self.stages = nn.ModuleList(
             ResidualStage(cfg.in_channels if i == 0 else widths[i - 1], widths[i],
-                          blocks=cfg.encoder_blocks, stride=1 if i == 0 else 2, norm=cfg.norm)
+                          blocks=cfg.encoder_blocks, stride=1 if i == 0 else pools[i - 1],
+                          norm=cfg.norm, dims=dims, kernel=kernels[i])
             for i in range(cfg.depth + 1)
         )
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.ups = nn.ModuleList(
             Up(widths[i + 1], widths[i], padding="same", norm=cfg.norm, up=cfg.up,
-               skip_channels=widths[i])
+               skip_channels=widths[i], dims=dims, scale=pools[i], kernel=kernels[i])
             for i in reversed(range(cfg.depth))
         )
 

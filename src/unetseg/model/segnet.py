@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from unetseg.config import ModelConfig
-from unetseg.model.blocks import OutConv, center_crop_to, pad_to_multiple, per_axis
+from unetseg.model.blocks import center_crop_to, out_conv, pad_to_multiple, per_axis
+from unetseg.model.geometry import size_multiple
 
 
 def upsample_to(logits: torch.Tensor, scale: int | Sequence[int], like: torch.Tensor, *,
@@ -53,43 +54,58 @@ class SegmentationNet(nn.Module):
     """A body and its heads, with the ``config`` the pipeline reads (same padding).
 
     Args:
-        config: the network's :class:`ModelConfig` (``depth`` sets the padding multiple).
-        body: module mapping (N, C, H, W), H and W multiples of ``2**depth``, to a list of
-            features, finest first (see the module docstring); in eval mode only the first is
-            used.
+        config: the network's :class:`ModelConfig` (``depth`` and ``pool_sizes`` set the
+            padding multiple, ``spatial_dims`` the heads' dimensions).
+        body: module mapping (N, C, H, W), H and W multiples of :attr:`size_multiple`, to a
+            list of features, finest first (see the module docstring); in eval mode only the
+            first is used. Volumes (N, C, D, H, W) alike for ``spatial_dims`` 3.
         head_channels: channels of the body's first feature.
-        aux: (channels, scale) of each further feature the body returns in training; one
-            auxiliary head each when ``config.deep_supervision``.
+        aux: (channels, scale) of each further feature the body returns in training (scale one
+            factor or one per axis); one auxiliary head each when ``config.deep_supervision``.
 
     Shape:
-        (N, in_channels, H, W) -> (N, num_classes, H, W) for any H, W; in training with deep
-        supervision a list of such maps, the main one first.
+        (N, in_channels, H, W) -> (N, num_classes, H, W) for any H, W (volumes: D, H, W); in
+        training with deep supervision a list of such maps, the main one first.
     """
 
     def __init__(self, config: ModelConfig, body: nn.Module, head_channels: int,
-                 aux: Sequence[tuple[int, int]] = ()):
+                 aux: Sequence[tuple[int, int | Sequence[int]]] = ()):
         super().__init__()
         self.config = config
         self.body = body
-        self.head = OutConv(head_channels, config.num_classes)
+        dims = config.spatial_dims
+        self.head = out_conv(head_channels, config.num_classes, dims)
         self.aux_heads = nn.ModuleList(
-            OutConv(channels, config.num_classes) for channels, _ in aux
+            out_conv(channels, config.num_classes, dims) for channels, _ in aux
         ) if config.deep_supervision else nn.ModuleList()
         self.aux_scales = [scale for _, scale in aux]
+
+    @property
+    def size_multiple(self) -> tuple[int, ...]:
+        """Per axis, what an input is padded to a multiple of: the product of the poolings
+        along it (``2**depth`` for isotropic plans)."""
+        cfg = self.config
+        return size_multiple(cfg.depth, cfg.spatial_dims, cfg.pool_sizes)
 
     def inference_head(self) -> nn.Module:
         """The head that classifies the body's first feature at inference."""
         return self.head
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        return height, width
+    def output_size(self, *size: int) -> tuple[int, ...]:
+        return tuple(size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        x, (h, w) = pad_to_multiple(x, 2**self.config.depth)
+        dims = self.config.spatial_dims
+        if x.ndim != dims + 2:
+            raise ValueError(f"input of shape {tuple(x.shape)}: this {dims}D network takes"
+                             f" {'(N, C, D, H, W)' if dims == 3 else '(N, C, H, W)'}")
+        multiple = self.size_multiple
+        x, size = pad_to_multiple(x, multiple[0] if len(set(multiple)) == 1 else multiple)
+        crop: tuple[Any, ...] = (..., *(slice(0, n) for n in size))
         features = self.body(x)
         if not self.training:
-            return self.inference_head()(features[0])[..., :h, :w]
-        logits = self.head(features[0])[..., :h, :w]
+            return self.inference_head()(features[0])[crop]
+        logits = self.head(features[0])[crop]
         if not len(self.aux_heads):
             return logits
         aux = [upsample_to(head(f), scale, logits, same=True)

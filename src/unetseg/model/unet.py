@@ -5,7 +5,6 @@ arXiv:1606.06650)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,11 +12,14 @@ from torch import nn
 
 from unetseg.config import ModelConfig, Norm, Padding, UpMode
 from unetseg.model.blocks import DoubleConv, Down, Up, out_conv, pad_to_multiple
-from unetseg.model.geometry import size_multiple, valid_output_size, valid_output_size_axis
+from unetseg.model.geometry import (
+    Plan,
+    network_plan,
+    size_multiple,
+    valid_output_size,
+    valid_output_size_axis,
+)
 from unetseg.model.segnet import upsample_to
-
-Plan = Sequence[Sequence[int]]
-"""Per level, one size per axis: ``((1, 3, 3), (3, 3, 3), ...)``."""
 
 
 class UNet(nn.Module):
@@ -67,10 +69,8 @@ class UNet(nn.Module):
             raise ValueError(f"unknown padding {padding!r}; use same or valid")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims {spatial_dims}: use 2 (images) or 3 (volumes)")
-        kernels = _plan(kernel_sizes, depth + 1, spatial_dims, 3, "kernel_sizes")
-        pools = _plan(pool_sizes, depth, spatial_dims, 2, "pool_sizes")
-        if padding == "same" and any(k % 2 == 0 for level in kernels for k in level):
-            raise ValueError(f"kernel_sizes {kernels}: same padding needs odd kernels")
+        kernels, pools = network_plan(depth, spatial_dims, kernel_sizes, pool_sizes,
+                                      same=padding == "same")
         self.config = ModelConfig(
             in_channels, num_classes, depth, width, padding, up, norm, dropout,
             top_width=top_width, deep_supervision=deep_supervision, spatial_dims=spatial_dims,
@@ -160,18 +160,6 @@ class UNet(nn.Module):
         scale = tuple(math.prod(p[a] for p in self.pools[:level])
                       for a in range(self.config.spatial_dims))
         return scale[0] if len(set(scale)) == 1 else scale
-
-
-def _plan(sizes: Plan | None, levels: int, dims: int, default: int, name: str
-          ) -> tuple[tuple[int, ...], ...]:
-    """``sizes`` checked (``levels`` entries of ``dims`` positive ints), or ``default``
-    everywhere."""
-    if sizes is None:
-        return tuple((default,) * dims for _ in range(levels))
-    plan = tuple(tuple(int(v) for v in level) for level in sizes)
-    if len(plan) != levels or any(len(level) != dims or min(level) < 1 for level in plan):
-        raise ValueError(f"{name} {plan}: give {levels} entries of {dims} positive sizes")
-    return plan
 
 
 def he_init(module: nn.Module) -> None:

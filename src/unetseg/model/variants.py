@@ -12,13 +12,16 @@ resnet34   ResNet-34 encoder, U-Net decoder                          He et al. 2
 resnet50   ResNet-50 encoder, U-Net decoder                          He et al. 2016
 ========== ========================================================= =============================
 
-All but ``unet`` use same padding (they pad inside, so any H x W works). ``width`` None is the
-U-Net's 64 (planned from a time budget in training, as the U-Net's), 32 for ``nested`` (the
-U-Net++ paper's) and 16 for the ResNet decoders (smp's 256 ... 16).
+All but ``unet`` use same padding (they pad inside, so any H x W works). ``unet``,
+``residual``, ``attention`` and ``nested`` have 3D forms (``spatial_dims=3`` with per-axis
+``kernel_sizes`` and ``pool_sizes``, as :class:`~unetseg.model.UNet`); the ResNets are 2D.
+``width`` None is the U-Net's 64 (planned from a time budget in training, as the U-Net's),
+32 for ``nested`` (the U-Net++ paper's) and 16 for the ResNet decoders (smp's 256 ... 16).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -40,6 +43,8 @@ DEFAULT_WIDTHS = {"nested": 32, **{name: 16 for name in RESNET_LAYERS}}
 PLANNED_WIDTH = ("unet", "residual", "attention", "nested")
 """Architectures whose ``width`` None is planned from a time budget
 (:func:`unetseg.train.plan.plan_width`); their cost grows as the width squared."""
+VOLUME_ARCHS = ("unet", "residual", "attention", "nested")
+"""Architectures with a 3D form (``spatial_dims=3``, per-axis ``kernel_sizes``/``pool_sizes``)."""
 
 
 def unet_widths(cfg: ModelConfig) -> list[int]:
@@ -57,12 +62,21 @@ class NestedUNet(SegmentationNet):
         return self.head if level == depth else self.aux_heads[depth - 1 - level]
 
 
+def level_scale(cfg: ModelConfig, level: int) -> int | tuple[int, ...]:
+    """How much coarser decoder level ``level`` is than the output: ``2**level``, or per axis
+    the product of the first ``level`` poolings of ``cfg.pool_sizes``."""
+    if cfg.pool_sizes is None:
+        return 2**level
+    return tuple(math.prod(p[a] for p in cfg.pool_sizes[:level])
+                 for a in range(cfg.spatial_dims))
+
+
 def _ladder_net(cfg: ModelConfig, body: type[nn.Module]) -> SegmentationNet:
     """A U-Net-shaped ``body`` with the main head and one auxiliary head per coarser decoder
     level (channels, scale)."""
     widths = unet_widths(cfg)
     net = SegmentationNet(cfg, body(cfg, widths), widths[0],
-                          [(widths[lvl], 2**lvl) for lvl in range(1, cfg.depth)])
+                          [(widths[lvl], level_scale(cfg, lvl)) for lvl in range(1, cfg.depth)])
     he_init(net)
     return net
 
@@ -115,6 +129,9 @@ def variant_config(cfg: ModelConfig) -> ModelConfig:
                         " pruned; drop --prune-level")
     if arch == "unet":
         return cfg
+    if cfg.spatial_dims == 3 and arch not in VOLUME_ARCHS:
+        raise UserError(f"--arch {arch} has no 3D form (its pretrained encoder weights are 2D);"
+                        f" for volumes use --arch {', '.join(VOLUME_ARCHS)}")
     if cfg.padding != "same":
         raise UserError(f"--arch {arch} pads inside the network (same padding); drop --padding"
                         f" {cfg.padding} (valid padding is the plain U-Net's, --arch unet)")

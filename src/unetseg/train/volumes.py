@@ -1,4 +1,5 @@
-"""Training a 3D U-Net on a volume data set: the 2D recipe (Dice + cross-entropy, AdamW with a
+"""Training a 3D U-Net (or a 3D residual, attention or nested variant, ``cfg.model.arch``) on a
+volume data set: the 2D recipe (Dice + cross-entropy, AdamW with a
 cosine schedule, foreground-aware patches, joint augmentation, best validation epoch kept) with
 3D patches, the 3D augmentation and the 3D sliding window for validation.
 
@@ -23,8 +24,8 @@ trains data-parallel as 2D does (:mod:`unetseg.train.distributed`). A time budge
 (:func:`~unetseg.train.plan.plan_epochs`) and re-plans them after every epoch.
 
 Not here (2D has them): width planning (the width defaults to :data:`DEFAULT_WIDTH`), the
-data set's fingerprint plan, cross-validation, valid padding and architectures other than the
-U-Net.
+data set's fingerprint plan, cross-validation, valid padding and the 2D-only architectures
+(ResNet encoders, registered networks).
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ from unetseg.infer.volume import (
 )
 from unetseg.losses import build_loss
 from unetseg.metrics import confusion_matrix, iou, mean_iou
-from unetseg.model import UNet
-from unetseg.model.geometry import anisotropic_plan
+from unetseg.model import arch_config, build_model
+from unetseg.model.geometry import anisotropic_plan, size_multiple
 from unetseg.modelfile import ModelCard, read_card
 from unetseg.report.training import Example, training_report
 from unetseg.train import distributed
@@ -309,14 +310,13 @@ def check_volume_config(cfg: RunConfig) -> None:
     """Refuse what volume training does not do, before any data is read.
 
     Raises:
-        UserError: valid padding or an architecture other than ``unet``.
+        UserError: valid padding or an architecture without a 3D form.
     """
     if cfg.model.padding != "same":
         raise UserError("--padding valid: 3D training takes same padding (its validation and"
                         " prediction tile the volume with same-padding windows); drop"
                         " --padding valid")
-    if cfg.model.arch != "unet":
-        raise UserError(f"--arch {cfg.model.arch}: volumes train the U-Net only; drop --arch")
+    arch_config(replace(cfg.model, spatial_dims=3))
 
 
 def volume_model_config(cfg: RunConfig, data: VolumeData) -> RunConfig:
@@ -366,7 +366,7 @@ class _VolumeRun:
     out: Path
     resolved: ResolvedConfig
     data: VolumeData
-    model: UNet
+    model: torch.nn.Module
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -388,10 +388,11 @@ def fit_volumes(data: str | Path, out: str | Path, cfg: RunConfig | None = None,
                 show_progress: bool = True,
                 callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()
                 ) -> VolumeFitResult:
-    """Train a 3D U-Net on ``data/images`` + ``data/masks`` volumes and write the run into
+    """Train a 3D U-Net (or variant) on ``data/images`` + ``data/masks`` volumes, write the run in
     ``out`` (see the module's text). ``cfg`` gives the loss, the optimiser, epochs, steps per
     epoch, batch, seed, time limit, validation share, normalisation and augmentation as in 2D;
-    its width (None: :data:`DEFAULT_WIDTH`) and depth shape the network. ``spacing`` stands in
+    its width (None: :data:`DEFAULT_WIDTH`) and depth shape the network, its ``arch`` names it
+    (``unet``, ``residual``, ``attention`` or ``nested``). ``spacing`` stands in
     for files without one.
 
     With ``resume=True`` the run in ``out`` continues from ``resume.safetensors`` with the
@@ -440,8 +441,9 @@ def _set_up(data: Path, out: Path, cfg: RunConfig | None, spacing: Sequence[floa
     prepared = prepare_volumes(data, cfg, spacing)
     cfg = volume_model_config(cfg, prepared)
     torch.manual_seed(cfg.train.seed)
-    model = UNet.from_config(cfg.model).to(device)
-    patch = plan_patch(prepared.smallest, prepared.spacing, model.size_multiple)
+    model = build_model(cfg.model).to(device)
+    patch = plan_patch(prepared.smallest, prepared.spacing,
+                       size_multiple(cfg.model.depth, 3, cfg.model.pool_sizes))
     if resume_file is not None:
         resolved = ResolvedConfig.from_json(cfg, read_loop_state(resume_file))
     else:
@@ -472,7 +474,7 @@ def _set_up(data: Path, out: Path, cfg: RunConfig | None, spacing: Sequence[floa
         output_folder(out)
         write_text_atomic(out / "config.json", json.dumps(_manifest(
             resolved, data, prepared, patch, steps, env, device), indent=2))
-        log.info("3D U-Net: kernels %s, poolings %s, patch %s", cfg.model.kernel_sizes,
+        log.info("3D %s: kernels %s, poolings %s, patch %s", cfg.model.arch, cfg.model.kernel_sizes,
                  cfg.model.pool_sizes, patch)
     net = distributed.distribute(model, env, device, sync_batchnorm=cfg.train.sync_batchnorm)
     return _VolumeRun(out, resolved, prepared, model, net, optimizer, scheduler, scaler,
