@@ -15,8 +15,9 @@ import gzip
 import io
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import tifffile
@@ -172,6 +173,21 @@ def _tiff_stack_shape(data: bytes) -> tuple[int, ...]:
     return tuple(int(v) for v in spatial)
 
 
+T = TypeVar("T")
+
+
+def _read_upload(data: bytes, suffix: str, name: str, read: Callable[[Path], T]) -> T:
+    """``read`` an upload from a temporary ``upload<suffix>`` file; a reader's
+    :class:`UserError` becomes a 400 naming the upload instead of the temporary file."""
+    with tempfile.TemporaryDirectory(prefix="unetseg-upload-") as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            return read(path)
+        except UserError as exc:
+            raise BadUpload(400, str(exc).replace(str(path), name)) from None
+
+
 def decode_volume(data: bytes, suffix: str, name: str) -> Volume:
     """Decode an uploaded volume as :func:`~unetseg.data.volumes.read_volume` does: voxels
     ``(C, D, H, W)`` in the file's dtype, with the file's spacing and (NIfTI) affine.
@@ -179,13 +195,7 @@ def decode_volume(data: bytes, suffix: str, name: str) -> Volume:
     Raises:
         BadUpload: 400 with the reader's message, naming the upload instead of a temporary file.
     """
-    with tempfile.TemporaryDirectory(prefix="unetseg-upload-") as folder:
-        path = Path(folder) / f"upload{suffix}"
-        path.write_bytes(data)
-        try:
-            return read_volume(path)
-        except UserError as exc:
-            raise BadUpload(400, str(exc).replace(str(path), name)) from None
+    return _read_upload(data, suffix, name, read_volume)
 
 
 def volume_labels(labels: np.ndarray, like: Volume, suffix: str) -> tuple[bytes, str]:
@@ -203,13 +213,7 @@ def decode(data: bytes, suffix: str, name: str) -> np.ndarray:
     Raises:
         BadUpload: 400 with the reader's message, naming the upload instead of a temporary file.
     """
-    with tempfile.TemporaryDirectory(prefix="unetseg-upload-") as folder:
-        path = Path(folder) / f"upload{suffix}"
-        path.write_bytes(data)
-        try:
-            return read_image(path)
-        except UserError as exc:
-            raise BadUpload(400, str(exc).replace(str(path), name)) from None
+    return _read_upload(data, suffix, name, read_image)
 
 
 def label_png(ids: np.ndarray, classes: ClassTable) -> bytes:
