@@ -15,7 +15,9 @@ and seed (the only differences are named in the model column):
   AdamW at 1e-3, input / 255, no validation, last weights), the reference of DSB 2018.
 
 Not run unless named in ``--models``: ``unetseg-batch`` and ``unetseg-group``, the default with
-batch norm (the default before instance norm) or group norm.
+batch norm (the default before instance norm) or group norm, and ``unetseg-dataset-norm``, the
+default with one z-score for the data set whatever the plan says (on DSB 2018 the plan picks
+per-image normalisation). A contender's set fields are kept by the plan.
 
 The built-in variants (``--arch``, :mod:`unetseg.model.variants`), each in the default's
 pipeline with its own default or planned width, are named ``unetseg-residual``,
@@ -102,7 +104,7 @@ class Model:
     loss: Callable[[], Any] | None = None
     tta: str | None = None
     trained_as: str | None = None  # reuse the run of another contender (same training)
-    overrides: tuple[tuple[str, Any], ...] = ()  # config fields changed from the default
+    overrides: tuple[tuple[str, Any], ...] = ()  # config fields set, kept by the plan
     folds: int | None = None  # train --folds K: scored as the ensemble of the fold models
     postprocess: bool = False  # with folds: apply the post-processing the run chose
     budget_scale: float = 1.0  # this many times --budget (of the whole run, folds included)
@@ -120,6 +122,7 @@ EXTRA_MODELS = {m.name: m for m in (
     Model("unetseg-batch", overrides=(("model.norm", "batch"),)),
     Model("unetseg-group", overrides=(("model.norm", "group"),)),
     Model("monai-basicunet-plain", arch="monai-basicunet", plain=True),
+    Model("unetseg-dataset-norm", overrides=(("data.normalization", "dataset"),)),
 )}
 VARIANT_MODELS = {m.name: m for m in (
     Model("unetseg-residual", arch="residual"),
@@ -249,7 +252,8 @@ def train_and_score(model: Model, data: Dataset, out: Path, args: argparse.Names
                                       **dict(model.overrides)})
         wall, cpu = time.perf_counter(), cpu_seconds()
         result = fit(data.train, out / source, cfg, show_progress=not args.quiet,
-                     loss_fn=model.loss() if model.loss else None, folds=model.folds)
+                     loss_fn=model.loss() if model.loss else None, folds=model.folds,
+                     fixed=[k for k, _ in model.overrides])
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         first = out / source / ("fold-0" if model.folds else "")
         model_cfg = json.loads((first / "config.json").read_text())["run"]["model"]

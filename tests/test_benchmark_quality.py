@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from pathlib import Path
@@ -117,3 +118,26 @@ def test_the_plain_reference_is_scored_on_the_summed_confusion_matrix(tmp_path: 
     fp = sum(int((p & ~t).sum()) for p, t in truths)
     fn = sum(int((~p & t).sum()) for p, t in truths)
     assert s["per_class"]["nuclei"]["iou"] == pytest.approx(tp / (tp + fp + fn))
+
+
+def test_a_contenders_set_fields_are_kept_by_the_plan(tmp_path: Path, monkeypatch):
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy_fit(data, out, cfg, **kwargs):
+        seen.update(cfg=cfg, fixed=list(kwargs["fixed"]))
+        raise Stop
+
+    monkeypatch.setattr(quality, "fit", spy_fit)
+    data = quality.Dataset("dsb2018", tmp_path, tmp_path, quality.RunConfig(), "dsb2018")
+    args = argparse.Namespace(budget=60.0, quiet=True)
+    with pytest.raises(Stop):
+        quality.train_and_score(quality.EXTRA_MODELS["unetseg-dataset-norm"], data, tmp_path,
+                                args, {})
+    assert seen["fixed"] == ["data.normalization"]
+    assert seen["cfg"].data.normalization == "dataset"
+    with pytest.raises(Stop):
+        quality.train_and_score(quality.MODELS["unetseg-default"], data, tmp_path, args, {})
+    assert seen["fixed"] == []
