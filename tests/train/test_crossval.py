@@ -132,6 +132,23 @@ def test_folds_then_predict_and_evaluate_the_run_folder(tmp_path, disc_data):
         fit(disc_data, run, small_cfg(), folds=3, resume=True, show_progress=False)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path of --folds needs CUDA")
+def test_folds_then_predict_the_run_folder_on_cuda(tmp_path, disc_data):
+    from unetseg.cli import main
+
+    run, pred = tmp_path / "run", tmp_path / "pred"
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--folds", "2",
+                 "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2",
+                 "--width", "4", "--depth", "2", "--patch-size", "32", "--device", "cuda",
+                 "--time-limit", "120"]) == 0
+    for fold in range(2):
+        card = read_card(run / f"fold-{fold}" / "best.safetensors")
+        assert card.run.train.device.startswith("cuda")
+    assert main(["-q", "predict", str(run), str(disc_data / "images"), "--out", str(pred),
+                 "--device", "cuda"]) == 0
+    assert sorted(p.stem for p in pred.glob("img??.png")) == [f"img{i:02d}" for i in range(6)]
+
+
 @pytest.mark.slow
 def test_a_resumed_cross_validation_skips_finished_folds(tmp_path, disc_data):
     run = tmp_path / "run"
